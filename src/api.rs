@@ -1,0 +1,784 @@
+//! The `WebRtcPbx` API (`pbx.webrtc.io/v1alpha1`): types, defaults and the
+//! admission rules the apiserver enforces from the generated schema. Owns the
+//! *shape* of user input; the checks only the controller can make live in
+//! [`crate::validate`].
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of every resource this operator defines.
+pub const GROUP: &str = "pbx.webrtc.io";
+/// The default Asterisk image (see `deploy/images/asterisk`).
+pub const DEFAULT_IMAGE: &str = "ghcr.io/webrtc-pbx-operator/asterisk:22";
+
+/// A browser-reachable Asterisk PBX: WSS signalling, WebRTC media, users, and
+/// continuous probes that prove a browser can register and hear audio.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "pbx.webrtc.io",
+    version = "v1alpha1",
+    kind = "WebRtcPbx",
+    plural = "webrtcpbxes",
+    shortname = "wpbx",
+    category = "pbx",
+    namespaced,
+    status = "WebRtcPbxStatus",
+    derive = "PartialEq",
+    doc = "A browser-reachable Asterisk PBX with WSS, WebRTC media and continuous probes.",
+    printcolumn(name = "Domain", type_ = "string", json_path = ".spec.domain"),
+    printcolumn(
+        name = "WSS URL",
+        type_ = "string",
+        json_path = ".status.endpoints.wssUrl"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Registered",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"SipRegistered\")].status"
+    ),
+    printcolumn(
+        name = "Echo RTT",
+        type_ = "string",
+        json_path = ".status.probes.echoRoundTripMs",
+        description = "Median echo-call round trip in milliseconds"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(
+    validation = Rule::new("!(self.wss.port >= self.rtp.portRange.start && self.wss.port <= self.rtp.portRange.end)")
+        .message("wss.port lies inside rtp.portRange: move the WSS port (default 8089) out of the RTP range"),
+    validation = Rule::new("!has(self.wss.wsPort) || self.wss.wsPort != self.wss.port")
+        .message("wss.wsPort equals wss.port: plain WS and WSS need different ports"),
+    validation = Rule::new("!has(self.wss.wsPort) || !(self.wss.wsPort >= self.rtp.portRange.start && self.wss.wsPort <= self.rtp.portRange.end)")
+        .message("wss.wsPort lies inside rtp.portRange: move it out of the RTP range"),
+    validation = Rule::new("self.network.mode != 'Service' || self.rtp.portRange.end - self.rtp.portRange.start < 200")
+        .message("network.mode Service needs rtp.portRange of at most 200 ports: a Kubernetes Service cannot carry a port range, so each RTP port becomes one Service port; narrow the range or use mode HostNetwork"),
+    validation = Rule::new("!self.users.exists(u, u.extension == self.dialplan.echoExtension)")
+        .message("dialplan.echoExtension is also a user's extension: pick an echo extension no user has (default *43)"),
+    validation = Rule::new("self.probes.timeout == '' || self.probes.interval == '' || duration(self.probes.timeout) < duration(self.probes.interval)")
+        .message("probes.timeout must be shorter than probes.interval")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WebRtcPbxSpec {
+    /// The fully qualified domain name browsers use to reach the PBX
+    /// (`wss://DOMAIN:PORT/ws`). The TLS certificate must cover it.
+    #[x_kube(validation = Rule::new("self.matches('^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\\\\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')")
+        .message("domain must be a lowercase DNS name such as pbx.example.com (no scheme, port or path)"))]
+    #[schemars(length(min = 1, max = 253))]
+    pub domain: String,
+
+    /// Asterisk container image. It must contain Asterisk 22 with chan_pjsip,
+    /// res_http_websocket, res_pjsip_transport_websocket, res_srtp and app_echo.
+    #[serde(default = "default_image")]
+    #[schemars(length(min = 1))]
+    pub image: String,
+
+    /// Compute resources of the Asterisk container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Node labels the PBX pod must match (e.g. nodes with a public address).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the PBX pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub tolerations: Vec<Toleration>,
+
+    /// Persistent storage for /var/spool/asterisk (voicemail, recordings,
+    /// astdb), so they survive restarts. Without it the spool is an emptyDir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+
+    /// How media and signalling reach the pod.
+    #[serde(default)]
+    pub network: NetworkSpec,
+
+    /// The WebSocket (WSS) signalling listener.
+    #[serde(default)]
+    pub wss: WssSpec,
+
+    /// RTP media ports and ICE.
+    #[serde(default)]
+    pub rtp: RtpSpec,
+
+    /// Where the WSS certificate comes from.
+    #[serde(default)]
+    pub tls: TlsSpec,
+
+    /// SIP behaviour.
+    #[serde(default)]
+    pub sip: SipSpec,
+
+    /// SIP users (WebRTC endpoints), one device each.
+    #[serde(default)]
+    #[schemars(length(max = 1000))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["extension".into()]))]
+    pub users: Vec<UserSpec>,
+
+    /// Dialplan settings.
+    #[serde(default)]
+    pub dialplan: DialplanSpec,
+
+    /// The continuous WSS, REGISTER and echo-call probes.
+    #[serde(default)]
+    pub probes: ProbesSpec,
+}
+
+fn default_image() -> String {
+    DEFAULT_IMAGE.to_string()
+}
+
+/// Persistent storage for the Asterisk spool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of the volume claim, e.g. `1Gi`.
+    pub size: Quantity,
+    /// StorageClass of the claim; the cluster default when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Delete the claim when the WebRtcPbx is deleted. Default false: voicemail
+    /// and recordings are kept.
+    #[serde(default)]
+    pub delete_on_removal: bool,
+}
+
+/// How the PBX is exposed on the network.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NetworkMode {
+    /// The pod uses the node's network: RTP port ranges work without NAT in
+    /// between (recommended).
+    #[default]
+    HostNetwork,
+    /// WSS and RTP go through Kubernetes Services (one Service port per RTP
+    /// port, so the range must be small).
+    Service,
+}
+
+/// Network settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// `HostNetwork` (default) or `Service`.
+    #[serde(default)]
+    pub mode: NetworkMode,
+    /// The public IP address clients reach the PBX at, when the node sits
+    /// behind NAT; written as external_media_address and
+    /// external_signaling_address so SDP and Contact carry it (avoids one-way
+    /// audio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isIP(self)").message("network.externalAddress must be an IP address such as 203.0.113.10"))]
+    pub external_address: Option<String>,
+    /// Networks that are local (not behind the NAT), as CIDRs; pjsip local_net.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(n, isCIDR(n))").message("network.localNetworks entries must be CIDRs such as 10.0.0.0/8"))]
+    pub local_networks: Vec<String>,
+}
+
+/// The WebSocket listener.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WssSpec {
+    /// TLS port of the WebSocket server (`wss://DOMAIN:PORT/ws`). Default 8089.
+    #[serde(default = "default_wss_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Optional plain (unencrypted) WebSocket port; off by default. Browsers
+    /// only allow `ws://` from `http://` pages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub ws_port: Option<i32>,
+    /// Address the WebSocket server binds to inside the pod. Default 0.0.0.0.
+    #[serde(default = "default_bind_address")]
+    #[x_kube(validation = Rule::new("isIP(self)").message("wss.bindAddress must be an IP address such as 0.0.0.0"))]
+    pub bind_address: String,
+    /// The WSS Service.
+    #[serde(default)]
+    pub service: WssServiceSpec,
+}
+
+impl Default for WssSpec {
+    fn default() -> Self {
+        Self {
+            port: default_wss_port(),
+            ws_port: None,
+            bind_address: default_bind_address(),
+            service: WssServiceSpec::default(),
+        }
+    }
+}
+
+fn default_wss_port() -> i32 {
+    8089
+}
+
+fn default_bind_address() -> String {
+    "0.0.0.0".into()
+}
+
+/// Kubernetes Service type for the WSS Service.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only (e.g. behind an ingress).
+    #[default]
+    ClusterIP,
+    /// Exposed on every node's port.
+    NodePort,
+    /// Exposed through a cloud load balancer.
+    LoadBalancer,
+}
+
+/// Traffic policy of an externally reachable Service.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TrafficPolicy {
+    /// Keep the client source address (needed for SIP NAT handling).
+    Local,
+    /// Spread over all nodes (the source address is lost).
+    Cluster,
+}
+
+/// The WSS Service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WssServiceSpec {
+    /// Service type. Default ClusterIP.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Annotations for the Service (e.g. for a cloud load balancer).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// externalTrafficPolicy for NodePort and LoadBalancer Services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<TrafficPolicy>,
+    /// A fixed load balancer IP, where the provider supports it.
+    #[serde(
+        default,
+        rename = "loadBalancerIP",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[x_kube(validation = Rule::new("isIP(self)").message("wss.service.loadBalancerIP must be an IP address"))]
+    pub load_balancer_ip: Option<String>,
+}
+
+/// A UDP port range.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.start <= self.end").message("rtp.portRange.start must not be greater than rtp.portRange.end"))]
+pub struct PortRange {
+    /// First port of the range (inclusive).
+    #[schemars(range(min = 1024, max = 65535))]
+    pub start: i32,
+    /// Last port of the range (inclusive).
+    #[schemars(range(min = 1024, max = 65535))]
+    pub end: i32,
+}
+
+impl PortRange {
+    /// Number of ports in the range.
+    pub fn len(&self) -> u32 {
+        u32::try_from(self.end - self.start + 1).unwrap_or(0)
+    }
+
+    /// True when the range holds no port (only possible before validation).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True when `port` lies inside the range.
+    pub fn contains(&self, port: i32) -> bool {
+        (self.start..=self.end).contains(&port)
+    }
+}
+
+/// RTP media.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RtpSpec {
+    /// UDP ports Asterisk uses for RTP (default 10000-20000). Forward all of
+    /// them to the PBX, or calls connect without audio.
+    #[serde(default = "default_port_range")]
+    pub port_range: PortRange,
+    /// ICE servers advertised and used by Asterisk.
+    #[serde(default)]
+    pub ice: IceSpec,
+}
+
+impl Default for RtpSpec {
+    fn default() -> Self {
+        Self {
+            port_range: default_port_range(),
+            ice: IceSpec::default(),
+        }
+    }
+}
+
+fn default_port_range() -> PortRange {
+    PortRange {
+        start: 10000,
+        end: 20000,
+    }
+}
+
+/// ICE settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IceSpec {
+    /// STUN servers as `stun:HOST[:PORT]`. Asterisk uses the first one to
+    /// learn its public address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = Rule::new("self.all(s, s.matches('^stun:[A-Za-z0-9.-]+(:[0-9]{1,5})?$'))")
+        .message("rtp.ice.stunServers entries must look like stun:stun.example.net:3478"))]
+    pub stun_servers: Vec<String>,
+    /// TURN servers with credentials. Asterisk relays through the first one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub turn_servers: Vec<TurnServer>,
+}
+
+/// A TURN server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.credentialsSecretRef)")
+    .message("rtp.ice.turnServers entries need credentialsSecretRef: a Secret with the TURN username and password"))]
+pub struct TurnServer {
+    /// `turn:HOST[:PORT]` (UDP/TCP).
+    #[x_kube(validation = Rule::new("self.matches('^turns?:[A-Za-z0-9.-]+(:[0-9]{1,5})?(\\\\?transport=(udp|tcp))?$')")
+        .message("rtp.ice.turnServers url must look like turn:turn.example.net:3478"))]
+    pub url: String,
+    /// The Secret holding the TURN username and password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<CredentialsSecretRef>,
+}
+
+/// A Secret holding a username and a password.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    /// Name of the Secret in the PBX's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the username. Default `username`.
+    #[serde(default = "default_username_key")]
+    pub username_key: String,
+    /// Key of the password. Default `password`.
+    #[serde(default = "default_password_key")]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".into()
+}
+
+fn default_password_key() -> String {
+    "password".into()
+}
+
+/// Where the WSS certificate comes from.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TlsMode {
+    /// The operator runs a CA per PBX and issues and renews the certificate.
+    /// Browsers must trust that CA (fine for tests and private networks).
+    #[default]
+    SelfSigned,
+    /// A user-provided `kubernetes.io/tls` Secret (tls.crt, tls.key, optional
+    /// ca.crt), validated before use.
+    Secret,
+    /// A cert-manager Certificate for the domain, issued by `issuerRef`.
+    CertManager,
+}
+
+/// TLS settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.mode != 'Secret' || (has(self.secretName) && self.secretName != '')")
+        .message("tls.mode Secret needs tls.secretName: the kubernetes.io/tls Secret holding the certificate"),
+    validation = Rule::new("self.mode == 'Secret' || !has(self.secretName)")
+        .message("tls.secretName is only used with tls.mode Secret: remove it or set mode: Secret"),
+    validation = Rule::new("self.mode != 'CertManager' || has(self.issuerRef)")
+        .message("tls.mode CertManager needs tls.issuerRef (name and kind of a cert-manager Issuer or ClusterIssuer)"),
+    validation = Rule::new("self.mode == 'CertManager' || !has(self.issuerRef)")
+        .message("tls.issuerRef is only used with tls.mode CertManager: remove it or set mode: CertManager")
+)]
+pub struct TlsSpec {
+    /// `SelfSigned` (default), `Secret` or `CertManager`.
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// With mode Secret: the kubernetes.io/tls Secret in the PBX's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// With mode CertManager: the issuer of the Certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+    /// Extra DNS names the certificate covers besides `domain`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub extra_dns_names: Vec<String>,
+    /// Renew an operator-issued certificate this long before it expires
+    /// (Go duration, default 720h = 30 days).
+    #[serde(default = "default_renew_before")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("tls.renewBefore must be a duration of at least 1h, such as 720h"))]
+    pub renew_before: String,
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        Self {
+            mode: TlsMode::SelfSigned,
+            secret_name: None,
+            issuer_ref: None,
+            extra_dns_names: Vec::new(),
+            renew_before: default_renew_before(),
+        }
+    }
+}
+
+fn default_renew_before() -> String {
+    "720h".into()
+}
+
+/// A cert-manager issuer reference.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the Issuer or ClusterIssuer.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// `Issuer` (default) or `ClusterIssuer`.
+    #[serde(default = "default_issuer_kind")]
+    pub kind: String,
+    /// API group of the issuer. Default `cert-manager.io`.
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
+}
+
+/// SIP settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SipSpec {
+    /// Interval of CRLF keep-alives on connection-oriented transports
+    /// (Go duration, default 30s; 0s turns them off). NATs and proxies drop
+    /// idle flows after about 30-60 s, which drops registrations.
+    #[serde(default = "default_keep_alive")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s') && duration(self) <= duration('1h')")
+        .message("sip.keepAliveInterval must be a duration between 0s and 1h, such as 30s"))]
+    pub keep_alive_interval: String,
+}
+
+impl Default for SipSpec {
+    fn default() -> Self {
+        Self {
+            keep_alive_interval: default_keep_alive(),
+        }
+    }
+}
+
+fn default_keep_alive() -> String {
+    "30s".into()
+}
+
+/// Audio codecs a user may use.
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// Opus (wideband, what browsers prefer).
+    Opus,
+    /// G.711 mu-law (PCMU).
+    Ulaw,
+    /// G.711 A-law (PCMA).
+    Alaw,
+    /// G.722 (wideband).
+    G722,
+}
+
+impl Codec {
+    /// The Asterisk codec name (`allow=`).
+    pub fn asterisk_name(self) -> &'static str {
+        match self {
+            Codec::Opus => "opus",
+            Codec::Ulaw => "ulaw",
+            Codec::Alaw => "alaw",
+            Codec::G722 => "g722",
+        }
+    }
+}
+
+/// A SIP user: one WebRTC endpoint.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserSpec {
+    /// The extension, also the SIP user name (digits, optionally with * # +).
+    #[x_kube(validation = Rule::new("self.matches('^[0-9*#+]{1,16}$')")
+        .message("users[].extension must be 1-16 digits (optionally * # +), such as 1001"))]
+    pub extension: String,
+    /// The caller name shown to callees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("!self.contains('\"')").message("users[].displayName must not contain a double quote"))]
+    pub display_name: Option<String>,
+    /// The Secret key holding the password. When absent the operator
+    /// generates a password and keeps it in its own Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// Codecs in order of preference (default opus, ulaw).
+    #[serde(default = "default_codecs")]
+    #[schemars(length(min = 1, max = 4))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub codecs: Vec<Codec>,
+    /// Devices that may register at once (default 1). Over the limit the
+    /// newest registration replaces the oldest (remove_existing=yes).
+    #[serde(default = "default_max_contacts")]
+    #[schemars(range(min = 1, max = 10))]
+    pub max_contacts: i32,
+}
+
+fn default_codecs() -> Vec<Codec> {
+    vec![Codec::Opus, Codec::Ulaw]
+}
+
+fn default_max_contacts() -> i32 {
+    1
+}
+
+/// A key in a Secret of the PBX's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Dialplan settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DialplanSpec {
+    /// Extension that answers and echoes audio back (default `*43`). The
+    /// probes call it; users can dial it to test their audio.
+    #[serde(default = "default_echo_extension")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9*#+]{1,16}$')")
+        .message("dialplan.echoExtension must be 1-16 digits (optionally * # +), such as *43"))]
+    pub echo_extension: String,
+    /// Extra dialplan: a ConfigMap key whose text is included as
+    /// extensions_custom.conf; its `[users-custom]` context is reachable by users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_config_map_ref: Option<ConfigMapKeyRef>,
+}
+
+impl Default for DialplanSpec {
+    fn default() -> Self {
+        Self {
+            echo_extension: default_echo_extension(),
+            extra_config_map_ref: None,
+        }
+    }
+}
+
+fn default_echo_extension() -> String {
+    "*43".into()
+}
+
+/// A key in a ConfigMap of the PBX's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ConfigMapKeyRef {
+    /// Name of the ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the ConfigMap's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// The probes the operator runs against the PBX.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbesSpec {
+    /// Time between probe runs (Go duration, default 60s, at least 5s).
+    #[serde(default = "default_probe_interval")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('5s')").message("probes.interval must be a duration of at least 5s, such as 60s"))]
+    pub interval: String,
+    /// Time limit of each probe step (Go duration, default 10s).
+    #[serde(default = "default_probe_timeout")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("probes.timeout must be a duration of at least 1s, such as 10s"))]
+    pub timeout: String,
+    /// Optional `host:port` to dial instead of the in-cluster address, while
+    /// SNI, Host and the certificate are still checked against `domain`
+    /// (like curl --connect-to). Empty: the in-cluster WSS address.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == '' || self.matches('^(\\\\[[0-9a-fA-F:.]+\\\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$')")
+        .message("probes.connectAddress must be host:port, such as 127.0.0.1:18089, or empty"))]
+    pub connect_address: String,
+    /// The REGISTER probe.
+    #[serde(default)]
+    pub register: ProbeToggle,
+    /// The echo-call probe.
+    #[serde(default)]
+    pub echo_call: EchoCallProbe,
+}
+
+impl Default for ProbesSpec {
+    fn default() -> Self {
+        Self {
+            interval: default_probe_interval(),
+            timeout: default_probe_timeout(),
+            connect_address: String::new(),
+            register: ProbeToggle::default(),
+            echo_call: EchoCallProbe::default(),
+        }
+    }
+}
+
+fn default_probe_interval() -> String {
+    "60s".into()
+}
+
+fn default_probe_timeout() -> String {
+    "10s".into()
+}
+
+/// A probe that can be turned off.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ProbeToggle {
+    /// Run this probe (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for ProbeToggle {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The echo-call probe.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EchoCallProbe {
+    /// Run this probe (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Length of the call (Go duration, default 10s). Longer than 60s
+    /// catches calls that drop at 30 or 60 seconds.
+    #[serde(default = "default_echo_duration")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('10m')")
+        .message("probes.echoCall.duration must be a duration between 1s and 10m, such as 10s"))]
+    pub duration: String,
+}
+
+impl Default for EchoCallProbe {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            duration: default_echo_duration(),
+        }
+    }
+}
+
+fn default_echo_duration() -> String {
+    "10s".into()
+}
+
+/// What the operator observed. Read by `kubectl wait`, Argo CD and Flux.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebRtcPbxStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions: ConfigRendered, CertificateReady, WorkloadReady,
+    /// WssReachable, SipRegistered, EchoCallHealthy, Ready, Reconciling, Stalled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Where clients connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<EndpointsStatus>,
+    /// Facts about the serving certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateStatus>,
+    /// Figures measured by the last probe run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<ProbeFigures>,
+}
+
+/// Client endpoints.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointsStatus {
+    /// The WebSocket URL to paste into JsSIP or SIP.js.
+    pub wss_url: String,
+}
+
+/// The serving certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// Expiry (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// DNS names the certificate covers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
+}
+
+/// Figures of the last probe run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeFigures {
+    /// When the probe ran (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// TCP connect, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<f64>,
+    /// TLS handshake, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ms: Option<f64>,
+    /// WebSocket upgrade, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_ms: Option<f64>,
+    /// REGISTER round trip (challenge and answer), milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub register_ms: Option<f64>,
+    /// Median echo-call round trip, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo_round_trip_ms: Option<f64>,
+    /// Echo-call packet loss, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_percent: Option<f64>,
+    /// Echo-call interarrival jitter (RFC 3550), milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_ms: Option<f64>,
+}

@@ -1,0 +1,14 @@
+//! webrtc-pbx-operator: turns a `WebRtcPbx` resource into a browser-reachable
+//! Asterisk PBX and proves it works.
+//!
+//! Functional core, imperative shell: [`api`], [`validate`], [`render`] and
+//! [`status`] are pure; the CLI and the controller do the I/O.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod cli;
+pub mod crd;
+pub mod render;
+pub mod status;
+pub mod validate;

@@ -1,0 +1,636 @@
+//! Builds the Kubernetes objects of a validated PBX from its rendered
+//! configuration: Secret, ConfigMap, (cert-manager Certificate), Services and
+//! the StatefulSet, in the order they must be applied.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::asterisk::{AsteriskConfig, ETC_DIR, KEYS_DIR, RESTART_FILES, RUNTIME_DIR, SECRETS_DIR};
+use crate::api::{NetworkMode, ServiceType, TlsMode, TrafficPolicy};
+use crate::validate::{Generated, ValidatedPbx};
+
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "webrtc-pbx-operator";
+/// `app.kubernetes.io/name` of every child.
+pub const APP_NAME: &str = "webrtc-pbx";
+/// Label with the owning PBX's name (children are found and pruned by it).
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// Pod-template annotation: hash of the files that need a restart.
+pub const CONFIG_HASH_ANNOTATION: &str = "pbx.webrtc.io/restart-config-hash";
+/// UID and GID Asterisk runs as in the image (see deploy/images/asterisk).
+pub const ASTERISK_UID: i64 = 1000;
+/// Key of the probe password in the operator's Secret.
+pub const PROBE_PASSWORD_KEY: &str = "probe-password";
+/// Prefix of generated user passwords' keys in the operator's Secret.
+pub const USER_PASSWORD_KEY_PREFIX: &str = "password-";
+
+/// One desired child object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    /// Secret (credentials and secret-bearing config).
+    Secret(Secret),
+    /// ConfigMap (config without secrets).
+    ConfigMap(ConfigMap),
+    /// cert-manager Certificate.
+    Certificate(DynamicObject),
+    /// Service (WSS or RTP).
+    Service(Service),
+    /// The Asterisk StatefulSet.
+    StatefulSet(StatefulSet),
+}
+
+impl Object {
+    /// Kind and name, for messages.
+    pub fn describe(&self) -> String {
+        let (kind, meta) = match self {
+            Object::Secret(o) => ("Secret", &o.metadata),
+            Object::ConfigMap(o) => ("ConfigMap", &o.metadata),
+            Object::Certificate(o) => ("Certificate", &o.metadata),
+            Object::Service(o) => ("Service", &o.metadata),
+            Object::StatefulSet(o) => ("StatefulSet", &o.metadata),
+        };
+        format!("{kind}/{}", meta.name.as_deref().unwrap_or_default())
+    }
+
+    /// The object as JSON (apiVersion and kind included).
+    pub fn to_json(&self) -> serde_json::Value {
+        let value = match self {
+            Object::Secret(o) => serde_json::to_value(o),
+            Object::ConfigMap(o) => serde_json::to_value(o),
+            Object::Certificate(o) => serde_json::to_value(o),
+            Object::Service(o) => serde_json::to_value(o),
+            Object::StatefulSet(o) => serde_json::to_value(o),
+        };
+        // Serializing these plain data types cannot fail.
+        value.unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Name of the operator's Secret of a PBX (credentials, pjsip auth).
+pub fn secret_name(pbx: &str) -> String {
+    format!("{pbx}-asterisk")
+}
+
+/// Name of the ConfigMap of a PBX.
+pub fn config_map_name(pbx: &str) -> String {
+    format!("{pbx}-asterisk")
+}
+
+/// Name of the WSS Service of a PBX.
+pub fn wss_service_name(pbx: &str) -> String {
+    format!("{pbx}-wss")
+}
+
+/// Name of the RTP Service of a PBX (Service mode).
+pub fn rtp_service_name(pbx: &str) -> String {
+    format!("{pbx}-rtp")
+}
+
+/// Labels every child of a PBX carries.
+pub fn labels(pbx: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), APP_NAME.into()),
+        (INSTANCE_LABEL.into(), pbx.into()),
+        ("app.kubernetes.io/component".into(), "pbx".into()),
+        ("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into()),
+    ])
+}
+
+/// Labels selecting a PBX's pods (a subset of [`labels`], immutable).
+fn selector_labels(pbx: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), APP_NAME.into()),
+        (INSTANCE_LABEL.into(), pbx.into()),
+    ])
+}
+
+fn metadata(pbx: &ValidatedPbx, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(pbx.namespace.clone()),
+        labels: Some(labels(&pbx.name)),
+        owner_references: pbx.uid.as_ref().map(|uid| {
+            vec![OwnerReference {
+                api_version: format!("{}/v1alpha1", crate::api::GROUP),
+                kind: "WebRtcPbx".into(),
+                name: pbx.name.clone(),
+                uid: uid.clone(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]
+        }),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Builds every child object, in apply order: Secrets and ConfigMaps before
+/// what mounts them.
+pub fn build(pbx: &ValidatedPbx, config: &AsteriskConfig) -> Vec<Object> {
+    let mut objects = vec![
+        Object::Secret(secret(pbx, config)),
+        Object::ConfigMap(config_map(pbx, config)),
+    ];
+    if pbx.spec.tls.mode == TlsMode::CertManager {
+        objects.push(Object::Certificate(certificate(pbx)));
+    }
+    objects.push(Object::Service(wss_service(pbx)));
+    if pbx.spec.network.mode == NetworkMode::Service {
+        objects.push(Object::Service(rtp_service(pbx)));
+    }
+    objects.push(Object::StatefulSet(stateful_set(pbx, config)));
+    objects
+}
+
+fn secret(pbx: &ValidatedPbx, config: &AsteriskConfig) -> Secret {
+    let mut data: BTreeMap<String, ByteString> = config
+        .secret_files
+        .iter()
+        .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+        .collect();
+    // The operator's own memory of what it generated: read back next time so
+    // passwords stay stable across reconciles and restarts.
+    for user in pbx.users.iter().filter(|u| u.generated_password) {
+        data.insert(
+            format!("{USER_PASSWORD_KEY_PREFIX}{}", user.extension),
+            ByteString(user.password.clone().into_bytes()),
+        );
+    }
+    data.insert(
+        PROBE_PASSWORD_KEY.into(),
+        ByteString(pbx.probe_password.clone().into_bytes()),
+    );
+    Secret {
+        metadata: metadata(pbx, secret_name(&pbx.name)),
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// Reads back the generated passwords from the operator's Secret.
+pub fn generated_from_secret(secret: Option<&Secret>) -> Generated {
+    let mut generated = Generated::default();
+    let Some(data) = secret.and_then(|s| s.data.as_ref()) else {
+        return generated;
+    };
+    for (key, value) in data {
+        let Ok(text) = String::from_utf8(value.0.clone()) else {
+            continue;
+        };
+        if key == PROBE_PASSWORD_KEY {
+            generated.probe_password = text;
+        } else if let Some(ext) = key.strip_prefix(USER_PASSWORD_KEY_PREFIX) {
+            generated.user_passwords.insert(ext.to_string(), text);
+        }
+    }
+    generated
+}
+
+fn config_map(pbx: &ValidatedPbx, config: &AsteriskConfig) -> ConfigMap {
+    ConfigMap {
+        metadata: metadata(pbx, config_map_name(&pbx.name)),
+        data: Some(config.files.clone()),
+        ..ConfigMap::default()
+    }
+}
+
+fn certificate(pbx: &ValidatedPbx) -> DynamicObject {
+    let gvk = GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate");
+    let mut dns_names = vec![pbx.spec.domain.clone()];
+    dns_names.extend(pbx.spec.tls.extra_dns_names.iter().cloned());
+    let issuer = pbx.spec.tls.issuer_ref.as_ref();
+    let mut object =
+        DynamicObject::new(&pbx.tls_secret_name, &ApiResource::from_gvk(&gvk)).data(json!({
+            "spec": {
+                "secretName": pbx.tls_secret_name,
+                "dnsNames": dns_names,
+                "issuerRef": {
+                    "name": issuer.map(|i| i.name.clone()),
+                    "kind": issuer.map(|i| i.kind.clone()),
+                    "group": issuer.map(|i| i.group.clone()),
+                },
+                "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+                "renewBefore": pbx.spec.tls.renew_before,
+            }
+        }));
+    object.metadata = metadata(pbx, pbx.tls_secret_name.clone());
+    object
+}
+
+fn external_service_fields(pbx: &ValidatedPbx) -> ServiceSpec {
+    let svc = &pbx.spec.wss.service;
+    let type_ = match svc.type_ {
+        ServiceType::ClusterIP => "ClusterIP",
+        ServiceType::NodePort => "NodePort",
+        ServiceType::LoadBalancer => "LoadBalancer",
+    };
+    let external = svc.type_ != ServiceType::ClusterIP;
+    ServiceSpec {
+        type_: Some(type_.into()),
+        selector: Some(selector_labels(&pbx.name)),
+        external_traffic_policy: svc.external_traffic_policy.filter(|_| external).map(|p| {
+            match p {
+                TrafficPolicy::Local => "Local",
+                TrafficPolicy::Cluster => "Cluster",
+            }
+            .to_string()
+        }),
+        load_balancer_ip: svc
+            .load_balancer_ip
+            .clone()
+            .filter(|_| svc.type_ == ServiceType::LoadBalancer),
+        ..ServiceSpec::default()
+    }
+}
+
+fn wss_service(pbx: &ValidatedPbx) -> Service {
+    let wss = &pbx.spec.wss;
+    let mut ports = vec![ServicePort {
+        name: Some("wss".into()),
+        port: wss.port,
+        target_port: Some(IntOrString::Int(wss.port)),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }];
+    if let Some(ws) = wss.ws_port {
+        ports.push(ServicePort {
+            name: Some("ws".into()),
+            port: ws,
+            target_port: Some(IntOrString::Int(ws)),
+            protocol: Some("TCP".into()),
+            ..ServicePort::default()
+        });
+    }
+    let mut meta = metadata(pbx, wss_service_name(&pbx.name));
+    if !wss.service.annotations.is_empty() {
+        meta.annotations = Some(wss.service.annotations.clone());
+    }
+    Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            ports: Some(ports),
+            ..external_service_fields(pbx)
+        }),
+        ..Service::default()
+    }
+}
+
+fn rtp_service(pbx: &ValidatedPbx) -> Service {
+    let range = pbx.spec.rtp.port_range;
+    // A Service cannot carry a range: one port per RTP port (admission
+    // bounds the range in Service mode).
+    let ports = (range.start..=range.end)
+        .map(|p| ServicePort {
+            name: Some(format!("rtp-{p}")),
+            port: p,
+            target_port: Some(IntOrString::Int(p)),
+            protocol: Some("UDP".into()),
+            ..ServicePort::default()
+        })
+        .collect();
+    let mut meta = metadata(pbx, rtp_service_name(&pbx.name));
+    if !pbx.spec.wss.service.annotations.is_empty() {
+        meta.annotations = Some(pbx.spec.wss.service.annotations.clone());
+    }
+    Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            ports: Some(ports),
+            ..external_service_fields(pbx)
+        }),
+        ..Service::default()
+    }
+}
+
+/// Hash of the files only a restart applies (the rest are reloaded in place).
+pub fn restart_config_hash(config: &AsteriskConfig) -> String {
+    let mut hasher = Sha256::new();
+    for name in RESTART_FILES {
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(
+            config
+                .files
+                .get(name)
+                .map(String::as_bytes)
+                .unwrap_or_default(),
+        );
+        hasher.update([0]);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn mount(name: &str, path: String, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path,
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+/// Reloads Asterisk when a mounted file changes (ConfigMap, Secret and
+/// certificate updates reach the pod without a restart; `core reload` keeps
+/// calls up). Restart-only files are covered by the pod-template hash.
+const RELOADER_SCRIPT: &str = r#"old=""
+while true; do
+  new=$(cat /etc/asterisk/*.conf /etc/asterisk/secrets/* /etc/asterisk/keys/* 2>/dev/null | md5sum)
+  if [ -n "$old" ] && [ "$new" != "$old" ]; then
+    asterisk -rx "core reload" && old=$new
+  else
+    old=$new
+  fi
+  sleep 10
+done"#;
+
+/// Maps the pod's address to the public one for ICE (known only at start).
+const ICE_CANDIDATES_SCRIPT: &str = r#"printf '[ice_host_candidates]\n%s => %s\n' "$POD_IP" "$EXTERNAL_ADDRESS" > /etc/asterisk/runtime/ice_host_candidates.conf"#;
+
+fn stateful_set(pbx: &ValidatedPbx, config: &AsteriskConfig) -> StatefulSet {
+    let spec = &pbx.spec;
+    let host_network = spec.network.mode == NetworkMode::HostNetwork;
+    let labels = labels(&pbx.name);
+    let restricted = SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    };
+    let etc_mounts = vec![
+        mount("config", ETC_DIR.into(), true),
+        mount("secrets", format!("{ETC_DIR}/{SECRETS_DIR}"), true),
+        mount("tls", format!("{ETC_DIR}/{KEYS_DIR}"), true),
+        mount("runtime", format!("{ETC_DIR}/{RUNTIME_DIR}"), true),
+        mount("run", "/var/run/asterisk".into(), false),
+    ];
+    let mut asterisk_mounts = etc_mounts.clone();
+    asterisk_mounts.push(mount("spool", "/var/spool/asterisk".into(), false));
+    asterisk_mounts.push(mount("log", "/var/log/asterisk".into(), false));
+    let mut ports = vec![ContainerPort {
+        name: Some("wss".into()),
+        container_port: spec.wss.port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }];
+    if let Some(ws) = spec.wss.ws_port {
+        ports.push(ContainerPort {
+            name: Some("ws".into()),
+            container_port: ws,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        });
+    }
+    let asterisk = Container {
+        name: "asterisk".into(),
+        image: Some(spec.image.clone()),
+        command: Some(vec![
+            "/usr/sbin/asterisk".into(),
+            "-f".into(),
+            "-n".into(),
+            "-C".into(),
+            format!("{ETC_DIR}/asterisk.conf"),
+        ]),
+        ports: Some(ports),
+        readiness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(spec.wss.port),
+                host: None,
+            }),
+            period_seconds: Some(5),
+            ..Probe::default()
+        }),
+        resources: spec.resources.clone(),
+        security_context: Some(restricted.clone()),
+        volume_mounts: Some(asterisk_mounts),
+        ..Container::default()
+    };
+    let reloader = Container {
+        name: "config-reloader".into(),
+        image: Some(spec.image.clone()),
+        command: Some(vec!["/bin/sh".into(), "-c".into(), RELOADER_SCRIPT.into()]),
+        security_context: Some(restricted.clone()),
+        volume_mounts: Some(etc_mounts),
+        ..Container::default()
+    };
+    let init_containers = spec.network.external_address.as_ref().map(|ext| {
+        vec![Container {
+            name: "ice-candidates".into(),
+            image: Some(spec.image.clone()),
+            command: Some(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                ICE_CANDIDATES_SCRIPT.into(),
+            ]),
+            env: Some(vec![
+                EnvVar {
+                    name: "POD_IP".into(),
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "status.podIP".into(),
+                            api_version: None,
+                        }),
+                        ..EnvVarSource::default()
+                    }),
+                    ..EnvVar::default()
+                },
+                EnvVar {
+                    name: "EXTERNAL_ADDRESS".into(),
+                    value: Some(ext.clone()),
+                    ..EnvVar::default()
+                },
+            ]),
+            security_context: Some(restricted.clone()),
+            volume_mounts: Some(vec![mount(
+                "runtime",
+                format!("{ETC_DIR}/{RUNTIME_DIR}"),
+                false,
+            )]),
+            ..Container::default()
+        }]
+    });
+    // Asterisk refuses keys others can read; group-readable for fsGroup.
+    let secret_mode = Some(0o440);
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(&pbx.name),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "secrets".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret_name(&pbx.name)),
+                default_mode: secret_mode,
+                items: Some(
+                    config
+                        .secret_files
+                        .keys()
+                        .map(|k| k8s_openapi::api::core::v1::KeyToPath {
+                            key: k.clone(),
+                            path: k.clone(),
+                            mode: None,
+                        })
+                        .collect(),
+                ),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(pbx.tls_secret_name.clone()),
+                default_mode: secret_mode,
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        empty_dir("runtime"),
+        empty_dir("run"),
+        empty_dir("log"),
+    ];
+    let volume_claim_templates = spec.storage.as_ref().map(|storage| {
+        vec![PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("spool".into()),
+                labels: Some(labels.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                storage_class_name: storage.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([("storage".into(), storage.size.clone())])),
+                    limits: None,
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            ..PersistentVolumeClaim::default()
+        }]
+    });
+    // With storage, the claim template provides the `spool` volume.
+    if volume_claim_templates.is_none() {
+        volumes.push(empty_dir("spool"));
+    }
+    let affinity = host_network.then(|| Affinity {
+        // Host network: two PBXs on one node would fight for the same ports.
+        pod_anti_affinity: Some(PodAntiAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        "app.kubernetes.io/name".into(),
+                        APP_NAME.into(),
+                    )])),
+                    match_expressions: None,
+                }),
+                topology_key: "kubernetes.io/hostname".into(),
+                ..PodAffinityTerm::default()
+            }]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    });
+    let pod = PodSpec {
+        host_network: host_network.then_some(true),
+        dns_policy: Some(
+            if host_network {
+                "ClusterFirstWithHostNet"
+            } else {
+                "ClusterFirst"
+            }
+            .into(),
+        ),
+        security_context: Some(PodSecurityContext {
+            run_as_user: Some(ASTERISK_UID),
+            run_as_group: Some(ASTERISK_UID),
+            fs_group: Some(ASTERISK_UID),
+            run_as_non_root: Some(true),
+            seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        }),
+        init_containers,
+        containers: vec![asterisk, reloader],
+        volumes: Some(volumes),
+        affinity,
+        node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+        tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(30),
+        ..PodSpec::default()
+    };
+    StatefulSet {
+        metadata: metadata(pbx, pbx.name.clone()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(wss_service_name(&pbx.name)),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&pbx.name)),
+                match_expressions: None,
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.into(),
+                        restart_config_hash(config),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            volume_claim_templates,
+            persistent_volume_claim_retention_policy: spec.storage.as_ref().map(|s| {
+                let policy = if s.delete_on_removal {
+                    "Delete"
+                } else {
+                    "Retain"
+                };
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(policy.into()),
+                    when_scaled: Some("Retain".into()),
+                }
+            }),
+            ..StatefulSetSpec::default()
+        }),
+        status: None,
+    }
+}

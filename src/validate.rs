@@ -1,0 +1,531 @@
+//! The validate step: a `WebRtcPbx` plus the objects it references (already
+//! fetched by the caller) become a [`ValidatedPbx`], the typed input of the
+//! pure renderers, or a list of [`Problem`]s, one per thing the user must fix.
+//! Checks the apiserver cannot make (missing Secrets and keys, durations the
+//! code must parse) live here; the schema rules live in [`crate::api`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::ResourceExt;
+
+use crate::api::{Codec, SecretKeyRef, TlsMode, WebRtcPbx, WebRtcPbxSpec};
+
+/// User name of the probe endpoint. Never a valid extension (extensions are
+/// digits), so it cannot collide with a user.
+pub const PROBE_USERNAME: &str = "wpbx-probe";
+
+/// One thing wrong with a PBX's input, with the condition reason it maps to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    /// A field has a value the operator cannot use.
+    #[error("spec.{field}: {message}")]
+    InvalidSpec {
+        /// JSON path below `spec`.
+        field: String,
+        /// What to change.
+        message: String,
+    },
+    /// A referenced Secret does not exist.
+    #[error("Secret {name} (referenced by spec.{field}) not found in namespace {namespace}")]
+    SecretNotFound {
+        /// Secret name.
+        name: String,
+        /// Namespace searched.
+        namespace: String,
+        /// Referencing field.
+        field: String,
+    },
+    /// A referenced Secret lacks the key.
+    #[error("Secret {name} has no key {key} (referenced by spec.{field})")]
+    SecretKeyMissing {
+        /// Secret name.
+        name: String,
+        /// Missing key.
+        key: String,
+        /// Referencing field.
+        field: String,
+    },
+    /// A referenced ConfigMap or its key does not exist.
+    #[error(
+        "ConfigMap {name} with key {key} (referenced by spec.{field}) not found in namespace {namespace}"
+    )]
+    ConfigMapNotFound {
+        /// ConfigMap name.
+        name: String,
+        /// Key.
+        key: String,
+        /// Namespace searched.
+        namespace: String,
+        /// Referencing field.
+        field: String,
+    },
+}
+
+impl Problem {
+    /// The ConfigRendered condition reason for this problem.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Problem::InvalidSpec { .. } => crate::status::reasons::INVALID_SPEC,
+            Problem::SecretNotFound { .. } | Problem::SecretKeyMissing { .. } => {
+                crate::status::reasons::SECRET_NOT_FOUND
+            }
+            Problem::ConfigMapNotFound { .. } => crate::status::reasons::CONFIG_MAP_NOT_FOUND,
+        }
+    }
+}
+
+/// The objects a PBX references, fetched by the caller (the dereference step).
+#[derive(Debug, Default, Clone)]
+pub struct Referenced {
+    /// Secrets of the PBX's namespace, by name (only the referenced ones are needed).
+    pub secrets: BTreeMap<String, Secret>,
+    /// ConfigMaps of the PBX's namespace, by name.
+    pub config_maps: BTreeMap<String, ConfigMap>,
+}
+
+impl Referenced {
+    /// Collects the Secrets and ConfigMaps from a list of objects, by name.
+    pub fn from_objects(secrets: Vec<Secret>, config_maps: Vec<ConfigMap>) -> Self {
+        Self {
+            secrets: secrets.into_iter().map(|s| (s.name_any(), s)).collect(),
+            config_maps: config_maps.into_iter().map(|c| (c.name_any(), c)).collect(),
+        }
+    }
+}
+
+/// Passwords the operator generated earlier (read back from its own Secret)
+/// or generates now. Randomness stays with the caller.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Generated {
+    /// Generated passwords of users without `passwordSecretRef`, by extension.
+    pub user_passwords: BTreeMap<String, String>,
+    /// The probe endpoint's password.
+    pub probe_password: String,
+}
+
+/// A user ready to render.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatedUser {
+    /// Extension and SIP user name.
+    pub extension: String,
+    /// Caller name.
+    pub display_name: Option<String>,
+    /// The SIP password.
+    pub password: String,
+    /// Codecs in order of preference.
+    pub codecs: Vec<Codec>,
+    /// Simultaneous registrations.
+    pub max_contacts: i32,
+    /// True when the operator generated the password.
+    pub generated_password: bool,
+}
+
+/// A TURN server with its credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnServer {
+    /// `host:port` without the `turn:` scheme.
+    pub address: String,
+    /// TURN user name.
+    pub username: String,
+    /// TURN password.
+    pub password: String,
+}
+
+/// Everything the renderers need, checked and resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedPbx {
+    /// Name of the WebRtcPbx.
+    pub name: String,
+    /// Namespace of the WebRtcPbx.
+    pub namespace: String,
+    /// UID, when the object came from the apiserver (owner references need it).
+    pub uid: Option<String>,
+    /// The spec, defaults applied.
+    pub spec: WebRtcPbxSpec,
+    /// Users with their passwords.
+    pub users: Vec<ValidatedUser>,
+    /// The probe endpoint's password.
+    pub probe_password: String,
+    /// First STUN server as `host:port`.
+    pub stun: Option<String>,
+    /// First TURN server.
+    pub turn: Option<TurnServer>,
+    /// Text of the extra dialplan.
+    pub extra_dialplan: Option<String>,
+    /// CRLF keep-alive interval.
+    pub keep_alive: Duration,
+    /// Name of the Secret holding tls.crt / tls.key.
+    pub tls_secret_name: String,
+}
+
+impl ValidatedPbx {
+    /// The URL browsers connect to.
+    pub fn wss_url(&self) -> String {
+        format!("wss://{}:{}/ws", self.spec.domain, self.spec.wss.port)
+    }
+}
+
+/// Extensions whose password the operator must generate (no passwordSecretRef).
+pub fn users_needing_generated_passwords(spec: &WebRtcPbxSpec) -> Vec<String> {
+    spec.users
+        .iter()
+        .filter(|u| u.password_secret_ref.is_none())
+        .map(|u| u.extension.clone())
+        .collect()
+}
+
+/// The Secret the TLS material is read from for a PBX.
+pub fn tls_secret_name(name: &str, spec: &WebRtcPbxSpec) -> String {
+    match (spec.tls.mode, &spec.tls.secret_name) {
+        (TlsMode::Secret, Some(secret)) => secret.clone(),
+        _ => format!("{name}-tls"),
+    }
+}
+
+/// Checks a PBX against what it references and resolves it for rendering.
+/// Returns every problem found, not just the first.
+pub fn validate(
+    pbx: &WebRtcPbx,
+    referenced: &Referenced,
+    generated: &Generated,
+) -> Result<ValidatedPbx, Vec<Problem>> {
+    let spec = &pbx.spec;
+    let name = pbx.name_any();
+    let namespace = pbx.namespace().unwrap_or_else(|| "default".into());
+    let mut problems = Vec::new();
+
+    check_spec(spec, &mut problems);
+    let keep_alive = duration_field(
+        "sip.keepAliveInterval",
+        &spec.sip.keep_alive_interval,
+        &mut problems,
+    );
+    for (field, value) in [
+        ("probes.interval", &spec.probes.interval),
+        ("probes.timeout", &spec.probes.timeout),
+        ("probes.echoCall.duration", &spec.probes.echo_call.duration),
+        ("tls.renewBefore", &spec.tls.renew_before),
+    ] {
+        duration_field(field, value, &mut problems);
+    }
+
+    let mut users = Vec::new();
+    for (i, user) in spec.users.iter().enumerate() {
+        let (password, generated_password) = match &user.password_secret_ref {
+            Some(r) => {
+                let field = format!("users[{i}].passwordSecretRef");
+                match secret_value(referenced, r, &namespace, &field, &mut problems) {
+                    Some(p) if p.is_empty() => {
+                        problems.push(Problem::InvalidSpec {
+                            field,
+                            message: format!(
+                                "Secret {} key {} holds an empty password",
+                                r.name, r.key
+                            ),
+                        });
+                        continue;
+                    }
+                    Some(p) => (p, false),
+                    None => continue,
+                }
+            }
+            None => match generated.user_passwords.get(&user.extension) {
+                Some(p) => (p.clone(), true),
+                None => {
+                    problems.push(Problem::InvalidSpec {
+                        field: format!("users[{i}]"),
+                        message: format!(
+                            "no password for extension {}: set passwordSecretRef or let the operator generate one",
+                            user.extension
+                        ),
+                    });
+                    continue;
+                }
+            },
+        };
+        users.push(ValidatedUser {
+            extension: user.extension.clone(),
+            display_name: user.display_name.clone(),
+            password,
+            codecs: user.codecs.clone(),
+            max_contacts: user.max_contacts,
+            generated_password,
+        });
+    }
+
+    let stun = spec
+        .rtp
+        .ice
+        .stun_servers
+        .first()
+        .map(|s| s.trim_start_matches("stun:").to_string());
+    let turn = spec.rtp.ice.turn_servers.first().and_then(|t| {
+        let field = "rtp.ice.turnServers[0].credentialsSecretRef".to_string();
+        let Some(creds) = &t.credentials_secret_ref else {
+            problems.push(Problem::InvalidSpec {
+                field,
+                message: "TURN servers need credentialsSecretRef".into(),
+            });
+            return None;
+        };
+        let user = secret_value(
+            referenced,
+            &SecretKeyRef {
+                name: creds.name.clone(),
+                key: creds.username_key.clone(),
+            },
+            &namespace,
+            &field,
+            &mut problems,
+        );
+        let pass = secret_value(
+            referenced,
+            &SecretKeyRef {
+                name: creds.name.clone(),
+                key: creds.password_key.clone(),
+            },
+            &namespace,
+            &field,
+            &mut problems,
+        );
+        let address = t
+            .url
+            .trim_start_matches("turns:")
+            .trim_start_matches("turn:")
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        Some(TurnServer {
+            address,
+            username: user?,
+            password: pass?,
+        })
+    });
+
+    let extra_dialplan = spec.dialplan.extra_config_map_ref.as_ref().and_then(|r| {
+        let text = referenced
+            .config_maps
+            .get(&r.name)
+            .and_then(|cm| cm.data.as_ref())
+            .and_then(|d| d.get(&r.key))
+            .cloned();
+        if text.is_none() {
+            problems.push(Problem::ConfigMapNotFound {
+                name: r.name.clone(),
+                key: r.key.clone(),
+                namespace: namespace.clone(),
+                field: "dialplan.extraConfigMapRef".into(),
+            });
+        }
+        text
+    });
+
+    if generated.probe_password.is_empty() {
+        problems.push(Problem::InvalidSpec {
+            field: "probes".into(),
+            message: "no probe password was generated".into(),
+        });
+    }
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(ValidatedPbx {
+        tls_secret_name: tls_secret_name(&name, spec),
+        name,
+        namespace,
+        uid: pbx.metadata.uid.clone(),
+        spec: spec.clone(),
+        users,
+        probe_password: generated.probe_password.clone(),
+        stun,
+        turn,
+        extra_dialplan,
+        keep_alive: keep_alive.unwrap_or(Duration::from_secs(30)),
+    })
+}
+
+/// The rules the apiserver also enforces, repeated for input that never
+/// passed admission (the offline `render` command, an apiserver without CEL).
+fn check_spec(spec: &WebRtcPbxSpec, problems: &mut Vec<Problem>) {
+    let mut invalid = |field: &str, message: String| {
+        problems.push(Problem::InvalidSpec {
+            field: field.into(),
+            message,
+        })
+    };
+    let range = spec.rtp.port_range;
+    if range.start > range.end {
+        invalid(
+            "rtp.portRange",
+            format!("start {} is greater than end {}", range.start, range.end),
+        );
+    }
+    if range.contains(spec.wss.port) {
+        invalid(
+            "wss.port",
+            format!(
+                "{} lies inside rtp.portRange {}-{}",
+                spec.wss.port, range.start, range.end
+            ),
+        );
+    }
+    if spec.wss.ws_port == Some(spec.wss.port) {
+        invalid("wss.wsPort", "equals wss.port".into());
+    }
+    if spec.network.mode == crate::api::NetworkMode::Service && range.len() > 200 {
+        invalid(
+            "rtp.portRange",
+            format!(
+                "{} ports in Service mode: a Service cannot carry a port range; use at most 200 ports or mode HostNetwork",
+                range.len()
+            ),
+        );
+    }
+    let mut seen = BTreeMap::new();
+    for (i, u) in spec.users.iter().enumerate() {
+        if let Some(first) = seen.insert(u.extension.as_str(), i) {
+            invalid(
+                &format!("users[{i}].extension"),
+                format!("{} is also users[{first}].extension", u.extension),
+            );
+        }
+        if u.extension == spec.dialplan.echo_extension {
+            invalid(
+                &format!("users[{i}].extension"),
+                format!("{} is the echo extension", u.extension),
+            );
+        }
+    }
+    match spec.tls.mode {
+        TlsMode::Secret if spec.tls.secret_name.as_deref().unwrap_or("").is_empty() => invalid(
+            "tls.secretName",
+            "tls.mode Secret needs tls.secretName".into(),
+        ),
+        TlsMode::CertManager if spec.tls.issuer_ref.is_none() => invalid(
+            "tls.issuerRef",
+            "tls.mode CertManager needs tls.issuerRef".into(),
+        ),
+        _ => {}
+    }
+}
+
+fn duration_field(field: &str, value: &str, problems: &mut Vec<Problem>) -> Option<Duration> {
+    match parse_duration(value) {
+        Ok(d) => Some(d),
+        Err(message) => {
+            problems.push(Problem::InvalidSpec {
+                field: field.into(),
+                message,
+            });
+            None
+        }
+    }
+}
+
+fn secret_value(
+    referenced: &Referenced,
+    r: &SecretKeyRef,
+    namespace: &str,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<String> {
+    let Some(secret) = referenced.secrets.get(&r.name) else {
+        problems.push(Problem::SecretNotFound {
+            name: r.name.clone(),
+            namespace: namespace.into(),
+            field: field.into(),
+        });
+        return None;
+    };
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .map(|s| s.clone().into_bytes())
+        });
+    let Some(bytes) = bytes else {
+        problems.push(Problem::SecretKeyMissing {
+            name: r.name.clone(),
+            key: r.key.clone(),
+            field: field.into(),
+        });
+        return None;
+    };
+    match String::from_utf8(bytes) {
+        // A trailing newline from `kubectl create secret --from-file` is not part of the password.
+        Ok(s) => Some(s.trim_end_matches(['\n', '\r']).to_string()),
+        Err(_) => {
+            problems.push(Problem::InvalidSpec {
+                field: field.into(),
+                message: format!("Secret {} key {} is not UTF-8 text", r.name, r.key),
+            });
+            None
+        }
+    }
+}
+
+/// Parses a Go-style duration (`90s`, `1m30s`, `720h`, `250ms`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration such as 30s, 1m30s or 720h");
+    if text.is_empty() {
+        return Err(bad());
+    }
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if num_len == 0 {
+            return Err(bad());
+        }
+        let number: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total += Duration::from_secs_f64(number * seconds);
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("720h"), Ok(Duration::from_secs(720 * 3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "s", "30", "30x", "-1s", "1s2"] {
+            assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+}
