@@ -185,11 +185,13 @@ pub struct NetworkSpec {
     /// audio).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("isIP(self)").message("network.externalAddress must be an IP address such as 203.0.113.10"))]
+    #[schemars(length(max = 64))]
     pub external_address: Option<String>,
     /// Networks that are local (not behind the NAT), as CIDRs; pjsip local_net.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.all(n, isCIDR(n))").message("network.localNetworks entries must be CIDRs such as 10.0.0.0/8"))]
+    #[schemars(inner(length(max = 64)))]
     pub local_networks: Vec<String>,
 }
 
@@ -209,6 +211,7 @@ pub struct WssSpec {
     /// Address the WebSocket server binds to inside the pod. Default 0.0.0.0.
     #[serde(default = "default_bind_address")]
     #[x_kube(validation = Rule::new("isIP(self)").message("wss.bindAddress must be an IP address such as 0.0.0.0"))]
+    #[schemars(length(max = 64))]
     pub bind_address: String,
     /// The WSS Service.
     #[serde(default)]
@@ -275,6 +278,7 @@ pub struct WssServiceSpec {
         skip_serializing_if = "Option::is_none"
     )]
     #[x_kube(validation = Rule::new("isIP(self)").message("wss.service.loadBalancerIP must be an IP address"))]
+    #[schemars(length(max = 64))]
     pub load_balancer_ip: Option<String>,
 }
 
@@ -346,6 +350,7 @@ pub struct IceSpec {
     #[schemars(length(max = 8))]
     #[x_kube(validation = Rule::new("self.all(s, s.matches('^stun:[A-Za-z0-9.-]+(:[0-9]{1,5})?$'))")
         .message("rtp.ice.stunServers entries must look like stun:stun.example.net:3478"))]
+    #[schemars(inner(length(max = 255)))]
     pub stun_servers: Vec<String>,
     /// TURN servers with credentials. Asterisk relays through the first one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -362,6 +367,7 @@ pub struct TurnServer {
     /// `turn:HOST[:PORT]` (UDP/TCP).
     #[x_kube(validation = Rule::new("self.matches('^turns?:[A-Za-z0-9.-]+(:[0-9]{1,5})?(\\\\?transport=(udp|tcp))?$')")
         .message("rtp.ice.turnServers url must look like turn:turn.example.net:3478"))]
+    #[schemars(length(max = 255))]
     pub url: String,
     /// The Secret holding the TURN username and password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -424,6 +430,7 @@ pub struct TlsSpec {
     pub mode: TlsMode,
     /// With mode Secret: the kubernetes.io/tls Secret in the PBX's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub secret_name: Option<String>,
     /// With mode CertManager: the issuer of the Certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -436,6 +443,7 @@ pub struct TlsSpec {
     /// (Go duration, default 720h = 30 days).
     #[serde(default = "default_renew_before")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("tls.renewBefore must be a duration of at least 1h, such as 720h"))]
+    #[schemars(length(max = 32))]
     pub renew_before: String,
 }
 
@@ -488,6 +496,7 @@ pub struct SipSpec {
     #[serde(default = "default_keep_alive")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('0s') && duration(self) <= duration('1h')")
         .message("sip.keepAliveInterval must be a duration between 0s and 1h, such as 30s"))]
+    #[schemars(length(max = 32))]
     pub keep_alive_interval: String,
 }
 
@@ -538,6 +547,7 @@ pub struct UserSpec {
     /// The extension, also the SIP user name (digits, optionally with * # +).
     #[x_kube(validation = Rule::new("self.matches('^[0-9*#+]{1,16}$')")
         .message("users[].extension must be 1-16 digits (optionally * # +), such as 1001"))]
+    #[schemars(length(min = 1, max = 16))]
     pub extension: String,
     /// The caller name shown to callees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -588,6 +598,7 @@ pub struct DialplanSpec {
     #[serde(default = "default_echo_extension")]
     #[x_kube(validation = Rule::new("self.matches('^[0-9*#+]{1,16}$')")
         .message("dialplan.echoExtension must be 1-16 digits (optionally * # +), such as *43"))]
+    #[schemars(length(min = 1, max = 16))]
     pub echo_extension: String,
     /// Extra dialplan: a ConfigMap key whose text is included as
     /// extensions_custom.conf; its `[users-custom]` context is reachable by users.
@@ -626,10 +637,12 @@ pub struct ProbesSpec {
     /// Time between probe runs (Go duration, default 60s, at least 5s).
     #[serde(default = "default_probe_interval")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('5s')").message("probes.interval must be a duration of at least 5s, such as 60s"))]
+    #[schemars(length(max = 32))]
     pub interval: String,
     /// Time limit of each probe step (Go duration, default 10s).
     #[serde(default = "default_probe_timeout")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("probes.timeout must be a duration of at least 1s, such as 10s"))]
+    #[schemars(length(max = 32))]
     pub timeout: String,
     /// Optional `host:port` to dial instead of the in-cluster address, while
     /// SNI, Host and the certificate are still checked against `domain`
@@ -637,6 +650,7 @@ pub struct ProbesSpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == '' || self.matches('^(\\\\[[0-9a-fA-F:.]+\\\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$')")
         .message("probes.connectAddress must be host:port, such as 127.0.0.1:18089, or empty"))]
+    #[schemars(length(max = 261))]
     pub connect_address: String,
     /// The REGISTER probe.
     #[serde(default)]
@@ -695,6 +709,7 @@ pub struct EchoCallProbe {
     #[serde(default = "default_echo_duration")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('10m')")
         .message("probes.echoCall.duration must be a duration between 1s and 10m, such as 10s"))]
+    #[schemars(length(max = 32))]
     pub duration: String,
 }
 

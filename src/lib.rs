@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cli;
 pub mod crd;
+pub mod probe;
 pub mod render;
 pub mod status;
 pub mod validate;

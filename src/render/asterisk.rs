@@ -47,17 +47,25 @@ pub fn render(pbx: &ValidatedPbx) -> AsteriskConfig {
     files.insert("pjsip.conf".into(), pjsip_conf(pbx).render());
     files.insert("extensions.conf".into(), extensions_conf(pbx).render());
     files.insert("rtp.conf".into(), rtp_conf(pbx).render());
-    // Present so Asterisk does not log errors for core files it always reads.
-    files.insert(
-        "manager.conf".into(),
+    // Core files Asterisk always reads: present, so a real error in the log
+    // is never lost among "Unable to load config file" lines.
+    let off = |name: &str, key: &str| {
         ConfFile::new()
-            .section(Section::new("general").set("enabled", "no"))
-            .render(),
-    );
+            .section(Section::new(name).set(key, "no"))
+            .render()
+    };
+    let bare = |name: &str| ConfFile::new().section(Section::new(name)).render();
+    files.insert("manager.conf".into(), off("general", "enabled"));
+    files.insert("cdr.conf".into(), off("general", "enable"));
+    files.insert("cel.conf".into(), off("general", "enable"));
     files.insert("acl.conf".into(), ConfFile::new().render());
+    files.insert("features.conf".into(), bare("general"));
+    files.insert("udptl.conf".into(), bare("general"));
     files.insert(
-        "udptl.conf".into(),
-        ConfFile::new().section(Section::new("general")).render(),
+        "pjproject.conf".into(),
+        ConfFile::new()
+            .section(Section::new("startup").set("type", "startup"))
+            .render(),
     );
     if let Some(text) = &pbx.extra_dialplan {
         files.insert(CUSTOM_DIALPLAN_FILE.into(), text.clone());

@@ -1,0 +1,499 @@
+//! The test harness on the real ground (`scripts/ground`): one control plane
+//! per test binary, one namespace per test, real Asterisk processes from the
+//! chroot. Nothing is mocked; a missing ground fails the test and says how to
+//! provision it. Teardown is by watchdogs keyed to the test binary's PID, so
+//! a panic or a kill leaks neither processes nor mounts.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use webrtc_pbx_operator::probe::digest;
+use webrtc_pbx_operator::probe::sip::Message;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn ground_script() -> PathBuf {
+    repo().join("scripts/ground")
+}
+
+/// Fails the test unless the ground is provisioned, saying how to fix it.
+pub fn require_provisioned() {
+    let out = Command::new(ground_script())
+        .arg("check")
+        .output()
+        .expect("run scripts/ground check");
+    assert!(
+        out.status.success(),
+        "{}\nThis test needs the real test ground (Kubernetes control plane and Asterisk 22).\n\
+         Provision it once with: scripts/ground provision   (cached under ~/.cache/webrtc-pbx-operator)",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// A value of `scripts/ground env`.
+pub fn ground_env(key: &str) -> String {
+    let out = Command::new(ground_script())
+        .arg("env")
+        .output()
+        .expect("run scripts/ground env");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_string))
+        .unwrap_or_else(|| panic!("scripts/ground env has no {key}"))
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    /// State directory of `scripts/ground up`.
+    pub dir: PathBuf,
+    /// Admin kubeconfig.
+    pub kubeconfig: PathBuf,
+}
+
+static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
+
+/// The control plane of this test binary, started on first use and torn down
+/// by a watchdog when the binary exits.
+pub fn control_plane() -> &'static ControlPlane {
+    CONTROL_PLANE.get_or_init(|| {
+        require_provisioned();
+        let dir =
+            std::env::temp_dir().join(format!("webrtc-pbx-ground.test-{}", std::process::id()));
+        let out = Command::new(ground_script())
+            .args(["up", "--dir"])
+            .arg(&dir)
+            .args(["--watch-pid", &std::process::id().to_string()])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/ground up");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "scripts/ground up failed: {stdout}");
+        let kubeconfig = stdout
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix("export KUBECONFIG="))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("scripts/ground up did not print KUBECONFIG: {stdout}"));
+        ControlPlane { dir, kubeconfig }
+    })
+}
+
+/// A client for the control plane (one per test: clients belong to a runtime).
+pub async fn client() -> Client {
+    let cp = control_plane();
+    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+static NAMESPACE_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Creates a fresh namespace for one test.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    let name = format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NAMESPACE_SEQ.fetch_add(1, Ordering::SeqCst)
+    );
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    name
+}
+
+/// Installs a CRD (server-side apply) and waits until it is Established.
+pub async fn install_crd(client: &Client, crd: &CustomResourceDefinition) {
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    let name = crd.metadata.name.clone().unwrap();
+    api.patch(
+        &name,
+        &PatchParams::apply("webrtc-pbx-tests").force(),
+        &Patch::Apply(crd),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
+    wait_until(
+        Duration::from_secs(30),
+        &format!("CRD {name} Established"),
+        || async {
+            let crd = api.get(&name).await.ok()?;
+            crd.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// Installs the committed CRDs from `crds/`.
+pub async fn install_project_crds(client: &Client) {
+    let dir = repo().join("crds");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let crd: CustomResourceDefinition =
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        install_crd(client, &crd).await;
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails the test after `timeout`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "wpbx-{name}-{}-{}",
+        std::process::id(),
+        NAMESPACE_SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A self-signed certificate and key (PEM) for `names`, written as
+/// tls.crt / tls.key / ca.crt into `keys_dir`.
+pub fn write_self_signed(keys_dir: &Path, names: &[&str]) -> String {
+    let cert =
+        rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("generate certificate");
+    std::fs::create_dir_all(keys_dir).unwrap();
+    let pem = cert.cert.pem();
+    std::fs::write(keys_dir.join("tls.crt"), &pem).unwrap();
+    std::fs::write(keys_dir.join("tls.key"), cert.signing_key.serialize_pem()).unwrap();
+    std::fs::write(keys_dir.join("ca.crt"), &pem).unwrap();
+    pem
+}
+
+/// A real Asterisk 22 from the chroot, killed on drop.
+pub struct Asterisk {
+    child: Child,
+    /// Per-instance run/log/spool directories.
+    pub state: PathBuf,
+    /// Combined stdout and stderr of Asterisk.
+    pub log: PathBuf,
+    /// Its /etc/asterisk.
+    pub etc: PathBuf,
+}
+
+impl Asterisk {
+    /// Starts Asterisk with `etc` as /etc/asterisk. Returns once the process
+    /// runs; use [`Asterisk::wait_wss`] to wait for the WebSocket server.
+    pub fn start(etc: &Path) -> Asterisk {
+        require_provisioned();
+        let state = etc.parent().unwrap().join(format!(
+            "state-{}",
+            NAMESPACE_SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&state).unwrap();
+        let log = state.join("asterisk.out");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(ground_script())
+            .args(["asterisk", "--etc"])
+            .arg(etc)
+            .arg("--state")
+            .arg(&state)
+            .args(["--watch-pid", &std::process::id().to_string()])
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start scripts/ground asterisk");
+        Asterisk {
+            child,
+            state,
+            log,
+            etc: etc.to_path_buf(),
+        }
+    }
+
+    /// The process ID (the script execs into Asterisk).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What Asterisk printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs a CLI command through the control socket (`asterisk -rx`).
+    pub fn cli(&self, command: &str) -> String {
+        let root = ground_env("ASTERISK_ROOT");
+        // The control socket lives in the instance's run dir; reach it from
+        // the chroot through a private bind like the server's.
+        let script = format!(
+            "mount --bind '{}' '{root}/run/asterisk' && exec chroot '{root}' /usr/sbin/asterisk -rx \"$0\"",
+            self.state.join("run").display()
+        );
+        let out = Command::new("unshare")
+            .args(["--mount", "sh", "-c", &script, command])
+            .output()
+            .expect("asterisk -rx");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    /// Waits until `wss://127.0.0.1:port/ws` answers 101 with subprotocol
+    /// `sip` (an open TLS port alone is not ready: `/ws` answers 400 for a
+    /// moment). Returns how long it took since `since`.
+    pub async fn wait_wss(
+        &mut self,
+        port: u16,
+        server_name: &str,
+        ca_pem: &str,
+        since: Instant,
+    ) -> Duration {
+        let deadline = Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "Asterisk exited ({status}) before WSS was ready:\n{}",
+                    self.output()
+                );
+            }
+            if let Ok((101, Some(p))) = ws_upgrade(port, "/ws", server_name, ca_pem).await {
+                if p == "sip" {
+                    return since.elapsed();
+                }
+            }
+            assert!(
+                since.elapsed() < deadline,
+                "WSS on port {port} not ready after {deadline:?}:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops Asterisk (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Asterisk {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A WebSocket over TLS to Asterisk.
+pub type Wss =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// Opens `wss://127.0.0.1:port{path}` with subprotocol `sip`, verifying the
+/// server certificate against `ca_pem` for `server_name`. Returns the HTTP
+/// status and the subprotocol the server echoed.
+pub async fn ws_upgrade(
+    port: u16,
+    path: &str,
+    server_name: &str,
+    ca_pem: &str,
+) -> Result<(u16, Option<String>), String> {
+    match wss_connect(port, path, server_name, ca_pem).await {
+        Ok((_, protocol)) => Ok((101, protocol)),
+        Err(WsError::Status(code)) => Ok((code, None)),
+        Err(WsError::Other(e)) => Err(e),
+    }
+}
+
+/// Why a WebSocket could not be opened.
+#[derive(Debug)]
+pub enum WsError {
+    /// The server answered the upgrade with this HTTP status.
+    Status(u16),
+    /// Anything else.
+    Other(String),
+}
+
+/// Opens a `sip` WebSocket; see [`ws_upgrade`].
+pub async fn wss_connect(
+    port: u16,
+    path: &str,
+    server_name: &str,
+    ca_pem: &str,
+) -> Result<(Wss, Option<String>), WsError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let other = |e: &dyn std::fmt::Display| WsError::Other(e.to_string());
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(ca_pem) {
+        roots.add(cert).map_err(|e| other(&e))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| other(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| other(&e))?;
+    let name =
+        rustls::pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| other(&e))?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| other(&e))?;
+    let mut request = format!("wss://{server_name}:{port}{path}")
+        .into_client_request()
+        .map_err(|e| other(&e))?;
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("sip"));
+    match tokio_tungstenite::client_async(request, tls).await {
+        Ok((ws, response)) => Ok((
+            ws,
+            response
+                .headers()
+                .get("Sec-WebSocket-Protocol")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        )),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(WsError::Status(response.status().as_u16()))
+        }
+        Err(e) => Err(other(&e)),
+    }
+}
+
+/// Sends a SIP request and returns the final response to it (provisional
+/// responses and unrelated messages are skipped).
+pub async fn sip_transaction(ws: &mut Wss, request: &Message) -> Message {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Frame;
+    let branch = request
+        .via_branch()
+        .expect("request has a Via branch")
+        .to_string();
+    ws.send(Frame::text(request.to_string()))
+        .await
+        .expect("send SIP request");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("no SIP response within 5 s")
+            .expect("WebSocket closed")
+            .expect("WebSocket error");
+        let Frame::Text(text) = frame else { continue };
+        let message = Message::parse(text.as_str()).expect("parse SIP message");
+        if message.via_branch() == Some(branch.as_str())
+            && message.status().is_some_and(|s| s >= 200)
+        {
+            return message;
+        }
+    }
+}
+
+static SIP_SEQ: AtomicU32 = AtomicU32::new(1);
+
+/// A REGISTER over `ws` for `user`, answering one digest challenge with
+/// `password`. Returns the final status code and the final response.
+pub async fn sip_register(
+    ws: &mut Wss,
+    domain: &str,
+    user: &str,
+    password: &str,
+    expires: u32,
+) -> (u16, Message) {
+    let n = SIP_SEQ.fetch_add(1, Ordering::SeqCst);
+    let call_id = format!("test-{}-{n}", std::process::id());
+    let host = format!("h{n}.invalid");
+    let uri = format!("sip:{domain}");
+    let build = |cseq: u32, auth: Option<String>| {
+        let mut m = Message::request("REGISTER", &uri)
+            .with_header(
+                "Via",
+                format!("SIP/2.0/WSS {host};branch=z9hG4bK-{call_id}-{cseq}"),
+            )
+            .with_header("Max-Forwards", "70")
+            .with_header("From", format!("<sip:{user}@{domain}>;tag=t{n}"))
+            .with_header("To", format!("<sip:{user}@{domain}>"))
+            .with_header("Call-ID", call_id.clone())
+            .with_header("CSeq", format!("{cseq} REGISTER"))
+            .with_header(
+                "Contact",
+                format!("<sip:{user}@{host};transport=ws>;expires={expires}"),
+            )
+            .with_header("Expires", expires.to_string());
+        if let Some(a) = auth {
+            m = m.with_header("Authorization", a);
+        }
+        m
+    };
+    let first = sip_transaction(ws, &build(1, None)).await;
+    if first.status() != Some(401) {
+        return (first.status().unwrap_or(0), first);
+    }
+    let challenge = digest::strongest(first.header_values("WWW-Authenticate"))
+        .expect("usable digest challenge");
+    let auth = digest::authorization(
+        &challenge,
+        &digest::Credentials {
+            username: user,
+            password,
+        },
+        "REGISTER",
+        &uri,
+        &format!("cn{n}"),
+        1,
+    );
+    let second = sip_transaction(ws, &build(2, Some(auth))).await;
+    (second.status().unwrap_or(0), second)
+}
+
+fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect()
+}
