@@ -19,6 +19,8 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/webrtc-pbx-operator/asterisk:22";
 
 /// A browser-reachable Asterisk PBX: WSS signalling, WebRTC media, users, and
 /// continuous probes that prove a browser can register and hear audio.
+// Repeated `printcolumn(type_ = ...)` entries are distinct columns, not duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "pbx.webrtc.io",

@@ -212,13 +212,12 @@ impl Message {
         if let Some(declared) = message
             .header("Content-Length")
             .and_then(|v| v.parse::<usize>().ok())
+            && declared != body.len()
         {
-            if declared != body.len() {
-                return Err(ParseError::ContentLength {
-                    declared,
-                    actual: body.len(),
-                });
-            }
+            return Err(ParseError::ContentLength {
+                declared,
+                actual: body.len(),
+            });
         }
         Ok(message)
     }

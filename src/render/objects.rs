@@ -41,6 +41,8 @@ pub const PROBE_PASSWORD_KEY: &str = "probe-password";
 pub const USER_PASSWORD_KEY_PREFIX: &str = "password-";
 
 /// One desired child object.
+// A few of these exist per PBX: their size does not matter, boxing would.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     /// Secret (credentials and secret-bearing config).

@@ -297,10 +297,10 @@ impl Asterisk {
                     self.output()
                 );
             }
-            if let Ok((101, Some(p))) = ws_upgrade(port, "/ws", server_name, ca_pem).await {
-                if p == "sip" {
-                    return since.elapsed();
-                }
+            if let Ok((101, Some(p))) = ws_upgrade(port, "/ws", server_name, ca_pem).await
+                && p == "sip"
+            {
+                return since.elapsed();
             }
             assert!(
                 since.elapsed() < deadline,
