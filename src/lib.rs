@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod certs;
 pub mod cli;
 pub mod crd;
 pub mod probe;

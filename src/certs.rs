@@ -1,0 +1,615 @@
+//! Certificates: issue and renew the operator's own CA and server
+//! certificate (`tls.mode: SelfSigned`), and inspect any certificate the PBX
+//! serves (`Secret` and `CertManager` modes) into a CertificateReady outcome.
+//! The caller passes the clock and the key pairs: no clock or key generation
+//! in here.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+};
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::pem::Pem;
+
+use crate::status::reasons;
+
+/// Secret keys of TLS material (kubernetes.io/tls plus ca.crt).
+pub const TLS_CRT: &str = "tls.crt";
+/// Private key of the server certificate.
+pub const TLS_KEY: &str = "tls.key";
+/// The CA certificate clients should trust.
+pub const CA_CRT: &str = "ca.crt";
+/// The operator CA's private key (SelfSigned mode only).
+pub const CA_KEY: &str = "ca.key";
+
+/// Validity of an operator-issued server certificate.
+pub const SERVER_VALIDITY: time::Duration = time::Duration::days(90);
+/// Validity of the operator CA.
+pub const CA_VALIDITY: time::Duration = time::Duration::days(3650);
+
+/// Why a certificate could not be issued or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertError {
+    /// rcgen refused the parameters or the key.
+    #[error("cannot issue certificate: {0}")]
+    Issue(String),
+    /// PEM or DER that does not parse.
+    #[error("cannot parse {what}: {message}")]
+    Parse {
+        /// What was being parsed.
+        what: String,
+        /// The parser's message.
+        message: String,
+    },
+}
+
+/// PEM material of an operator-managed certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsMaterial {
+    /// CA certificate (PEM).
+    pub ca_crt: String,
+    /// CA private key (PEM).
+    pub ca_key: String,
+    /// Server certificate (PEM).
+    pub tls_crt: String,
+    /// Server private key (PEM).
+    pub tls_key: String,
+}
+
+fn issue_err(e: rcgen::Error) -> CertError {
+    CertError::Issue(e.to_string())
+}
+
+fn serial(now: OffsetDateTime, salt: &[u8]) -> SerialNumber {
+    // Unique per issue time and key; positive (top bit clear).
+    let mut bytes = now.unix_timestamp_nanos().to_be_bytes().to_vec();
+    bytes.extend(salt.iter().take(8));
+    bytes[0] &= 0x7f;
+    SerialNumber::from_slice(&bytes)
+}
+
+/// Issues a new CA and a server certificate for `dns_names` (the first is
+/// the common name), valid from `now`.
+pub fn issue_self_signed(
+    pbx: &str,
+    dns_names: &[String],
+    now: OffsetDateTime,
+    ca_key: KeyPair,
+    server_key: KeyPair,
+) -> Result<TlsMaterial, CertError> {
+    let mut ca = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        format!("webrtc-pbx-operator CA for {pbx}"),
+    );
+    dn.push(DnType::OrganizationName, "webrtc-pbx-operator");
+    ca.distinguished_name = dn;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.not_before = now - time::Duration::minutes(5);
+    ca.not_after = now + CA_VALIDITY;
+    ca.serial_number = Some(serial(now, ca_key.public_key_raw()));
+    let ca_cert = ca.self_signed(&ca_key).map_err(issue_err)?;
+    let ca_crt = ca_cert.pem();
+    let ca_key_pem = ca_key.serialize_pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let tls_crt = server_cert(dns_names, now, &server_key, &issuer)?;
+    Ok(TlsMaterial {
+        ca_crt,
+        ca_key: ca_key_pem,
+        tls_crt,
+        tls_key: server_key.serialize_pem(),
+    })
+}
+
+/// Issues a new server certificate from an existing operator CA (renewal).
+pub fn renew_server(
+    ca_crt: &str,
+    ca_key: &str,
+    dns_names: &[String],
+    now: OffsetDateTime,
+    server_key: KeyPair,
+) -> Result<TlsMaterial, CertError> {
+    let key = KeyPair::from_pem(ca_key).map_err(|e| CertError::Parse {
+        what: CA_KEY.into(),
+        message: e.to_string(),
+    })?;
+    let issuer = Issuer::from_ca_cert_pem(ca_crt, key).map_err(issue_err)?;
+    let tls_crt = server_cert(dns_names, now, &server_key, &issuer)?;
+    Ok(TlsMaterial {
+        ca_crt: ca_crt.to_string(),
+        ca_key: ca_key.to_string(),
+        tls_crt,
+        tls_key: server_key.serialize_pem(),
+    })
+}
+
+fn server_cert(
+    dns_names: &[String],
+    now: OffsetDateTime,
+    key: &KeyPair,
+    issuer: &Issuer<'_, KeyPair>,
+) -> Result<String, CertError> {
+    let mut params = CertificateParams::new(dns_names.to_vec()).map_err(issue_err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        dns_names.first().cloned().unwrap_or_default(),
+    );
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + SERVER_VALIDITY;
+    params.serial_number = Some(serial(now, key.public_key_raw()));
+    params.use_authority_key_identifier_extension = true;
+    debug_assert!(
+        params
+            .subject_alt_names
+            .iter()
+            .all(|s| matches!(s, SanType::DnsName(_)))
+    );
+    Ok(params.signed_by(key, issuer).map_err(issue_err)?.pem())
+}
+
+/// What a certificate says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    /// Subject, RFC 4514 text.
+    pub subject: String,
+    /// Issuer, RFC 4514 text.
+    pub issuer: String,
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+    /// DNS subject alternative names.
+    pub dns_names: Vec<String>,
+    /// True when subject and issuer are the same and the signature verifies.
+    pub self_signed: bool,
+}
+
+/// The CertificateReady outcome of a served certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Usable; expires at `facts.not_after`.
+    Ready(CertFacts),
+    /// Usable, but inside the renewal window: renew or replace it soon.
+    ExpiringSoon(CertFacts),
+    /// Past notAfter.
+    Expired(CertFacts),
+    /// Before notBefore.
+    NotYetValid(CertFacts),
+    /// The private key does not belong to the certificate.
+    KeyMismatch,
+    /// The domain is not among the DNS names.
+    DomainNotCovered {
+        /// The PBX's domain.
+        domain: String,
+        /// The names the certificate covers.
+        dns_names: Vec<String>,
+    },
+    /// An issuer certificate needed by browsers is missing.
+    ChainIncomplete {
+        /// The issuer that is not in the bundle.
+        missing_issuer: String,
+    },
+    /// Missing keys or unparsable material.
+    Invalid(String),
+}
+
+impl Outcome {
+    /// The condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Outcome::Ready(_) => reasons::CERTIFICATE_VALID,
+            Outcome::ExpiringSoon(_) => reasons::EXPIRING_SOON,
+            Outcome::Expired(_) => reasons::EXPIRED,
+            Outcome::NotYetValid(_) => reasons::NOT_YET_VALID,
+            Outcome::KeyMismatch => reasons::KEY_MISMATCH,
+            Outcome::DomainNotCovered { .. } => reasons::DOMAIN_NOT_COVERED,
+            Outcome::ChainIncomplete { .. } => reasons::CHAIN_INCOMPLETE,
+            Outcome::Invalid(_) => reasons::INVALID_CERTIFICATE,
+        }
+    }
+
+    /// True when browsers will accept the certificate now.
+    pub fn usable(&self) -> bool {
+        matches!(self, Outcome::Ready(_) | Outcome::ExpiringSoon(_))
+    }
+
+    /// The leaf's facts, when it parsed.
+    pub fn facts(&self) -> Option<&CertFacts> {
+        match self {
+            Outcome::Ready(f)
+            | Outcome::ExpiringSoon(f)
+            | Outcome::Expired(f)
+            | Outcome::NotYetValid(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// A message that says what is wrong and what to do.
+    pub fn message(&self, domain: &str) -> String {
+        match self {
+            Outcome::Ready(f) => format!(
+                "certificate for {domain} valid until {}",
+                rfc3339(f.not_after)
+            ),
+            Outcome::ExpiringSoon(f) => format!(
+                "certificate for {domain} expires {} (inside the renewal window): renew or replace it",
+                rfc3339(f.not_after)
+            ),
+            Outcome::Expired(f) => format!(
+                "certificate for {domain} expired {}; browsers refuse it and close the WebSocket: replace it",
+                rfc3339(f.not_after)
+            ),
+            Outcome::NotYetValid(f) => {
+                format!(
+                    "certificate for {domain} is not valid before {}: check the issuer's clock",
+                    rfc3339(f.not_before)
+                )
+            }
+            Outcome::KeyMismatch => "tls.key does not belong to the certificate in tls.crt".into(),
+            Outcome::DomainNotCovered { domain, dns_names } => format!(
+                "certificate covers [{}] but not {domain}; browsers reject it with a hostname mismatch: reissue it for {domain}",
+                dns_names.join(", ")
+            ),
+            Outcome::ChainIncomplete { missing_issuer } => format!(
+                "the chain is incomplete: the certificate of its issuer ({missing_issuer}) is missing; append the intermediate certificate(s) to tls.crt"
+            ),
+            Outcome::Invalid(msg) => msg.clone(),
+        }
+    }
+}
+
+/// RFC 3339 text of a time (for status and messages).
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+fn parse_chain(pem: &str, what: &str) -> Result<Vec<Vec<u8>>, String> {
+    let ders: Vec<Vec<u8>> = Pem::iter_from_buffer(pem.as_bytes())
+        .filter_map(Result::ok)
+        .filter(|p| p.label == "CERTIFICATE")
+        .map(|p| p.contents)
+        .collect();
+    if ders.is_empty() {
+        return Err(format!("{what} holds no PEM certificate"));
+    }
+    Ok(ders)
+}
+
+fn parse(der: &[u8]) -> Result<X509Certificate<'_>, String> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, c)| c)
+        .map_err(|e| format!("certificate does not parse: {e}"))
+}
+
+fn facts(cert: &X509Certificate<'_>) -> CertFacts {
+    let dns_names = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let self_signed = cert.subject() == cert.issuer() && cert.verify_signature(None).is_ok();
+    CertFacts {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+        dns_names,
+        self_signed,
+    }
+}
+
+/// Inspects the leaf of a PEM bundle.
+pub fn inspect(tls_crt: &str) -> Result<CertFacts, String> {
+    let ders = parse_chain(tls_crt, TLS_CRT)?;
+    Ok(facts(&parse(&ders[0])?))
+}
+
+/// True when `name` (a certificate DNS name, possibly `*.` wildcard) covers `domain`.
+pub fn name_covers(name: &str, domain: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let domain = domain.to_ascii_lowercase();
+    match name.strip_prefix("*.") {
+        Some(suffix) => domain
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+        None => name == domain,
+    }
+}
+
+/// Checks served TLS material: parses, key matches, the domain is covered,
+/// the chain is complete, and the validity window (with `renew_before`).
+pub fn check(
+    tls_crt: Option<&str>,
+    tls_key: Option<&str>,
+    ca_crt: Option<&str>,
+    domain: &str,
+    now: OffsetDateTime,
+    renew_before: time::Duration,
+) -> Outcome {
+    let (Some(tls_crt), Some(tls_key)) = (tls_crt, tls_key) else {
+        return Outcome::Invalid(format!("the Secret needs both {TLS_CRT} and {TLS_KEY}"));
+    };
+    let chain = match parse_chain(tls_crt, TLS_CRT) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Invalid(e),
+    };
+    let mut certs = Vec::new();
+    for der in &chain {
+        match parse(der) {
+            Ok(c) => certs.push(c),
+            Err(e) => return Outcome::Invalid(e),
+        }
+    }
+    let leaf = &certs[0];
+    let leaf_facts = facts(leaf);
+
+    let key = match KeyPair::from_pem(tls_key) {
+        Ok(k) => k,
+        Err(e) => {
+            return Outcome::Invalid(format!(
+                "{TLS_KEY} does not parse as a PKCS#8 private key: {e}"
+            ));
+        }
+    };
+    if key.subject_public_key_info() != leaf.tbs_certificate.subject_pki.raw {
+        return Outcome::KeyMismatch;
+    }
+    if !leaf_facts.dns_names.iter().any(|n| name_covers(n, domain)) {
+        return Outcome::DomainNotCovered {
+            domain: domain.into(),
+            dns_names: leaf_facts.dns_names,
+        };
+    }
+
+    // Every certificate must be signed by the next one in tls.crt; the last
+    // must be self-signed, or signed by a certificate in ca.crt, or (a
+    // public root in browsers' stores) follow at least one intermediate.
+    let ca_ders = ca_crt
+        .and_then(|c| parse_chain(c, CA_CRT).ok())
+        .unwrap_or_default();
+    let cas: Vec<X509Certificate<'_>> = ca_ders.iter().filter_map(|d| parse(d).ok()).collect();
+    for pair in certs.windows(2) {
+        if pair[0]
+            .verify_signature(Some(pair[1].public_key()))
+            .is_err()
+        {
+            return Outcome::ChainIncomplete {
+                missing_issuer: pair[0].issuer().to_string(),
+            };
+        }
+    }
+    let last = &certs[certs.len() - 1];
+    let last_facts = facts(last);
+    let signed_by_ca = cas
+        .iter()
+        .any(|ca| last.verify_signature(Some(ca.public_key())).is_ok());
+    if !last_facts.self_signed && !signed_by_ca && certs.len() == 1 {
+        return Outcome::ChainIncomplete {
+            missing_issuer: last_facts.issuer,
+        };
+    }
+
+    if now < leaf_facts.not_before {
+        Outcome::NotYetValid(leaf_facts)
+    } else if now >= leaf_facts.not_after {
+        Outcome::Expired(leaf_facts)
+    } else if now + renew_before >= leaf_facts.not_after {
+        Outcome::ExpiringSoon(leaf_facts)
+    } else {
+        Outcome::Ready(leaf_facts)
+    }
+}
+
+/// Whether an operator-issued certificate must be (re)issued, and why.
+pub fn renewal_due(
+    current: Option<&CertFacts>,
+    dns_names: &[String],
+    now: OffsetDateTime,
+    renew_before: time::Duration,
+) -> Option<&'static str> {
+    let Some(facts) = current else {
+        return Some("no certificate yet");
+    };
+    let mut have = facts.dns_names.clone();
+    have.sort();
+    let mut want = dns_names.to_vec();
+    want.sort();
+    if have != want {
+        Some("DNS names changed")
+    } else if now + renew_before >= facts.not_after {
+        Some("inside the renewal window")
+    } else {
+        None
+    }
+}
+
+/// A new ECDSA P-256 key (the shell calls this; it uses the system RNG).
+pub fn generate_key() -> Result<KeyPair, CertError> {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(issue_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn issued() -> TlsMaterial {
+        issue_self_signed(
+            "acme",
+            &names(&["pbx.acme.example"]),
+            now(),
+            generate_key().unwrap(),
+            generate_key().unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn self_signed_issue_is_ready_and_complete() {
+        let m = issued();
+        let outcome = check(
+            Some(&m.tls_crt),
+            Some(&m.tls_key),
+            Some(&m.ca_crt),
+            "pbx.acme.example",
+            now(),
+            time::Duration::days(30),
+        );
+        let Outcome::Ready(f) = &outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(f.dns_names, vec!["pbx.acme.example"]);
+        assert_eq!(f.not_after, now() + SERVER_VALIDITY);
+        assert!(!f.self_signed);
+    }
+
+    #[test]
+    fn each_fault_has_its_reason() {
+        let m = issued();
+        let day = time::Duration::days(1);
+        let check_at = |t: OffsetDateTime, domain: &str, key: &str, ca: Option<&str>| {
+            check(
+                Some(&m.tls_crt),
+                Some(key),
+                ca,
+                domain,
+                t,
+                time::Duration::days(30),
+            )
+            .reason()
+        };
+        let ca = Some(m.ca_crt.as_str());
+        assert_eq!(
+            check_at(now(), "pbx.acme.example", &m.tls_key, ca),
+            reasons::CERTIFICATE_VALID
+        );
+        assert_eq!(
+            check_at(now(), "other.example", &m.tls_key, ca),
+            reasons::DOMAIN_NOT_COVERED
+        );
+        assert_eq!(
+            check_at(now() + 91 * day, "pbx.acme.example", &m.tls_key, ca),
+            reasons::EXPIRED
+        );
+        assert_eq!(
+            check_at(now() + 70 * day, "pbx.acme.example", &m.tls_key, ca),
+            reasons::EXPIRING_SOON
+        );
+        assert_eq!(
+            check_at(now() - day, "pbx.acme.example", &m.tls_key, ca),
+            reasons::NOT_YET_VALID
+        );
+        let other_key = generate_key().unwrap().serialize_pem();
+        assert_eq!(
+            check_at(now(), "pbx.acme.example", &other_key, ca),
+            reasons::KEY_MISMATCH
+        );
+        // The leaf alone, without the CA that signed it: browsers cannot build the chain.
+        assert_eq!(
+            check_at(now(), "pbx.acme.example", &m.tls_key, None),
+            reasons::CHAIN_INCOMPLETE
+        );
+        // With the CA appended to tls.crt the chain is complete.
+        let bundle = format!("{}{}", m.tls_crt, m.ca_crt);
+        assert_eq!(
+            check(
+                Some(&bundle),
+                Some(&m.tls_key),
+                None,
+                "pbx.acme.example",
+                now(),
+                time::Duration::days(30)
+            )
+            .reason(),
+            reasons::CERTIFICATE_VALID
+        );
+        assert_eq!(
+            check(None, Some(&m.tls_key), None, "x", now(), day).reason(),
+            reasons::INVALID_CERTIFICATE
+        );
+        assert_eq!(
+            check(Some("junk"), Some("junk"), None, "x", now(), day).reason(),
+            reasons::INVALID_CERTIFICATE
+        );
+    }
+
+    #[test]
+    fn renewal_keeps_the_ca_and_moves_the_window() {
+        let m = issued();
+        let later = now() + time::Duration::days(70);
+        let f = inspect(&m.tls_crt).unwrap();
+        let names = names(&["pbx.acme.example"]);
+        assert_eq!(
+            renewal_due(Some(&f), &names, now(), time::Duration::days(30)),
+            None
+        );
+        assert_eq!(
+            renewal_due(Some(&f), &names, later, time::Duration::days(30)),
+            Some("inside the renewal window")
+        );
+        assert_eq!(
+            renewal_due(
+                Some(&f),
+                &["pbx.acme.example".into(), "x.example".into()],
+                now(),
+                time::Duration::days(30)
+            ),
+            Some("DNS names changed")
+        );
+        let renewed =
+            renew_server(&m.ca_crt, &m.ca_key, &names, later, generate_key().unwrap()).unwrap();
+        assert_eq!(renewed.ca_crt, m.ca_crt);
+        let outcome = check(
+            Some(&renewed.tls_crt),
+            Some(&renewed.tls_key),
+            Some(&m.ca_crt),
+            "pbx.acme.example",
+            later,
+            time::Duration::days(30),
+        );
+        assert_eq!(outcome.reason(), reasons::CERTIFICATE_VALID, "{outcome:?}");
+        assert_eq!(outcome.facts().unwrap().not_after, later + SERVER_VALIDITY);
+    }
+
+    #[test]
+    fn wildcards_cover_one_label() {
+        assert!(name_covers("*.acme.example", "pbx.acme.example"));
+        assert!(!name_covers("*.acme.example", "a.pbx.acme.example"));
+        assert!(!name_covers("*.acme.example", "acme.example"));
+        assert!(name_covers("PBX.acme.example", "pbx.acme.example"));
+    }
+}
