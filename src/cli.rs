@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
-use rand::Rng;
-use rand::distr::Alphanumeric;
 
 use crate::api::WebRtcPbx;
 use crate::render::{self, asterisk};
@@ -143,25 +141,6 @@ fn namespace_of(ns: Option<String>) -> String {
     ns.unwrap_or_else(|| "default".into())
 }
 
-/// A random password for generated credentials.
-pub fn random_password<R: Rng>(rng: &mut R) -> String {
-    rng.sample_iter(Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect()
-}
-
-/// Fills in passwords the operator would generate.
-pub fn generate<R: Rng>(pbx: &WebRtcPbx, rng: &mut R) -> Generated {
-    Generated {
-        user_passwords: validate::users_needing_generated_passwords(&pbx.spec)
-            .into_iter()
-            .map(|ext| (ext, random_password(rng)))
-            .collect(),
-        probe_password: random_password(rng),
-    }
-}
-
 /// Validates and renders every PBX of the inputs.
 pub fn render_all(inputs: &Inputs) -> Result<Vec<(WebRtcPbx, render::Rendered)>, CliError> {
     let mut rng = rand::rng();
@@ -173,7 +152,8 @@ pub fn render_all(inputs: &Inputs) -> Result<Vec<(WebRtcPbx, render::Rendered)>,
             inputs.secrets.get(&ns).cloned().unwrap_or_default(),
             inputs.config_maps.get(&ns).cloned().unwrap_or_default(),
         );
-        match validate::validate(pbx, &referenced, &generate(pbx, &mut rng)) {
+        let generated = validate::fill_generated(&pbx.spec, Generated::default(), &mut rng);
+        match validate::validate(pbx, &referenced, &generated) {
             Ok(v) => out.push((pbx.clone(), render::render(&v))),
             Err(problems) => failures.push(CliError::Invalid {
                 pbx: format!("{ns}/{}", pbx.name_any()),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use webrtc_pbx_operator::{cli, crd, render};
+use webrtc_pbx_operator::{cli, controller, crd, render};
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +21,12 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller (kubeconfig or in-cluster configuration).
+    Run {
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(long)]
+        namespace: Option<String>,
+    },
     /// Print the WebRtcPbx CustomResourceDefinition as YAML.
     Crd,
     /// Print every object the operator would create for WebRtcPbx manifests
@@ -39,6 +45,7 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
+        Command::Run { namespace } => return run_controller(namespace),
         Command::Crd => crd::crd_yaml()
             .map(|y| print!("{y}"))
             .map_err(|e| cli::CliError::Yaml(e.to_string())),
@@ -52,6 +59,60 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+fn run_controller(namespace: Option<String>) -> ExitCode {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    // One crypto provider for every TLS client in the process.
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        tracing::warn!("a rustls crypto provider was already installed");
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build a Kubernetes client (kubeconfig or in-cluster)");
+                return ExitCode::FAILURE;
+            }
+        };
+        let ctx = std::sync::Arc::new(controller::Context::new(client, std::sync::Arc::new(controller::SystemClock)));
+        tracing::info!("controller starting");
+        controller::run(ctx, namespace, shutdown_signal()).await;
+        tracing::info!("controller stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
     }
 }
 

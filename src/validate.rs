@@ -167,6 +167,33 @@ impl ValidatedPbx {
     }
 }
 
+/// Names of the Secrets PBX `name` reads but does not own (passwords, TURN
+/// credentials, a user's or cert-manager's certificate): a change to any of
+/// them re-renders the PBX.
+pub fn referenced_secrets(name: &str, spec: &WebRtcPbxSpec) -> Vec<String> {
+    let mut names: Vec<String> = spec
+        .users
+        .iter()
+        .filter_map(|u| u.password_secret_ref.as_ref().map(|r| r.name.clone()))
+        .chain(
+            spec.rtp
+                .ice
+                .turn_servers
+                .iter()
+                .filter_map(|t| t.credentials_secret_ref.as_ref().map(|c| c.name.clone())),
+        )
+        .chain(
+            spec.tls
+                .secret_name
+                .clone()
+                .filter(|_| spec.tls.mode == TlsMode::Secret),
+        )
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// Extensions whose password the operator must generate (no passwordSecretRef).
 pub fn users_needing_generated_passwords(spec: &WebRtcPbxSpec) -> Vec<String> {
     spec.users
@@ -174,6 +201,30 @@ pub fn users_needing_generated_passwords(spec: &WebRtcPbxSpec) -> Vec<String> {
         .filter(|u| u.password_secret_ref.is_none())
         .map(|u| u.extension.clone())
         .collect()
+}
+
+/// Fills in the passwords the operator generates and has not stored yet,
+/// keeping every stored one. The caller passes the randomness.
+pub fn fill_generated<R: rand::Rng>(
+    spec: &WebRtcPbxSpec,
+    mut generated: Generated,
+    rng: &mut R,
+) -> Generated {
+    let mut random = || -> String {
+        (0..24)
+            .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
+            .collect()
+    };
+    for ext in users_needing_generated_passwords(spec) {
+        generated
+            .user_passwords
+            .entry(ext)
+            .or_insert_with(&mut random);
+    }
+    if generated.probe_password.is_empty() {
+        generated.probe_password = random();
+    }
+    generated
 }
 
 /// The Secret the TLS material is read from for a PBX.
@@ -515,6 +566,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_passwords_are_kept_and_completed() {
+        let spec: WebRtcPbxSpec = serde_json::from_value(serde_json::json!({
+            "domain": "pbx.test", "users": [{"extension": "1"}, {"extension": "2"}, {"extension": "3", "passwordSecretRef": {"name": "s", "key": "k"}}]
+        }))
+        .unwrap();
+        let stored = Generated {
+            user_passwords: [("1".to_string(), "kept".to_string())].into(),
+            probe_password: String::new(),
+        };
+        let filled = fill_generated(&spec, stored, &mut rand::rng());
+        assert_eq!(filled.user_passwords["1"], "kept");
+        assert_eq!(filled.user_passwords["2"].len(), 24);
+        assert!(!filled.user_passwords.contains_key("3"));
+        assert_eq!(filled.probe_password.len(), 24);
+    }
 
     #[test]
     fn parses_go_durations() {

@@ -58,16 +58,35 @@ pub enum Object {
 }
 
 impl Object {
+    /// The object's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Secret(_) => "Secret",
+            Object::ConfigMap(_) => "ConfigMap",
+            Object::Certificate(_) => "Certificate",
+            Object::Service(_) => "Service",
+            Object::StatefulSet(_) => "StatefulSet",
+        }
+    }
+
+    fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Object::Secret(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
+            Object::Certificate(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::StatefulSet(o) => &o.metadata,
+        }
+    }
+
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        self.metadata().name.as_deref().unwrap_or_default()
+    }
+
     /// Kind and name, for messages.
     pub fn describe(&self) -> String {
-        let (kind, meta) = match self {
-            Object::Secret(o) => ("Secret", &o.metadata),
-            Object::ConfigMap(o) => ("ConfigMap", &o.metadata),
-            Object::Certificate(o) => ("Certificate", &o.metadata),
-            Object::Service(o) => ("Service", &o.metadata),
-            Object::StatefulSet(o) => ("StatefulSet", &o.metadata),
-        };
-        format!("{kind}/{}", meta.name.as_deref().unwrap_or_default())
+        format!("{}/{}", self.kind(), self.name())
     }
 
     /// The object as JSON (apiVersion and kind included).
@@ -635,4 +654,46 @@ fn stateful_set(pbx: &ValidatedPbx, config: &AsteriskConfig) -> StatefulSet {
         }),
         status: None,
     }
+}
+
+/// Name of the operator CA's Secret (SelfSigned mode; never mounted).
+pub fn ca_secret_name(pbx: &str) -> String {
+    format!("{pbx}-ca")
+}
+
+fn secret_of(pbx: &ValidatedPbx, name: String, type_: &str, data: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: metadata(pbx, name),
+        type_: Some(type_.into()),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+/// The operator-managed TLS Secrets: the CA (certificate and key, kept
+/// apart so the key never reaches the pod) and the serving certificate.
+pub fn self_signed_secrets(pbx: &ValidatedPbx, tls: &crate::certs::TlsMaterial) -> [Object; 2] {
+    use crate::certs::{CA_CRT, CA_KEY, TLS_CRT, TLS_KEY};
+    [
+        Object::Secret(secret_of(
+            pbx,
+            ca_secret_name(&pbx.name),
+            "Opaque",
+            &[(CA_CRT, &tls.ca_crt), (CA_KEY, &tls.ca_key)],
+        )),
+        Object::Secret(secret_of(
+            pbx,
+            pbx.tls_secret_name.clone(),
+            "kubernetes.io/tls",
+            &[
+                (TLS_CRT, &tls.tls_crt),
+                (TLS_KEY, &tls.tls_key),
+                (CA_CRT, &tls.ca_crt),
+            ],
+        )),
+    ]
 }

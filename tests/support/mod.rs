@@ -76,6 +76,9 @@ pub fn control_plane() -> &'static ControlPlane {
             .args(["up", "--dir"])
             .arg(&dir)
             .args(["--watch-pid", &std::process::id().to_string()])
+            // Several nodes: HostNetwork PBXs of concurrent tests each need a
+            // node of their own for their host ports.
+            .args(["--nodes", "8"])
             .stderr(Stdio::inherit())
             .output()
             .expect("run scripts/ground up");

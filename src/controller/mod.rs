@@ -1,0 +1,606 @@
+//! The controller (the imperative shell): watches WebRtcPbx and its children
+//! and runs the driver steps dereference -> validate -> render -> apply ->
+//! status for each PBX. Everything it decides comes from the pure modules;
+//! this module only fetches, writes, requeues and reports.
+
+pub mod apply;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use time::OffsetDateTime;
+use tracing::{info, warn};
+
+use crate::api::{CertificateStatus, EndpointsStatus, TlsMode, WebRtcPbx, WebRtcPbxStatus};
+use crate::certs::{self, CA_CRT, CA_KEY, Outcome, TLS_CRT, TLS_KEY};
+use crate::render::objects::{self as objects, FIELD_MANAGER};
+use crate::render::{self, Object};
+use crate::status::{self, Blocking, Tri, Verdict, reasons, types};
+use crate::validate::{self, Referenced, ValidatedPbx};
+
+/// Where the controller reads the time (injectable for tests).
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// Reconcile failures, each with a stable category for logs and metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The apiserver refused or failed a request.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A certificate could not be issued.
+    #[error("certificate: {0}")]
+    Cert(#[from] certs::CertError),
+    /// The object has no namespace (WebRtcPbx is namespaced).
+    #[error("WebRtcPbx has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// A stable category.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "transport",
+            Error::Cert(_) => "certificate",
+            Error::NoNamespace => "invalid_object",
+        }
+    }
+}
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    /// The client.
+    pub client: Client,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Event recorder.
+    pub recorder: Recorder,
+}
+
+impl Context {
+    /// A context with the system clock.
+    pub fn new(client: Client, clock: Arc<dyn Clock>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            clock,
+        }
+    }
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller until `shutdown` resolves, for every namespace or
+/// only `namespace`.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let ns = namespace.as_deref();
+    // Children are watched by our label only: the cluster's other Secrets
+    // and ConfigMaps stay out of the operator's memory.
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    let controller = Controller::new(scoped::<WebRtcPbx>(&client, ns), watcher::Config::default());
+    // A user's Secret or ConfigMap changed: re-render the PBXs that use it.
+    let store = controller.store();
+    let secret_users = move |secret: Secret| {
+        let (name, secret_ns) = (secret.name_any(), secret.namespace());
+        store
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.namespace() == secret_ns
+                    && validate::referenced_secrets(&p.name_any(), &p.spec).contains(&name)
+            })
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect::<Vec<_>>()
+    };
+    let store = controller.store();
+    let config_map_users = move |cm: ConfigMap| {
+        let (name, cm_ns) = (cm.name_any(), cm.namespace());
+        store
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.namespace() == cm_ns
+                    && p.spec
+                        .dialplan
+                        .extra_config_map_ref
+                        .as_ref()
+                        .is_some_and(|r| r.name == name)
+            })
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect::<Vec<_>>()
+    };
+    controller
+        .owns(scoped::<Secret>(&client, ns), owned.clone())
+        .owns(scoped::<ConfigMap>(&client, ns), owned.clone())
+        .owns(scoped::<Service>(&client, ns), owned.clone())
+        .owns(scoped::<StatefulSet>(&client, ns), owned)
+        .watches(
+            scoped::<Secret>(&client, ns),
+            watcher::Config::default(),
+            secret_users,
+        )
+        .watches(
+            scoped::<ConfigMap>(&client, ns),
+            watcher::Config::default(),
+            config_map_users,
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(pbx = %obj, "reconciled"),
+                Err(e) => warn!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+fn error_policy(pbx: Arc<WebRtcPbx>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(pbx = %pbx.name_any(), category = error.category(), error = %error, "reconcile failed; retrying");
+    // Transient: back off, never crash.
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// What the dereference step fetched.
+struct Fetched {
+    referenced: Referenced,
+    own_secret: Option<Secret>,
+    tls_secret: Option<Secret>,
+    ca_secret: Option<Secret>,
+    stateful_set: Option<StatefulSet>,
+    certificate: Option<DynamicObject>,
+}
+
+async fn dereference(client: &Client, ns: &str, pbx: &WebRtcPbx) -> Result<Fetched, Error> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    let name = pbx.name_any();
+    let spec = &pbx.spec;
+    let mut found = Vec::new();
+    for secret in validate::referenced_secrets(&name, spec) {
+        if let Some(s) = secrets.get_opt(&secret).await? {
+            found.push(s);
+        }
+    }
+    let mut cms = Vec::new();
+    if let Some(r) = &spec.dialplan.extra_config_map_ref
+        && let Some(cm) = config_maps.get_opt(&r.name).await?
+    {
+        cms.push(cm);
+    }
+    let certificate = if spec.tls.mode == TlsMode::CertManager {
+        let api = Api::<DynamicObject>::namespaced_with(
+            client.clone(),
+            ns,
+            &apply::certificate_resource(),
+        );
+        match api.get_opt(&validate::tls_secret_name(&name, spec)).await {
+            Ok(c) => c,
+            Err(e) if apply::is_missing_type(&e) => None,
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    Ok(Fetched {
+        referenced: Referenced::from_objects(found, cms),
+        own_secret: secrets.get_opt(&objects::secret_name(&name)).await?,
+        tls_secret: secrets
+            .get_opt(&validate::tls_secret_name(&name, spec))
+            .await?,
+        ca_secret: secrets.get_opt(&objects::ca_secret_name(&name)).await?,
+        stateful_set: Api::<StatefulSet>::namespaced(client.clone(), ns)
+            .get_opt(&name)
+            .await?,
+        certificate,
+    })
+}
+
+fn secret_text(secret: Option<&Secret>, key: &str) -> Option<String> {
+    let bytes = secret?.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
+/// The certificate step: desired TLS objects, the CertificateReady verdict,
+/// the facts for status, and when to look again.
+struct CertStep {
+    objects: Vec<Object>,
+    verdict: (Verdict, Blocking),
+    facts: Option<certs::CertFacts>,
+    recheck: Option<Duration>,
+}
+
+fn cert_verdict(outcome: &Outcome, domain: &str, renewing_is_ours: bool) -> (Verdict, Blocking) {
+    let blocking = if renewing_is_ours {
+        Blocking::Waiting
+    } else {
+        Blocking::NeedsUser
+    };
+    match outcome {
+        Outcome::Ready(_) => (
+            Verdict::new(
+                types::CERTIFICATE_READY,
+                Tri::True,
+                outcome.reason(),
+                outcome.message(domain),
+            ),
+            blocking,
+        ),
+        _ => (
+            Verdict::new(
+                types::CERTIFICATE_READY,
+                Tri::False,
+                outcome.reason(),
+                outcome.message(domain),
+            ),
+            blocking,
+        ),
+    }
+}
+
+fn certificate_step(
+    v: &ValidatedPbx,
+    fetched: &Fetched,
+    now: OffsetDateTime,
+) -> Result<CertStep, Error> {
+    let spec = &v.spec;
+    let renew_before = time::Duration::try_from(
+        validate::parse_duration(&spec.tls.renew_before).unwrap_or_default(),
+    )
+    .unwrap_or(time::Duration::days(30));
+    let mut dns_names = vec![spec.domain.clone()];
+    dns_names.extend(spec.tls.extra_dns_names.iter().cloned());
+    let served = |secret: Option<&Secret>| {
+        certs::check(
+            secret_text(secret, TLS_CRT).as_deref(),
+            secret_text(secret, TLS_KEY).as_deref(),
+            secret_text(secret, CA_CRT).as_deref(),
+            &spec.domain,
+            now,
+            renew_before,
+        )
+    };
+    let recheck_for = |facts: &certs::CertFacts| {
+        let at = facts.not_after - renew_before;
+        let secs = (at - now).whole_seconds().clamp(60, 3600);
+        Duration::from_secs(u64::try_from(secs).unwrap_or(3600))
+    };
+    match spec.tls.mode {
+        TlsMode::SelfSigned => {
+            let tls = fetched.tls_secret.as_ref();
+            let current = secret_text(tls, TLS_CRT).and_then(|pem| certs::inspect(&pem).ok());
+            let ca = fetched.ca_secret.as_ref();
+            let material = match certs::renewal_due(current.as_ref(), &dns_names, now, renew_before)
+            {
+                None => certs::TlsMaterial {
+                    ca_crt: secret_text(ca, CA_CRT).unwrap_or_default(),
+                    ca_key: secret_text(ca, CA_KEY).unwrap_or_default(),
+                    tls_crt: secret_text(tls, TLS_CRT).unwrap_or_default(),
+                    tls_key: secret_text(tls, TLS_KEY).unwrap_or_default(),
+                },
+                Some(why) => {
+                    info!(pbx = %v.name, reason = why, "issuing certificate");
+                    match (secret_text(ca, CA_CRT), secret_text(ca, CA_KEY)) {
+                        (Some(ca_crt), Some(ca_key)) => certs::renew_server(
+                            &ca_crt,
+                            &ca_key,
+                            &dns_names,
+                            now,
+                            certs::generate_key()?,
+                        )?,
+                        _ => certs::issue_self_signed(
+                            &v.name,
+                            &dns_names,
+                            now,
+                            certs::generate_key()?,
+                            certs::generate_key()?,
+                        )?,
+                    }
+                }
+            };
+            let outcome = certs::check(
+                Some(&material.tls_crt),
+                Some(&material.tls_key),
+                Some(&material.ca_crt),
+                &spec.domain,
+                now,
+                renew_before,
+            );
+            Ok(CertStep {
+                objects: objects::self_signed_secrets(v, &material).to_vec(),
+                verdict: cert_verdict(&outcome, &spec.domain, true),
+                recheck: outcome.facts().map(recheck_for),
+                facts: outcome.facts().cloned(),
+            })
+        }
+        TlsMode::Secret => {
+            let Some(secret) = fetched.tls_secret.as_ref() else {
+                let message = format!(
+                    "TLS Secret {} not found in namespace {}: create a kubernetes.io/tls Secret for {}",
+                    v.tls_secret_name, v.namespace, spec.domain
+                );
+                return Ok(CertStep {
+                    objects: vec![],
+                    verdict: (
+                        Verdict::new(
+                            types::CERTIFICATE_READY,
+                            Tri::False,
+                            reasons::SECRET_NOT_FOUND,
+                            message,
+                        ),
+                        Blocking::NeedsUser,
+                    ),
+                    facts: None,
+                    recheck: None,
+                });
+            };
+            let outcome = served(Some(secret));
+            Ok(CertStep {
+                objects: vec![],
+                verdict: cert_verdict(&outcome, &spec.domain, false),
+                recheck: outcome.facts().map(recheck_for),
+                facts: outcome.facts().cloned(),
+            })
+        }
+        TlsMode::CertManager => {
+            let ready = fetched.certificate.as_ref().and_then(|c| {
+                c.data["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Ready")
+                    .map(|c| {
+                        (
+                            c["status"] == "True",
+                            c["message"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+            });
+            let verdict = match (&ready, fetched.tls_secret.as_ref()) {
+                (Some((true, _)), Some(secret)) => {
+                    let outcome = served(Some(secret));
+                    let v = cert_verdict(&outcome, &spec.domain, true);
+                    return Ok(CertStep {
+                        objects: vec![],
+                        recheck: outcome.facts().map(recheck_for),
+                        facts: outcome.facts().cloned(),
+                        verdict: v,
+                    });
+                }
+                (Some((false, msg)), _) => {
+                    format!("cert-manager has not issued the certificate: {msg}")
+                }
+                _ if fetched.certificate.is_none() => {
+                    "waiting for the cert-manager Certificate (is cert-manager installed?)"
+                        .to_string()
+                }
+                _ => "waiting for cert-manager to issue the certificate".to_string(),
+            };
+            Ok(CertStep {
+                objects: vec![],
+                verdict: (
+                    Verdict::new(
+                        types::CERTIFICATE_READY,
+                        Tri::False,
+                        reasons::ISSUER_NOT_READY,
+                        verdict,
+                    ),
+                    Blocking::Waiting,
+                ),
+                facts: None,
+                recheck: Some(Duration::from_secs(30)),
+            })
+        }
+    }
+}
+
+fn workload_verdict(sts: Option<&StatefulSet>) -> (Verdict, Blocking) {
+    let (ready, wanted, current) = sts
+        .map(|s| {
+            let st = s.status.as_ref();
+            let observed = st.and_then(|st| st.observed_generation) == s.metadata.generation;
+            (
+                st.and_then(|st| st.ready_replicas).unwrap_or(0),
+                s.spec.as_ref().and_then(|sp| sp.replicas).unwrap_or(1),
+                observed && st.and_then(|st| st.updated_replicas).unwrap_or(0) >= 1,
+            )
+        })
+        .unwrap_or((0, 1, false));
+    if ready >= wanted && current {
+        (
+            Verdict::new(
+                types::WORKLOAD_READY,
+                Tri::True,
+                reasons::PODS_READY,
+                format!("{ready}/{wanted} pods ready"),
+            ),
+            Blocking::Waiting,
+        )
+    } else {
+        (
+            Verdict::new(
+                types::WORKLOAD_READY,
+                Tri::False,
+                reasons::PODS_NOT_READY,
+                format!("{ready}/{wanted} pods ready"),
+            ),
+            Blocking::Waiting,
+        )
+    }
+}
+
+async fn reconcile(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = pbx.namespace().ok_or(Error::NoNamespace)?;
+    let name = pbx.name_any();
+    let now = ctx.clock.now();
+    let client = &ctx.client;
+    let fetched = dereference(client, &ns, &pbx).await?;
+    let stored = objects::generated_from_secret(fetched.own_secret.as_ref());
+    let generated = validate::fill_generated(&pbx.spec, stored, &mut rand::rng());
+
+    let mut components = Vec::new();
+    let mut new_status = WebRtcPbxStatus {
+        observed_generation: pbx.metadata.generation,
+        probes: pbx.status.as_ref().and_then(|s| s.probes.clone()),
+        ..WebRtcPbxStatus::default()
+    };
+    let mut recheck = None;
+    match validate::validate(&pbx, &fetched.referenced, &generated) {
+        Err(problems) => {
+            // Keep what runs; tell the user what to change; wait for a change.
+            let message = problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            components.push((
+                Verdict::new(
+                    types::CONFIG_RENDERED,
+                    Tri::False,
+                    problems[0].reason(),
+                    message,
+                ),
+                Blocking::NeedsUser,
+            ));
+            components.push((
+                Verdict::new(
+                    types::CERTIFICATE_READY,
+                    Tri::Unknown,
+                    reasons::CERTIFICATE_PENDING,
+                    "waiting for a valid spec",
+                ),
+                Blocking::Waiting,
+            ));
+            components.push(workload_verdict(fetched.stateful_set.as_ref()));
+        }
+        Ok(validated) => {
+            let rendered = render::render(&validated);
+            let cert = certificate_step(&validated, &fetched, now)?;
+            // Certificates first: the StatefulSet mounts them.
+            let mut desired = cert.objects;
+            desired.extend(rendered.objects);
+            let mut writes = 0;
+            for object in &desired {
+                match apply::apply(client, &ns, object).await {
+                    Ok(apply::Applied::Written) => writes += 1,
+                    Ok(apply::Applied::Unchanged) => {}
+                    // No cert-manager: reported through CertificateReady.
+                    Err(e)
+                        if matches!(object, Object::Certificate(_))
+                            && apply::is_missing_type(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let uid = pbx.metadata.uid.clone().unwrap_or_default();
+            let pruned = apply::prune(client, &ns, &name, &uid, &desired).await?;
+            if writes + pruned > 0 {
+                info!(pbx = %name, namespace = %ns, writes, pruned, "applied");
+            }
+            components.push((
+                Verdict::new(
+                    types::CONFIG_RENDERED,
+                    Tri::True,
+                    reasons::RENDERED,
+                    format!("{} objects rendered", desired.len()),
+                ),
+                Blocking::Waiting,
+            ));
+            components.push(cert.verdict);
+            components.push(workload_verdict(fetched.stateful_set.as_ref()));
+            new_status.endpoints = Some(EndpointsStatus {
+                wss_url: validated.wss_url(),
+            });
+            new_status.certificate = cert.facts.map(|f| CertificateStatus {
+                not_after: Some(certs::rfc3339(f.not_after)),
+                dns_names: f.dns_names,
+            });
+            recheck = cert.recheck;
+        }
+    }
+
+    let previous = pbx.status.clone().unwrap_or_default();
+    let verdicts = status::summarize(components);
+    let now_time =
+        Time(k8s_openapi::jiff::Timestamp::from_second(now.unix_timestamp()).unwrap_or_default());
+    new_status.conditions = status::conditions(
+        &verdicts,
+        &previous.conditions,
+        pbx.metadata.generation,
+        &now_time,
+    );
+    if !status::same_ignoring_time(&previous, &new_status) {
+        let api = Api::<WebRtcPbx>::namespaced(client.clone(), &ns);
+        let patch = json!({"apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx", "status": new_status});
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        for c in status::transitions(&previous.conditions, &new_status.conditions) {
+            let event = Event {
+                type_: if c.status == "False" {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: c.reason.clone(),
+                note: Some(
+                    format!("{} is {}: {}", c.type_, c.status, c.message)
+                        .chars()
+                        .take(1000)
+                        .collect(),
+                ),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &pbx.object_ref(&())).await {
+                warn!(error = %e, "cannot publish event");
+            }
+        }
+    }
+    Ok(match recheck {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    })
+}

@@ -1,0 +1,638 @@
+//! The reconciler against the real control plane: children with owner
+//! references, Ready progression, no writes in steady state, drift restored,
+//! orphans pruned, and every certificate outcome. The controller runs in the
+//! test process, scoped to the test's namespace, on an injectable clock.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use time::OffsetDateTime;
+use webrtc_pbx_operator::api::WebRtcPbx;
+use webrtc_pbx_operator::certs;
+use webrtc_pbx_operator::controller::{self, Clock, Context};
+
+/// A clock the test moves.
+struct TestClock(Mutex<OffsetDateTime>);
+
+impl Clock for TestClock {
+    fn now(&self) -> OffsetDateTime {
+        *self.0.lock().unwrap()
+    }
+}
+
+impl TestClock {
+    fn advance(&self, by: time::Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+}
+
+struct Running {
+    client: Client,
+    ns: String,
+    clock: Arc<TestClock>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
+    }
+}
+
+async fn start(prefix: &str) -> Running {
+    let client = support::client().await;
+    support::install_project_crds(&client).await;
+    let ns = support::namespace(&client, prefix).await;
+    let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
+    let ctx = Arc::new(Context::new(client.clone(), clock.clone()));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(controller::run(ctx, Some(ns.clone()), async move {
+        let _ = rx.await;
+    }));
+    Running {
+        client,
+        ns,
+        clock,
+        stop: Some(tx),
+        task,
+    }
+}
+
+fn pbx_manifest(name: &str, spec: serde_json::Value) -> WebRtcPbx {
+    serde_json::from_value(json!({
+        "apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap()
+}
+
+async fn create_pbx(r: &Running, name: &str, spec: serde_json::Value) -> WebRtcPbx {
+    let api: Api<WebRtcPbx> = Api::namespaced(r.client.clone(), &r.ns);
+    api.create(&PostParams::default(), &pbx_manifest(name, spec))
+        .await
+        .unwrap()
+}
+
+async fn condition(r: &Running, name: &str, type_: &str) -> Option<(String, String, String)> {
+    let api: Api<WebRtcPbx> = Api::namespaced(r.client.clone(), &r.ns);
+    let pbx = api.get(name).await.ok()?;
+    let c = pbx
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status, c.reason, c.message))
+}
+
+async fn wait_condition(
+    r: &Running,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> Duration {
+    let start = Instant::now();
+    support::wait_until(
+        Duration::from_secs(60),
+        &format!("{name} {type_}={status} ({reason:?})"),
+        || async {
+            let (s, why, _) = condition(r, name, type_).await?;
+            (s == status && reason.is_none_or(|want| want == why)).then_some(())
+        },
+    )
+    .await;
+    start.elapsed()
+}
+
+async fn create_secret(r: &Running, name: &str, data: BTreeMap<&str, String>) {
+    let api: Api<Secret> = Api::namespaced(r.client.clone(), &r.ns);
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap();
+    api.patch(
+        name,
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&secret),
+    )
+    .await
+    .unwrap();
+}
+
+/// resourceVersions of everything the operator writes in the namespace.
+async fn versions(r: &Running) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let lp = ListParams::default();
+    macro_rules! collect {
+        ($t:ty, $kind:expr) => {
+            for o in Api::<$t>::namespaced(r.client.clone(), &r.ns)
+                .list(&lp)
+                .await
+                .unwrap()
+            {
+                out.insert(
+                    format!("{}/{}", $kind, o.name_any()),
+                    o.resource_version().unwrap_or_default(),
+                );
+            }
+        };
+    }
+    collect!(Secret, "Secret");
+    collect!(ConfigMap, "ConfigMap");
+    collect!(Service, "Service");
+    collect!(StatefulSet, "StatefulSet");
+    collect!(WebRtcPbx, "WebRtcPbx");
+    // Only the operator's own Events: Kubernetes' controllers report too.
+    for e in Api::<Event>::namespaced(r.client.clone(), &r.ns)
+        .list(&lp)
+        .await
+        .unwrap()
+    {
+        if e.reporting_component.as_deref() == Some("webrtc-pbx-operator") {
+            out.insert(
+                format!("Event/{}", e.name_any()),
+                e.resource_version().unwrap_or_default(),
+            );
+        }
+    }
+    out
+}
+
+fn canonical_spec() -> serde_json::Value {
+    let text = std::fs::read_to_string(support::repo().join("deploy/examples/basic.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    docs.into_iter().find(|d| d["kind"] == "WebRtcPbx").unwrap()["spec"].clone()
+}
+
+#[tokio::test]
+async fn canonical_pbx_becomes_ready_and_stays_quiet() {
+    let r = start("ctl-basic").await;
+    create_secret(
+        &r,
+        "acme-users",
+        BTreeMap::from([("1001", "alice-pw".to_string())]),
+    )
+    .await;
+    let started = Instant::now();
+    let pbx = create_pbx(&r, "acme", canonical_spec()).await;
+    let uid = pbx.uid().unwrap();
+
+    // Every child exists, owned by the PBX.
+    let children = support::wait_until(Duration::from_secs(30), "children created", || async {
+        let secrets = Api::<Secret>::namespaced(r.client.clone(), &r.ns);
+        let names = ["acme-asterisk", "acme-tls", "acme-ca"];
+        let mut owned = 0;
+        for n in names {
+            owned += usize::from(
+                secrets
+                    .get_opt(n)
+                    .await
+                    .ok()??
+                    .owner_references()
+                    .iter()
+                    .any(|o| o.uid == uid),
+            );
+        }
+        let cm = Api::<ConfigMap>::namespaced(r.client.clone(), &r.ns)
+            .get_opt("acme-asterisk")
+            .await
+            .ok()??;
+        let svc = Api::<Service>::namespaced(r.client.clone(), &r.ns)
+            .get_opt("acme-wss")
+            .await
+            .ok()??;
+        let sts = Api::<StatefulSet>::namespaced(r.client.clone(), &r.ns)
+            .get_opt("acme")
+            .await
+            .ok()??;
+        let all_owned = [
+            cm.owner_references(),
+            svc.owner_references(),
+            sts.owner_references(),
+        ]
+        .iter()
+        .all(|refs| {
+            refs.iter()
+                .any(|o| o.uid == uid && o.controller == Some(true))
+        });
+        (owned == names.len() && all_owned).then_some(names.len() + 3)
+    })
+    .await;
+    let created_after = started.elapsed();
+    eprintln!("{children} children created {created_after:?} after apply");
+    assert!(
+        Api::<Service>::namespaced(r.client.clone(), &r.ns)
+            .get_opt("acme-rtp")
+            .await
+            .unwrap()
+            .is_none(),
+        "HostNetwork mode has no RTP Service"
+    );
+
+    // kwok runs the pod; the StatefulSet controller reports it ready.
+    let ready_after = wait_condition(&r, "acme", "Ready", "True", Some("Ready")).await;
+    eprintln!("Ready=True {:?} after apply", started.elapsed());
+    let _ = ready_after;
+    assert_eq!(
+        condition(&r, "acme", "CertificateReady").await.unwrap().1,
+        "CertificateValid"
+    );
+    assert_eq!(condition(&r, "acme", "Stalled").await.unwrap().0, "False");
+    let api: Api<WebRtcPbx> = Api::namespaced(r.client.clone(), &r.ns);
+    let status = api.get("acme").await.unwrap().status.unwrap();
+    assert_eq!(
+        status.endpoints.unwrap().wss_url,
+        "wss://pbx.acme.example:8089/ws"
+    );
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(
+        status.certificate.unwrap().dns_names,
+        vec!["pbx.acme.example"]
+    );
+
+    // kubectl wait sees it as users would.
+    let out = Command::new(support::ground_env("KUBECTL"))
+        .arg("--kubeconfig")
+        .arg(&support::control_plane().kubeconfig)
+        .args([
+            "wait",
+            "--for=condition=Ready",
+            "wpbx/acme",
+            "-n",
+            &r.ns,
+            "--timeout=10s",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Steady state: nothing changes for 30 s, so nothing is written.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = versions(&r).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let after = versions(&r).await;
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(changed.is_empty(), "writes in steady state: {changed:?}");
+    eprintln!("steady state: 0 writes to {} objects in 30 s", before.len());
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn drift_is_restored_and_orphans_pruned() {
+    let r = start("ctl-drift").await;
+    create_pbx(&r, "svc", json!({"domain": "pbx.svc.test", "network": {"mode": "Service"}, "rtp": {"portRange": {"start": 20000, "end": 20003}}})).await;
+    let services = Api::<Service>::namespaced(r.client.clone(), &r.ns);
+    let cms = Api::<ConfigMap>::namespaced(r.client.clone(), &r.ns);
+    let sts = Api::<StatefulSet>::namespaced(r.client.clone(), &r.ns);
+    support::wait_until(Duration::from_secs(30), "RTP Service", || async {
+        services.get_opt("svc-rtp").await.ok()?
+    })
+    .await;
+    let rtp = services.get("svc-rtp").await.unwrap();
+    assert_eq!(
+        rtp.spec.unwrap().ports.unwrap().len(),
+        4,
+        "one Service port per RTP port"
+    );
+    let original = sts.get("svc").await.unwrap();
+
+    // Deleted ConfigMap comes back.
+    cms.delete("svc-asterisk", &DeleteParams::default())
+        .await
+        .unwrap();
+    let t = Instant::now();
+    support::wait_until(Duration::from_secs(30), "ConfigMap restored", || async {
+        let cm = cms.get_opt("svc-asterisk").await.ok()??;
+        cm.data?.contains_key("pjsip.conf").then_some(())
+    })
+    .await;
+    eprintln!("deleted ConfigMap restored after {:?}", t.elapsed());
+
+    // A hand-edited image is set back.
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "asterisk", "image": "evil/asterisk:1"}]}}}});
+    sts.patch("svc", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .unwrap();
+    support::wait_until(Duration::from_secs(30), "image restored", || async {
+        let s = sts.get("svc").await.ok()?;
+        let image = s
+            .spec?
+            .template
+            .spec?
+            .containers
+            .into_iter()
+            .find(|c| c.name == "asterisk")?
+            .image?;
+        (image
+            == original.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+                .image
+                .clone()?)
+        .then_some(())
+    })
+    .await;
+
+    // A deleted WSS Service comes back.
+    services
+        .delete("svc-wss", &DeleteParams::default())
+        .await
+        .unwrap();
+    support::wait_until(Duration::from_secs(30), "WSS Service restored", || async {
+        services.get_opt("svc-wss").await.ok()?
+    })
+    .await;
+
+    // A spec edit is observed and reaches the children.
+    let api: Api<WebRtcPbx> = Api::namespaced(r.client.clone(), &r.ns);
+    let patch =
+        json!({"spec": {"network": {"mode": "HostNetwork"}, "sip": {"keepAliveInterval": "20s"}}});
+    api.patch("svc", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    support::wait_until(
+        Duration::from_secs(30),
+        "RTP Service pruned and config updated",
+        || async {
+            let gone = services.get_opt("svc-rtp").await.ok()?.is_none();
+            let pjsip = cms
+                .get("svc-asterisk")
+                .await
+                .ok()?
+                .data?
+                .get("pjsip.conf")?
+                .clone();
+            let observed = api.get("svc").await.ok()?.status?.observed_generation == Some(2);
+            (gone && pjsip.contains("keep_alive_interval = 20") && observed).then_some(())
+        },
+    )
+    .await;
+    let host_network = sts
+        .get("svc")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .host_network;
+    assert_eq!(host_network, Some(true));
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_input_stalls_with_a_reason_and_recovers() {
+    let r = start("ctl-invalid").await;
+    create_pbx(&r, "lost", json!({"domain": "pbx.lost.test", "users": [{"extension": "7", "passwordSecretRef": {"name": "nowhere", "key": "7"}}]}))
+        .await;
+    wait_condition(
+        &r,
+        "lost",
+        "ConfigRendered",
+        "False",
+        Some("SecretNotFound"),
+    )
+    .await;
+    let (_, _, message) = condition(&r, "lost", "ConfigRendered").await.unwrap();
+    assert!(message.contains("Secret nowhere"), "{message}");
+    assert_eq!(condition(&r, "lost", "Stalled").await.unwrap().0, "True");
+    assert_eq!(condition(&r, "lost", "Ready").await.unwrap().0, "False");
+    // Creating the Secret is enough: referenced Secrets are watched.
+    create_secret(&r, "nowhere", BTreeMap::from([("7", "pw".to_string())])).await;
+    wait_condition(&r, "lost", "ConfigRendered", "True", Some("Rendered")).await;
+    // A password change reaches the rendered config.
+    create_secret(
+        &r,
+        "nowhere",
+        BTreeMap::from([("7", "changed-pw".to_string())]),
+    )
+    .await;
+    let secrets = Api::<Secret>::namespaced(r.client.clone(), &r.ns);
+    support::wait_until(Duration::from_secs(30), "new password rendered", || async {
+        let s = secrets.get("lost-asterisk").await.ok()?;
+        let auth = String::from_utf8(s.data?.get("pjsip_auth.conf")?.0.clone()).ok()?;
+        auth.contains("password = changed-pw").then_some(())
+    })
+    .await;
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn self_signed_certificate_renews_on_the_injected_clock() {
+    let r = start("ctl-renew").await;
+    create_pbx(&r, "renew", json!({"domain": "pbx.renew.test"})).await;
+    wait_condition(
+        &r,
+        "renew",
+        "CertificateReady",
+        "True",
+        Some("CertificateValid"),
+    )
+    .await;
+    let secrets = Api::<Secret>::namespaced(r.client.clone(), &r.ns);
+    let not_after = |s: Secret| {
+        certs::inspect(&String::from_utf8(s.data.unwrap()["tls.crt"].0.clone()).unwrap())
+            .unwrap()
+            .not_after
+    };
+    let first = not_after(secrets.get("renew-tls").await.unwrap());
+    let ca_before = secrets.get("renew-ca").await.unwrap().data.unwrap()["ca.crt"].clone();
+    // 70 days later the certificate is inside the 30-day renewal window.
+    r.clock.advance(time::Duration::days(70));
+    let api: Api<WebRtcPbx> = Api::namespaced(r.client.clone(), &r.ns);
+    api.patch(
+        "renew",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"annotations": {"test/poke": "1"}}})),
+    )
+    .await
+    .unwrap();
+    let renewed = support::wait_until(Duration::from_secs(30), "certificate renewed", || async {
+        let t = not_after(secrets.get("renew-tls").await.ok()?);
+        (t > first).then_some(t)
+    })
+    .await;
+    assert!(
+        renewed - first >= time::Duration::days(69),
+        "renewed {renewed} vs first {first}"
+    );
+    assert_eq!(
+        secrets.get("renew-ca").await.unwrap().data.unwrap()["ca.crt"],
+        ca_before,
+        "the CA is kept"
+    );
+    wait_condition(
+        &r,
+        "renew",
+        "CertificateReady",
+        "True",
+        Some("CertificateValid"),
+    )
+    .await;
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn user_certificate_faults_have_their_reasons() {
+    let r = start("ctl-usercert").await;
+    let now = OffsetDateTime::now_utc();
+    let good = certs::issue_self_signed(
+        "t",
+        &["pbx.user.test".into()],
+        now,
+        certs::generate_key().unwrap(),
+        certs::generate_key().unwrap(),
+    )
+    .unwrap();
+    let other = certs::issue_self_signed(
+        "t",
+        &["other.test".into()],
+        now,
+        certs::generate_key().unwrap(),
+        certs::generate_key().unwrap(),
+    )
+    .unwrap();
+    let old = certs::issue_self_signed(
+        "t",
+        &["pbx.user.test".into()],
+        now - time::Duration::days(200),
+        certs::generate_key().unwrap(),
+        certs::generate_key().unwrap(),
+    )
+    .unwrap();
+    let tls = |m: &certs::TlsMaterial, key: &str| {
+        BTreeMap::from([
+            ("tls.crt", m.tls_crt.clone()),
+            ("tls.key", key.to_string()),
+            ("ca.crt", m.ca_crt.clone()),
+        ])
+    };
+    create_pbx(
+        &r,
+        "user",
+        json!({"domain": "pbx.user.test", "tls": {"mode": "Secret", "secretName": "user-cert"}}),
+    )
+    .await;
+    wait_condition(
+        &r,
+        "user",
+        "CertificateReady",
+        "False",
+        Some("SecretNotFound"),
+    )
+    .await;
+    for (data, reason) in [
+        (tls(&other, &other.tls_key), "DomainNotCovered"),
+        (tls(&old, &old.tls_key), "Expired"),
+        (tls(&good, &other.tls_key), "KeyMismatch"),
+        (tls(&good, &good.tls_key), "CertificateValid"),
+    ] {
+        create_secret(&r, "user-cert", data).await;
+        let took = wait_condition(
+            &r,
+            "user",
+            "CertificateReady",
+            if reason == "CertificateValid" {
+                "True"
+            } else {
+                "False"
+            },
+            Some(reason),
+        )
+        .await;
+        eprintln!("user certificate {reason} reported after {took:?}");
+    }
+    // The user's Secret is theirs: never owned, never pruned.
+    let secret = Api::<Secret>::namespaced(r.client.clone(), &r.ns)
+        .get("user-cert")
+        .await
+        .unwrap();
+    assert!(secret.owner_references().is_empty());
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn cert_manager_mode_follows_the_certificate_status() {
+    let r = start("ctl-certmgr").await;
+    // A stand-in for cert-manager's CRD: the operator only needs the API.
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "certificates.cert-manager.io"},
+        "spec": {"group": "cert-manager.io", "scope": "Namespaced",
+            "names": {"plural": "certificates", "singular": "certificate", "kind": "Certificate"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))
+    .unwrap();
+    support::install_crd(&r.client, &crd).await;
+    create_pbx(&r, "cm", json!({"domain": "pbx.cm.test", "tls": {"mode": "CertManager", "issuerRef": {"name": "le", "kind": "ClusterIssuer"}}})).await;
+    let certs_api: Api<DynamicObject> = Api::namespaced_with(
+        r.client.clone(),
+        &r.ns,
+        &controller::apply::certificate_resource(),
+    );
+    let cert = support::wait_until(Duration::from_secs(30), "Certificate applied", || async {
+        certs_api.get_opt("cm-tls").await.ok()?
+    })
+    .await;
+    assert_eq!(cert.data["spec"]["dnsNames"], json!(["pbx.cm.test"]));
+    assert_eq!(cert.data["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    wait_condition(
+        &r,
+        "cm",
+        "CertificateReady",
+        "False",
+        Some("IssuerNotReady"),
+    )
+    .await;
+    // "cert-manager" issues: the Secret appears and the Certificate turns Ready.
+    let m = certs::issue_self_signed(
+        "cm",
+        &["pbx.cm.test".into()],
+        OffsetDateTime::now_utc(),
+        certs::generate_key().unwrap(),
+        certs::generate_key().unwrap(),
+    )
+    .unwrap();
+    create_secret(
+        &r,
+        "cm-tls",
+        BTreeMap::from([
+            ("tls.crt", m.tls_crt.clone()),
+            ("tls.key", m.tls_key.clone()),
+            ("ca.crt", m.ca_crt.clone()),
+        ]),
+    )
+    .await;
+    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "issued"}]}});
+    certs_api
+        .patch_status("cm-tls", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    wait_condition(
+        &r,
+        "cm",
+        "CertificateReady",
+        "True",
+        Some("CertificateValid"),
+    )
+    .await;
+    r.stop().await;
+}
