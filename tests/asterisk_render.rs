@@ -143,6 +143,37 @@ async fn rendered_config_runs_in_real_asterisk() {
             "Asterisk logged an error: {line}\n{out}"
         );
     }
+    // (After the log check: the handshakes refused here are logged.)
+    // Certificate rotation: new files under the same names reach WSS on
+    // `core reload` (what the pod's config-reloader runs), without a restart.
+    let pid = asterisk.pid();
+    let rotated_ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    assert!(
+        support::wss_connect(port, "/ws", DOMAIN, &rotated_ca)
+            .await
+            .is_err(),
+        "new CA trusted before reload"
+    );
+    let reload = asterisk.cli("core reload");
+    support::wait_until(
+        std::time::Duration::from_secs(5),
+        "rotated certificate served",
+        || async {
+            support::wss_connect(port, "/ws", DOMAIN, &rotated_ca)
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    assert!(
+        support::wss_connect(port, "/ws", DOMAIN, &ca)
+            .await
+            .is_err(),
+        "old certificate still served after: {reload}"
+    );
+    assert_eq!(asterisk.pid(), pid);
+
     asterisk.kill();
     std::fs::remove_dir_all(&dir).unwrap();
 }
