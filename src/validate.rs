@@ -182,12 +182,7 @@ pub fn referenced_secrets(name: &str, spec: &WebRtcPbxSpec) -> Vec<String> {
                 .iter()
                 .filter_map(|t| t.credentials_secret_ref.as_ref().map(|c| c.name.clone())),
         )
-        .chain(
-            spec.tls
-                .secret_name
-                .clone()
-                .filter(|_| spec.tls.mode == TlsMode::Secret),
-        )
+        .chain((spec.tls.mode != TlsMode::SelfSigned).then(|| tls_secret_name(name, spec)))
         .collect();
     names.sort();
     names.dedup();

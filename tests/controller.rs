@@ -636,3 +636,33 @@ async fn cert_manager_mode_follows_the_certificate_status() {
     .await;
     r.stop().await;
 }
+
+#[tokio::test]
+async fn overlapping_host_ports_on_the_same_node_report_port_conflict() {
+    let r = start("ctl-ports").await;
+    // Both pinned to one node: the second cannot get its host ports there.
+    let spec = |domain: &str| json!({"domain": domain, "nodeSelector": {"kubernetes.io/hostname": "kwok-node-7"}});
+    create_pbx(&r, "first", spec("first.test")).await;
+    wait_condition(&r, "first", "WorkloadReady", "True", Some("PodsReady")).await;
+    create_pbx(&r, "second", spec("second.test")).await;
+    wait_condition(&r, "second", "WorkloadReady", "False", Some("PortConflict")).await;
+    let (_, _, message) = condition(&r, "second", "WorkloadReady").await.unwrap();
+    assert!(
+        message.contains(&format!("{}/first", r.ns)) && message.contains("8089/TCP"),
+        "{message}"
+    );
+    assert_eq!(condition(&r, "second", "Stalled").await.unwrap().0, "True");
+    assert_eq!(
+        condition(&r, "first", "Ready").await.unwrap().0,
+        "True",
+        "the older PBX keeps running"
+    );
+    // Moving the second PBX to another node resolves it.
+    let api: Api<WebRtcPbx> = Api::namespaced(r.client.clone(), &r.ns);
+    let patch = json!({"spec": {"nodeSelector": {"kubernetes.io/hostname": "kwok-node-6"}}});
+    api.patch("second", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_condition(&r, "second", "WorkloadReady", "True", Some("PodsReady")).await;
+    r.stop().await;
+}

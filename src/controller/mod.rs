@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::api::{CertificateStatus, EndpointsStatus, TlsMode, WebRtcPbx, WebRtcPbxStatus};
 use crate::certs::{self, CA_CRT, CA_KEY, Outcome, TLS_CRT, TLS_KEY};
+use crate::ports;
 use crate::render::objects::{self as objects, FIELD_MANAGER};
 use crate::render::{self, Object};
 use crate::status::{self, Blocking, Tri, Verdict, reasons, types};
@@ -78,6 +79,8 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// Event recorder.
     pub recorder: Recorder,
+    /// Every PBX the controller watches (for port conflicts), set by [`run`].
+    pub pbxes: std::sync::OnceLock<Store<WebRtcPbx>>,
 }
 
 impl Context {
@@ -91,6 +94,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             clock,
+            pbxes: std::sync::OnceLock::new(),
         }
     }
 }
@@ -119,6 +123,7 @@ pub async fn run(
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
     let controller = Controller::new(scoped::<WebRtcPbx>(&client, ns), watcher::Config::default());
+    let _ = ctx.pbxes.set(controller.store());
     // A user's Secret or ConfigMap changed: re-render the PBXs that use it.
     let store = controller.store();
     let secret_users = move |secret: Secret| {
@@ -182,6 +187,27 @@ fn error_policy(pbx: Arc<WebRtcPbx>, error: &Error, _ctx: Arc<Context>) -> Actio
     Action::requeue(Duration::from_secs(10))
 }
 
+/// The scheduler's message when the pod cannot be placed.
+fn unschedulable(pod: Option<&Pod>) -> Option<String> {
+    let conditions = pod?.status.as_ref()?.conditions.as_ref()?;
+    let c = conditions
+        .iter()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+    (c.reason.as_deref() == Some("Unschedulable")).then(|| c.message.clone().unwrap_or_default())
+}
+
+/// True for an unschedulable pod of an outdated revision: the StatefulSet
+/// controller never replaces a pod that is not Running, so a spec fix (e.g.
+/// a new nodeSelector) would otherwise need a manual `kubectl delete pod`.
+fn stale_pending_pod(pod: Option<&Pod>, sts: Option<&StatefulSet>) -> bool {
+    let revision = pod.and_then(|p| p.labels().get("controller-revision-hash").cloned());
+    let update = sts.and_then(|s| s.status.as_ref()?.update_revision.clone());
+    unschedulable(pod).is_some() && revision.is_some() && update.is_some() && revision != update
+}
+
+/// How often a PBX whose pod is not ready is looked at again.
+const WORKLOAD_RECHECK: Duration = Duration::from_secs(10);
+
 /// What the dereference step fetched.
 struct Fetched {
     referenced: Referenced,
@@ -189,6 +215,8 @@ struct Fetched {
     tls_secret: Option<Secret>,
     ca_secret: Option<Secret>,
     stateful_set: Option<StatefulSet>,
+    /// The PBX's pod (a StatefulSet of one).
+    pod: Option<Pod>,
     certificate: Option<DynamicObject>,
 }
 
@@ -230,6 +258,9 @@ async fn dereference(client: &Client, ns: &str, pbx: &WebRtcPbx) -> Result<Fetch
             .get_opt(&validate::tls_secret_name(&name, spec))
             .await?,
         ca_secret: secrets.get_opt(&objects::ca_secret_name(&name)).await?,
+        pod: Api::<Pod>::namespaced(client.clone(), ns)
+            .get_opt(&format!("{name}-0"))
+            .await?,
         stateful_set: Api::<StatefulSet>::namespaced(client.clone(), ns)
             .get_opt(&name)
             .await?,
@@ -434,7 +465,11 @@ fn certificate_step(
     }
 }
 
-fn workload_verdict(sts: Option<&StatefulSet>) -> (Verdict, Blocking) {
+fn workload_verdict(
+    sts: Option<&StatefulSet>,
+    conflict: Option<ports::Conflict>,
+    unschedulable: Option<String>,
+) -> (Verdict, Blocking) {
     let (ready, wanted, current) = sts
         .map(|s| {
             let st = s.status.as_ref();
@@ -446,26 +481,37 @@ fn workload_verdict(sts: Option<&StatefulSet>) -> (Verdict, Blocking) {
             )
         })
         .unwrap_or((0, 1, false));
+    let counts = format!("{ready}/{wanted} pods ready");
+    let verdict =
+        |status, reason, message| Verdict::new(types::WORKLOAD_READY, status, reason, message);
     if ready >= wanted && current {
-        (
-            Verdict::new(
-                types::WORKLOAD_READY,
-                Tri::True,
-                reasons::PODS_READY,
-                format!("{ready}/{wanted} pods ready"),
-            ),
+        return (
+            verdict(Tri::True, reasons::PODS_READY, counts),
             Blocking::Waiting,
-        )
-    } else {
-        (
-            Verdict::new(
-                types::WORKLOAD_READY,
+        );
+    }
+    // Only a pod the scheduler cannot place is blocked by another PBX.
+    match (conflict, unschedulable) {
+        (Some(c), Some(scheduler)) => (
+            verdict(
+                Tri::False,
+                reasons::PORT_CONFLICT,
+                format!("{counts}: {} (scheduler: {scheduler})", c.message()),
+            ),
+            Blocking::NeedsUser,
+        ),
+        (None, Some(scheduler)) => (
+            verdict(
                 Tri::False,
                 reasons::PODS_NOT_READY,
-                format!("{ready}/{wanted} pods ready"),
+                format!("{counts}: {scheduler}"),
             ),
             Blocking::Waiting,
-        )
+        ),
+        (_, None) => (
+            verdict(Tri::False, reasons::PODS_NOT_READY, counts),
+            Blocking::Waiting,
+        ),
     }
 }
 
@@ -485,6 +531,8 @@ async fn reconcile(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Action, Err
         ..WebRtcPbxStatus::default()
     };
     let mut recheck = None;
+    let others = ctx.pbxes.get().map(|s| s.state()).unwrap_or_default();
+    let conflict = ports::conflict(&pbx, others.iter().map(|p| &**p));
     match validate::validate(&pbx, &fetched.referenced, &generated) {
         Err(problems) => {
             // Keep what runs; tell the user what to change; wait for a change.
@@ -511,7 +559,11 @@ async fn reconcile(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Action, Err
                 ),
                 Blocking::Waiting,
             ));
-            components.push(workload_verdict(fetched.stateful_set.as_ref()));
+            components.push(workload_verdict(
+                fetched.stateful_set.as_ref(),
+                conflict.clone(),
+                unschedulable(fetched.pod.as_ref()),
+            ));
         }
         Ok(validated) => {
             let rendered = render::render(&validated);
@@ -533,6 +585,13 @@ async fn reconcile(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Action, Err
             }
             let uid = pbx.metadata.uid.clone().unwrap_or_default();
             let pruned = apply::prune(client, &ns, &name, &uid, &desired).await?;
+            if stale_pending_pod(fetched.pod.as_ref(), fetched.stateful_set.as_ref()) {
+                // Not running, so nothing is lost; the StatefulSet recreates it.
+                info!(pbx = %name, "replacing the unschedulable pod of an outdated revision");
+                Api::<Pod>::namespaced(client.clone(), &ns)
+                    .delete(&format!("{name}-0"), &Default::default())
+                    .await?;
+            }
             if writes + pruned > 0 {
                 info!(pbx = %name, namespace = %ns, writes, pruned, "applied");
             }
@@ -546,7 +605,11 @@ async fn reconcile(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Action, Err
                 Blocking::Waiting,
             ));
             components.push(cert.verdict);
-            components.push(workload_verdict(fetched.stateful_set.as_ref()));
+            components.push(workload_verdict(
+                fetched.stateful_set.as_ref(),
+                conflict.clone(),
+                unschedulable(fetched.pod.as_ref()),
+            ));
             new_status.endpoints = Some(EndpointsStatus {
                 wss_url: validated.wss_url(),
             });
@@ -559,6 +622,14 @@ async fn reconcile(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Action, Err
     }
 
     let previous = pbx.status.clone().unwrap_or_default();
+    // A pod the scheduler cannot place changes nothing the controller
+    // watches: look again while the workload is not ready.
+    if components
+        .iter()
+        .any(|(v, _)| v.type_ == types::WORKLOAD_READY && v.status != Tri::True)
+    {
+        recheck = Some(recheck.map_or(WORKLOAD_RECHECK, |r: Duration| r.min(WORKLOAD_RECHECK)));
+    }
     let verdicts = status::summarize(components);
     let now_time =
         Time(k8s_openapi::jiff::Timestamp::from_second(now.unix_timestamp()).unwrap_or_default());

@@ -1,0 +1,153 @@
+//! Host-port conflicts between PBXs (pure): in HostNetwork mode a PBX's WSS
+//! port and RTP range are the node's ports. RTP ranges cannot be declared
+//! to the scheduler, so the rendered pods keep HostNetwork PBXs on separate
+//! nodes (anti-affinity); a PBX whose pod finds no node is blocked by the
+//! older HostNetwork PBXs that may use the same nodes. Finds the first.
+
+use kube::ResourceExt;
+
+use crate::api::{NetworkMode, WebRtcPbx};
+
+/// Another PBX whose host ports overlap this one's on shared nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// namespace/name of the other PBX.
+    pub other: String,
+    /// The overlapping ports, for the message.
+    pub ports: Vec<String>,
+}
+
+impl Conflict {
+    /// What to tell the user.
+    pub fn message(&self) -> String {
+        let ports = if self.ports.is_empty() {
+            "host-network PBXs get a node each".to_string()
+        } else {
+            format!("host ports {} overlap", self.ports.join(", "))
+        };
+        format!(
+            "no node is free for this PBX: WebRtcPbx {} runs on the nodes it may use ({ports}); \
+             give it a nodeSelector for other nodes, add nodes, or use network.mode Service",
+            self.other
+        )
+    }
+}
+
+fn tcp_ports(pbx: &WebRtcPbx) -> Vec<i32> {
+    std::iter::once(pbx.spec.wss.port)
+        .chain(pbx.spec.wss.ws_port)
+        .collect()
+}
+
+/// True when the node selectors could select the same node (no label key
+/// with different required values).
+fn may_share_nodes(a: &WebRtcPbx, b: &WebRtcPbx) -> bool {
+    a.spec
+        .node_selector
+        .iter()
+        .all(|(k, v)| b.spec.node_selector.get(k).is_none_or(|w| w == v))
+}
+
+/// The PBX created first (name order breaks ties) keeps its ports.
+fn older(a: &WebRtcPbx, b: &WebRtcPbx) -> bool {
+    let key = |p: &WebRtcPbx| (p.creation_timestamp(), p.namespace(), p.name_any());
+    key(a) < key(b)
+}
+
+/// The first older PBX among `others` that blocks `this`.
+pub fn conflict<'a>(
+    this: &WebRtcPbx,
+    others: impl IntoIterator<Item = &'a WebRtcPbx>,
+) -> Option<Conflict> {
+    if this.spec.network.mode != NetworkMode::HostNetwork {
+        return None;
+    }
+    others.into_iter().find_map(|other| {
+        let same = other.uid() == this.uid()
+            && other.name_any() == this.name_any()
+            && other.namespace() == this.namespace();
+        if same
+            || other.spec.network.mode != NetworkMode::HostNetwork
+            || !older(other, this)
+            || !may_share_nodes(this, other)
+        {
+            return None;
+        }
+        let mut ports: Vec<String> = tcp_ports(this)
+            .into_iter()
+            .filter(|p| tcp_ports(other).contains(p))
+            .map(|p| format!("{p}/TCP"))
+            .collect();
+        let (a, b) = (this.spec.rtp.port_range, other.spec.rtp.port_range);
+        let (lo, hi) = (a.start.max(b.start), a.end.min(b.end));
+        if lo <= hi {
+            ports.push(format!("{lo}-{hi}/UDP"));
+        }
+        (!ports.is_empty()).then(|| Conflict {
+            other: format!(
+                "{}/{}",
+                other.namespace().unwrap_or_default(),
+                other.name_any()
+            ),
+            ports,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pbx(name: &str, created: &str, spec: serde_json::Value) -> WebRtcPbx {
+        serde_json::from_value(json!({
+            "apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
+            "metadata": {"name": name, "namespace": "voice", "creationTimestamp": created, "uid": name},
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn newer_overlapping_pbx_is_blocked_by_the_older() {
+        let a = pbx("a", "2026-01-01T00:00:00Z", json!({"domain": "a.test"}));
+        let b = pbx(
+            "b",
+            "2026-01-02T00:00:00Z",
+            json!({"domain": "b.test", "rtp": {"portRange": {"start": 15000, "end": 25000}}}),
+        );
+        let c = conflict(&b, [&a, &b]).unwrap();
+        assert_eq!(c.other, "voice/a");
+        assert_eq!(c.ports, vec!["8089/TCP", "15000-20000/UDP"]);
+        assert!(c.message().contains("voice/a"));
+        assert_eq!(conflict(&a, [&a, &b]), None, "the older one keeps running");
+    }
+
+    #[test]
+    fn disjoint_ports_nodes_or_modes_do_not_conflict() {
+        let a = pbx("a", "2026-01-01T00:00:00Z", json!({"domain": "a.test"}));
+        let ports = pbx(
+            "b",
+            "2026-01-02T00:00:00Z",
+            json!({"domain": "b.test", "wss": {"port": 9443}, "rtp": {"portRange": {"start": 30000, "end": 31000}}}),
+        );
+        assert_eq!(conflict(&ports, [&a]), None);
+        let nodes_a = pbx(
+            "na",
+            "2026-01-01T00:00:00Z",
+            json!({"domain": "a.test", "nodeSelector": {"pool": "x"}}),
+        );
+        let nodes_b = pbx(
+            "nb",
+            "2026-01-02T00:00:00Z",
+            json!({"domain": "b.test", "nodeSelector": {"pool": "y"}}),
+        );
+        assert_eq!(conflict(&nodes_b, [&nodes_a]), None);
+        let svc = pbx(
+            "s",
+            "2026-01-02T00:00:00Z",
+            json!({"domain": "s.test", "network": {"mode": "Service"}, "rtp": {"portRange": {"start": 10000, "end": 10010}}}),
+        );
+        assert_eq!(conflict(&svc, [&a]), None);
+    }
+}
