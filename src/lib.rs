@@ -15,4 +15,5 @@ pub mod ports;
 pub mod probe;
 pub mod render;
 pub mod status;
+pub mod telemetry;
 pub mod validate;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use webrtc_pbx_operator::{cli, controller, crd, render};
+use webrtc_pbx_operator::{cli, controller, crd, render, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -19,14 +19,26 @@ struct Args {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_address: String,
+    /// Namespace of the leader-election Lease (default: $POD_NAMESPACE, else "default").
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "webrtc-pbx-operator")]
+    lease_name: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller (kubeconfig or in-cluster configuration).
-    Run {
-        /// Watch only this namespace (default: all namespaces).
-        #[arg(long)]
-        namespace: Option<String>,
-    },
+    Run(RunArgs),
     /// Print the WebRtcPbx CustomResourceDefinition as YAML.
     Crd,
     /// Print every object the operator would create for WebRtcPbx manifests
@@ -45,7 +57,7 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
-        Command::Run { namespace } => return run_controller(namespace),
+        Command::Run(run) => return run_controller(run),
         Command::Crd => crd::crd_yaml()
             .map(|y| print!("{y}"))
             .map_err(|e| cli::CliError::Yaml(e.to_string())),
@@ -62,7 +74,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_controller(namespace: Option<String>) -> ExitCode {
+fn run_controller(args: RunArgs) -> ExitCode {
     use tracing_subscriber::EnvFilter;
     tracing_subscriber::fmt()
         .json()
@@ -93,8 +105,31 @@ fn run_controller(namespace: Option<String>) -> ExitCode {
             }
         };
         let ctx = std::sync::Arc::new(controller::Context::new(client, std::sync::Arc::new(controller::SystemClock)));
-        tracing::info!("controller starting");
-        controller::run(ctx, namespace, shutdown_signal()).await;
+        let listener = match tokio::net::TcpListener::bind(&args.metrics_address).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(address = %args.metrics_address, error = %e, "cannot listen for /metrics");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::spawn(telemetry::serve(listener, ctx.metrics.clone()));
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into()), std::process::id()));
+        let lease = controller::leader::LeaseConfig {
+            name: args.lease_name,
+            namespace: args
+                .lease_namespace
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or_else(|| "default".into()),
+            identity,
+            duration_seconds: 15,
+            grace_seconds: 5,
+        };
+        tracing::info!(identity = %lease.identity, "controller starting");
+        if let Err(e) = controller::leader::run_elected(ctx, args.namespace, lease, shutdown_signal()).await {
+            tracing::error!(category = e.category(), error = %e, "controller stopped");
+            return ExitCode::FAILURE;
+        }
         tracing::info!("controller stopped");
         ExitCode::SUCCESS
     })

@@ -666,3 +666,113 @@ async fn overlapping_host_ports_on_the_same_node_report_port_conflict() {
     wait_condition(&r, "second", "WorkloadReady", "True", Some("PodsReady")).await;
     r.stop().await;
 }
+
+#[tokio::test]
+async fn one_leader_reconciles_and_a_follower_takes_over() {
+    let client = support::client().await;
+    support::install_project_crds(&client).await;
+    let ns = support::namespace(&client, "ctl-leader").await;
+    let instance = |identity: &str| {
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            Arc::new(controller::SystemClock),
+        ));
+        let lease = controller::leader::LeaseConfig {
+            name: "webrtc-pbx-operator".into(),
+            namespace: ns.clone(),
+            identity: identity.into(),
+            duration_seconds: 4,
+            grace_seconds: 1,
+        };
+        let task = tokio::spawn(controller::leader::run_elected(
+            ctx.clone(),
+            Some(ns.clone()),
+            lease,
+            std::future::pending(),
+        ));
+        (ctx, task)
+    };
+    let (a, task_a) = instance("a");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (b, task_b) = instance("b");
+    let r = Running {
+        client: client.clone(),
+        ns: ns.clone(),
+        clock: Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc()))),
+        stop: None,
+        task: tokio::spawn(async {}),
+    };
+    create_pbx(&r, "led", json!({"domain": "pbx.led.test"})).await;
+    wait_condition(&r, "led", "ConfigRendered", "True", None).await;
+    let (ra, rb) = (a.metrics.reconciles.get(), b.metrics.reconciles.get());
+    assert!(
+        ra > 0 && rb == 0,
+        "only the leader reconciles: a={ra} b={rb}"
+    );
+    assert_eq!((a.metrics.leader.get(), b.metrics.leader.get()), (1, 0));
+
+    // The leader dies without releasing the lease; the follower takes over.
+    task_a.abort();
+    let t = Instant::now();
+    let api: Api<WebRtcPbx> = Api::namespaced(client.clone(), &ns);
+    api.patch(
+        "led",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"sip": {"keepAliveInterval": "25s"}}})),
+    )
+    .await
+    .unwrap();
+    support::wait_until(
+        Duration::from_secs(30),
+        "follower observes generation 2",
+        || async {
+            (api.get("led").await.ok()?.status?.observed_generation == Some(2)).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "follower took over and reconciled {:?} after the leader died",
+        t.elapsed()
+    );
+    assert!(b.metrics.reconciles.get() > 0);
+    assert_eq!(b.metrics.leader.get(), 1);
+    task_b.abort();
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics_endpoints() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let metrics = Arc::new(webrtc_pbx_operator::telemetry::Metrics::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(webrtc_pbx_operator::telemetry::serve(
+        listener,
+        metrics.clone(),
+    ));
+    let get = |path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+    assert!(
+        get("/readyz").await.starts_with("HTTP/1.1 503"),
+        "not ready before the watches run"
+    );
+    metrics.set_ready(true);
+    assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+    metrics.reconciles.inc();
+    let text = get("/metrics").await;
+    for name in [
+        "webrtc_pbx_reconciles_total 1",
+        "webrtc_pbx_reconcile_duration_seconds_bucket",
+        "webrtc_pbx_leader 0",
+    ] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+}

@@ -4,6 +4,7 @@
 //! this module only fetches, writes, requeues and reports.
 
 pub mod apply;
+pub mod leader;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use crate::ports;
 use crate::render::objects::{self as objects, FIELD_MANAGER};
 use crate::render::{self, Object};
 use crate::status::{self, Blocking, Tri, Verdict, reasons, types};
+use crate::telemetry::{FailureLabels, Metrics};
 use crate::validate::{self, Referenced, ValidatedPbx};
 
 /// Where the controller reads the time (injectable for tests).
@@ -79,8 +81,10 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// Event recorder.
     pub recorder: Recorder,
-    /// Every PBX the controller watches (for port conflicts), set by [`run`].
-    pub pbxes: std::sync::OnceLock<Store<WebRtcPbx>>,
+    /// Every PBX the controller watches (for port conflicts), set by each [`run`].
+    pub pbxes: std::sync::RwLock<Option<Store<WebRtcPbx>>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
@@ -94,7 +98,8 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             clock,
-            pbxes: std::sync::OnceLock::new(),
+            pbxes: std::sync::RwLock::new(None),
+            metrics: Arc::new(Metrics::default()),
         }
     }
 }
@@ -123,7 +128,9 @@ pub async fn run(
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
     let controller = Controller::new(scoped::<WebRtcPbx>(&client, ns), watcher::Config::default());
-    let _ = ctx.pbxes.set(controller.store());
+    if let Ok(mut pbxes) = ctx.pbxes.write() {
+        *pbxes = Some(controller.store());
+    }
     // A user's Secret or ConfigMap changed: re-render the PBXs that use it.
     let store = controller.store();
     let secret_users = move |secret: Secret| {
@@ -181,7 +188,13 @@ pub async fn run(
         .await;
 }
 
-fn error_policy(pbx: Arc<WebRtcPbx>, error: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(pbx: Arc<WebRtcPbx>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .failures
+        .get_or_create(&FailureLabels {
+            category: error.category().into(),
+        })
+        .inc();
     warn!(pbx = %pbx.name_any(), category = error.category(), error = %error, "reconcile failed; retrying");
     // Transient: back off, never crash.
     Action::requeue(Duration::from_secs(10))
@@ -516,6 +529,16 @@ fn workload_verdict(
 }
 
 async fn reconcile(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciles.inc();
+    let started = std::time::Instant::now();
+    let result = reconcile_steps(pbx, ctx.clone()).await;
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = pbx.namespace().ok_or(Error::NoNamespace)?;
     let name = pbx.name_any();
     let now = ctx.clock.now();
@@ -531,7 +554,12 @@ async fn reconcile(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Action, Err
         ..WebRtcPbxStatus::default()
     };
     let mut recheck = None;
-    let others = ctx.pbxes.get().map(|s| s.state()).unwrap_or_default();
+    let others = ctx
+        .pbxes
+        .read()
+        .ok()
+        .and_then(|s| s.as_ref().map(Store::state))
+        .unwrap_or_default();
     let conflict = ports::conflict(&pbx, others.iter().map(|p| &**p));
     match validate::validate(&pbx, &fetched.referenced, &generated) {
         Err(problems) => {
@@ -638,6 +666,14 @@ async fn reconcile(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Action, Err
         &previous.conditions,
         pbx.metadata.generation,
         &now_time,
+    );
+    ctx.metrics.set_conditions(
+        &ns,
+        &name,
+        new_status
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str())),
     );
     if !status::same_ignoring_time(&previous, &new_status) {
         let api = Api::<WebRtcPbx>::namespaced(client.clone(), &ns);

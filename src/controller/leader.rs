@@ -1,0 +1,109 @@
+//! Leader election: the controller runs only while this instance holds the
+//! Lease, so two replicas can run and one takes over when the other dies.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing::{info, warn};
+
+use super::{Context, run};
+use crate::render::objects::FIELD_MANAGER;
+
+/// The Lease and how this instance claims it.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// Lease name.
+    pub name: String,
+    /// Lease namespace.
+    pub namespace: String,
+    /// This instance's identity (pod name).
+    pub identity: String,
+    /// Lease duration, seconds: a dead leader is replaced after this long.
+    pub duration_seconds: u64,
+    /// Renewal margin, seconds.
+    pub grace_seconds: u64,
+}
+
+/// Leader-election failures.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    /// The lease manager failed.
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// The lease manager's task ended on its own.
+    #[error("leader election stopped unexpectedly")]
+    Stopped,
+}
+
+impl LeaderError {
+    /// A stable category.
+    pub fn category(&self) -> &'static str {
+        "leader_election"
+    }
+}
+
+/// Runs the controller (scoped to `scope`, or every namespace) whenever this
+/// instance leads, until `shutdown` resolves; then releases the Lease.
+pub async fn run_elected(
+    ctx: Arc<Context>,
+    scope: Option<String>,
+    lease: LeaseConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), LeaderError> {
+    let manager = LeaseManagerBuilder::new(ctx.client.clone(), &lease.name)
+        .with_namespace(&lease.namespace)
+        .with_identity(&lease.identity)
+        .with_duration(lease.duration_seconds)
+        .with_grace(lease.grace_seconds)
+        .with_field_manager(FIELD_MANAGER)
+        .build()
+        .await?;
+    let (mut leading, task) = manager.watch().await;
+    // A follower is healthy and ready: it stands by.
+    ctx.metrics.set_ready(true);
+    tokio::pin!(shutdown);
+    loop {
+        while !*leading.borrow_and_update() {
+            tokio::select! {
+                () = &mut shutdown => return release(leading, task).await,
+                changed = leading.changed() => changed.map_err(|_| LeaderError::Stopped)?,
+            }
+        }
+        info!(identity = %lease.identity, "leading: starting the controller");
+        ctx.metrics.leader.set(1);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let controller = tokio::spawn(run(ctx.clone(), scope.clone(), async move {
+            let _ = stop_rx.await;
+        }));
+        let shutting_down = tokio::select! {
+            () = &mut shutdown => true,
+            lost = async {
+                loop {
+                    if leading.changed().await.is_err() || !*leading.borrow_and_update() {
+                        break;
+                    }
+                }
+            } => { let () = lost; false }
+        };
+        let _ = stop_tx.send(());
+        let _ = controller.await;
+        ctx.metrics.leader.set(0);
+        if shutting_down {
+            return release(leading, task).await;
+        }
+        warn!(identity = %lease.identity, "lost the lease: controller stopped, standing by");
+    }
+}
+
+async fn release(
+    leading: tokio::sync::watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+) -> Result<(), LeaderError> {
+    // Closing the channel ends the lease task, which hands the manager back.
+    drop(leading);
+    if let Ok(Ok(manager)) = task.await {
+        manager.release().await?;
+    }
+    Ok(())
+}
