@@ -776,3 +776,134 @@ async fn health_ready_and_metrics_endpoints() {
     }
     assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
 }
+
+fn operator_binary(ns: &str, metrics_port: u16) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_webrtc-pbx-operator"))
+        .args(["run", "--namespace", ns, "--lease-namespace", ns])
+        .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
+        .env("KUBECONFIG", &support::control_plane().kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn passwords(r: &Running, name: &str) -> BTreeMap<String, Vec<u8>> {
+    let s = Api::<Secret>::namespaced(r.client.clone(), &r.ns)
+        .get(&format!("{name}-asterisk"))
+        .await
+        .unwrap();
+    s.data
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("password-") || k == "probe-password")
+        .map(|(k, v)| (k, v.0))
+        .collect()
+}
+
+#[tokio::test]
+async fn killed_mid_reconcile_the_binary_restarts_to_the_same_state() {
+    let client = support::client().await;
+    support::install_project_crds(&client).await;
+    let ns = support::namespace(&client, "ctl-kill").await;
+    let r = Running {
+        client: client.clone(),
+        ns: ns.clone(),
+        clock: Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc()))),
+        stop: None,
+        task: tokio::spawn(async {}),
+    };
+    let mut operator = operator_binary(&ns, support::free_port());
+    let names: Vec<String> = (0..5).map(|i| format!("k{i}")).collect();
+    for n in &names {
+        create_pbx(
+            &r,
+            n,
+            json!({"domain": format!("{n}.kill.test"), "users": [{"extension": "1002"}]}),
+        )
+        .await;
+    }
+    // Killed while the first reconciles are under way.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    operator.kill().unwrap();
+    operator.wait().unwrap();
+    let mut operator = operator_binary(&ns, support::free_port());
+    for n in &names {
+        wait_condition(&r, n, "ConfigRendered", "True", None).await;
+        wait_condition(&r, n, "CertificateReady", "True", None).await;
+    }
+    let before: Vec<_> = futures::future::join_all(names.iter().map(|n| passwords(&r, n))).await;
+    let certs_before = versions(&r).await;
+    // A second kill and restart once settled changes nothing.
+    operator.kill().unwrap();
+    operator.wait().unwrap();
+    let mut operator = operator_binary(&ns, support::free_port());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after: Vec<_> = futures::future::join_all(names.iter().map(|n| passwords(&r, n))).await;
+    assert_eq!(before, after, "generated passwords must survive restarts");
+    let certs_after = versions(&r).await;
+    let changed: Vec<_> = certs_after
+        .iter()
+        .filter(|(k, v)| certs_before.get(*k) != Some(*v))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(changed.is_empty(), "a restart rewrote {changed:?}");
+    // Exactly one of each child per PBX, nothing else labelled as ours.
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=webrtc-pbx-operator"))
+        .await
+        .unwrap();
+    assert_eq!(
+        secrets.items.len(),
+        names.len() * 3,
+        "Secrets: asterisk, tls and ca per PBX"
+    );
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(sts.items.len(), names.len());
+    operator.kill().unwrap();
+    operator.wait().unwrap();
+}
+
+#[tokio::test]
+async fn convergence_time_from_apply_to_all_children() {
+    // A figure for the notes (median of 20), not a timing assertion.
+    let r = start("ctl-converge").await;
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let name = format!("c{i}");
+        let t = Instant::now();
+        create_pbx(&r, &name, json!({"domain": format!("{name}.conv.test")})).await;
+        support::wait_until(Duration::from_secs(30), "children", || async {
+            let secrets = Api::<Secret>::namespaced(r.client.clone(), &r.ns);
+            for s in ["asterisk", "tls", "ca"] {
+                secrets.get_opt(&format!("{name}-{s}")).await.ok()??;
+            }
+            Api::<ConfigMap>::namespaced(r.client.clone(), &r.ns)
+                .get_opt(&format!("{name}-asterisk"))
+                .await
+                .ok()??;
+            Api::<Service>::namespaced(r.client.clone(), &r.ns)
+                .get_opt(&format!("{name}-wss"))
+                .await
+                .ok()??;
+            Api::<StatefulSet>::namespaced(r.client.clone(), &r.ns)
+                .get_opt(&name)
+                .await
+                .ok()??;
+            Some(())
+        })
+        .await;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    eprintln!(
+        "apply -> all 6 children: median {:?}, p90 {:?}, max {:?} (20 runs)",
+        times[10], times[18], times[19]
+    );
+    assert_eq!(times.len(), 20);
+    r.stop().await;
+}
