@@ -70,6 +70,14 @@ async fn start(prefix: &str) -> Running {
     }
 }
 
+/// Service mode with a small RTP range: no host ports, so tests running at
+/// the same time on the shared fake nodes cannot block each other.
+fn off_host(mut spec: serde_json::Value) -> serde_json::Value {
+    spec["network"] = json!({"mode": "Service"});
+    spec["rtp"] = json!({"portRange": {"start": 20000, "end": 20003}});
+    spec
+}
+
 fn pbx_manifest(name: &str, spec: serde_json::Value) -> WebRtcPbx {
     serde_json::from_value(json!({
         "apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
@@ -184,7 +192,10 @@ async fn canonical_pbx_becomes_ready_and_stays_quiet() {
     )
     .await;
     let started = Instant::now();
-    let pbx = create_pbx(&r, "acme", canonical_spec()).await;
+    // Host network on a node of its own: concurrent tests use the others.
+    let mut spec = canonical_spec();
+    spec["nodeSelector"] = json!({"kubernetes.io/hostname": "kwok-node-0"});
+    let pbx = create_pbx(&r, "acme", spec).await;
     let uid = pbx.uid().unwrap();
 
     // Every child exists, owned by the PBX.
@@ -361,8 +372,12 @@ async fn drift_is_restored_and_orphans_pruned() {
 
     // A spec edit is observed and reaches the children.
     let api: Api<WebRtcPbx> = Api::namespaced(r.client.clone(), &r.ns);
-    let patch =
-        json!({"spec": {"network": {"mode": "HostNetwork"}, "sip": {"keepAliveInterval": "20s"}}});
+    // Host network on a node of its own: concurrent tests use the others.
+    let patch = json!({"spec": {
+        "network": {"mode": "HostNetwork"},
+        "sip": {"keepAliveInterval": "20s"},
+        "nodeSelector": {"kubernetes.io/hostname": "kwok-node-5"}
+    }});
     api.patch("svc", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
@@ -400,7 +415,7 @@ async fn drift_is_restored_and_orphans_pruned() {
 #[tokio::test]
 async fn invalid_input_stalls_with_a_reason_and_recovers() {
     let r = start("ctl-invalid").await;
-    create_pbx(&r, "lost", json!({"domain": "pbx.lost.test", "users": [{"extension": "7", "passwordSecretRef": {"name": "nowhere", "key": "7"}}]}))
+    create_pbx(&r, "lost", off_host(json!({"domain": "pbx.lost.test", "users": [{"extension": "7", "passwordSecretRef": {"name": "nowhere", "key": "7"}}]})))
         .await;
     wait_condition(
         &r,
@@ -437,7 +452,7 @@ async fn invalid_input_stalls_with_a_reason_and_recovers() {
 #[tokio::test]
 async fn self_signed_certificate_renews_on_the_injected_clock() {
     let r = start("ctl-renew").await;
-    create_pbx(&r, "renew", json!({"domain": "pbx.renew.test"})).await;
+    create_pbx(&r, "renew", off_host(json!({"domain": "pbx.renew.test"}))).await;
     wait_condition(
         &r,
         "renew",
@@ -527,7 +542,7 @@ async fn user_certificate_faults_have_their_reasons() {
     create_pbx(
         &r,
         "user",
-        json!({"domain": "pbx.user.test", "tls": {"mode": "Secret", "secretName": "user-cert"}}),
+        off_host(json!({"domain": "pbx.user.test", "tls": {"mode": "Secret", "secretName": "user-cert"}})),
     )
     .await;
     wait_condition(
@@ -582,7 +597,7 @@ async fn cert_manager_mode_follows_the_certificate_status() {
     }))
     .unwrap();
     support::install_crd(&r.client, &crd).await;
-    create_pbx(&r, "cm", json!({"domain": "pbx.cm.test", "tls": {"mode": "CertManager", "issuerRef": {"name": "le", "kind": "ClusterIssuer"}}})).await;
+    create_pbx(&r, "cm", off_host(json!({"domain": "pbx.cm.test", "tls": {"mode": "CertManager", "issuerRef": {"name": "le", "kind": "ClusterIssuer"}}}))).await;
     let certs_api: Api<DynamicObject> = Api::namespaced_with(
         r.client.clone(),
         &r.ns,
@@ -702,7 +717,7 @@ async fn one_leader_reconciles_and_a_follower_takes_over() {
         stop: None,
         task: tokio::spawn(async {}),
     };
-    create_pbx(&r, "led", json!({"domain": "pbx.led.test"})).await;
+    create_pbx(&r, "led", off_host(json!({"domain": "pbx.led.test"}))).await;
     wait_condition(&r, "led", "ConfigRendered", "True", None).await;
     let (ra, rb) = (a.metrics.reconciles.get(), b.metrics.reconciles.get());
     assert!(
@@ -820,7 +835,7 @@ async fn killed_mid_reconcile_the_binary_restarts_to_the_same_state() {
         create_pbx(
             &r,
             n,
-            json!({"domain": format!("{n}.kill.test"), "users": [{"extension": "1002"}]}),
+            off_host(json!({"domain": format!("{n}.kill.test"), "users": [{"extension": "1002"}]})),
         )
         .await;
     }
@@ -876,7 +891,12 @@ async fn convergence_time_from_apply_to_all_children() {
     for i in 0..20 {
         let name = format!("c{i}");
         let t = Instant::now();
-        create_pbx(&r, &name, json!({"domain": format!("{name}.conv.test")})).await;
+        create_pbx(
+            &r,
+            &name,
+            off_host(json!({"domain": format!("{name}.conv.test")})),
+        )
+        .await;
         support::wait_until(Duration::from_secs(30), "children", || async {
             let secrets = Api::<Secret>::namespaced(r.client.clone(), &r.ns);
             for s in ["asterisk", "tls", "ca"] {
