@@ -280,52 +280,19 @@ fn external_service_fields(pbx: &ValidatedPbx) -> ServiceSpec {
     }
 }
 
-fn wss_service(pbx: &ValidatedPbx) -> Service {
-    let wss = &pbx.spec.wss;
-    let mut ports = vec![ServicePort {
-        name: Some("wss".into()),
-        port: wss.port,
-        target_port: Some(IntOrString::Int(wss.port)),
-        protocol: Some("TCP".into()),
+fn service_port(name: String, port: i32, protocol: &str) -> ServicePort {
+    ServicePort {
+        name: Some(name),
+        port,
+        target_port: Some(IntOrString::Int(port)),
+        protocol: Some(protocol.into()),
         ..ServicePort::default()
-    }];
-    if let Some(ws) = wss.ws_port {
-        ports.push(ServicePort {
-            name: Some("ws".into()),
-            port: ws,
-            target_port: Some(IntOrString::Int(ws)),
-            protocol: Some("TCP".into()),
-            ..ServicePort::default()
-        });
-    }
-    let mut meta = metadata(pbx, wss_service_name(&pbx.name));
-    if !wss.service.annotations.is_empty() {
-        meta.annotations = Some(wss.service.annotations.clone());
-    }
-    Service {
-        metadata: meta,
-        spec: Some(ServiceSpec {
-            ports: Some(ports),
-            ..external_service_fields(pbx)
-        }),
-        ..Service::default()
     }
 }
 
-fn rtp_service(pbx: &ValidatedPbx) -> Service {
-    let range = pbx.spec.rtp.port_range;
-    // A Service cannot carry a range: one port per RTP port (admission
-    // bounds the range in Service mode).
-    let ports = (range.start..=range.end)
-        .map(|p| ServicePort {
-            name: Some(format!("rtp-{p}")),
-            port: p,
-            target_port: Some(IntOrString::Int(p)),
-            protocol: Some("UDP".into()),
-            ..ServicePort::default()
-        })
-        .collect();
-    let mut meta = metadata(pbx, rtp_service_name(&pbx.name));
+/// A Service of the PBX's pod, typed and annotated as `spec.wss.service` says.
+fn service(pbx: &ValidatedPbx, name: String, ports: Vec<ServicePort>) -> Service {
+    let mut meta = metadata(pbx, name);
     if !pbx.spec.wss.service.annotations.is_empty() {
         meta.annotations = Some(pbx.spec.wss.service.annotations.clone());
     }
@@ -337,6 +304,23 @@ fn rtp_service(pbx: &ValidatedPbx) -> Service {
         }),
         ..Service::default()
     }
+}
+
+fn wss_service(pbx: &ValidatedPbx) -> Service {
+    let wss = &pbx.spec.wss;
+    let mut ports = vec![service_port("wss".into(), wss.port, "TCP")];
+    ports.extend(wss.ws_port.map(|ws| service_port("ws".into(), ws, "TCP")));
+    service(pbx, wss_service_name(&pbx.name), ports)
+}
+
+fn rtp_service(pbx: &ValidatedPbx) -> Service {
+    let range = pbx.spec.rtp.port_range;
+    // A Service cannot carry a range: one port per RTP port (admission
+    // bounds the range in Service mode).
+    let ports = (range.start..=range.end)
+        .map(|p| service_port(format!("rtp-{p}"), p, "UDP"))
+        .collect();
+    service(pbx, rtp_service_name(&pbx.name), ports)
 }
 
 /// Hash of the files only a restart applies (the rest are reloaded in place).
