@@ -325,6 +325,11 @@ fn facts(cert: &X509Certificate<'_>) -> CertFacts {
     }
 }
 
+/// Inspects one DER certificate.
+pub fn inspect_der(der: &[u8]) -> Result<CertFacts, String> {
+    Ok(facts(&parse(der)?))
+}
+
 /// Inspects the leaf of a PEM bundle.
 pub fn inspect(tls_crt: &str) -> Result<CertFacts, String> {
     let ders = parse_chain(tls_crt, TLS_CRT)?;

@@ -35,8 +35,51 @@ struct RunArgs {
     lease_name: String,
 }
 
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// The PBX's WebSocket URL, e.g. wss://pbx.example.com:8089/ws.
+    #[arg(long)]
+    url: String,
+    /// SIP domain (default: the URL's host).
+    #[arg(long)]
+    domain: Option<String>,
+    /// User (extension) to REGISTER as; without it only WSS is checked.
+    #[arg(long)]
+    user: Option<String>,
+    /// Password of --user.
+    #[arg(long, conflicts_with = "password_file")]
+    password: Option<String>,
+    /// File holding the password of --user.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Trust this CA (PEM) instead of the system roots.
+    #[arg(long, conflicts_with = "insecure")]
+    ca_file: Option<PathBuf>,
+    /// Accept any certificate (it is still reported).
+    #[arg(long)]
+    insecure: bool,
+    /// Dial HOST:PORT instead, checking SNI, Host and the certificate against the URL's host.
+    #[arg(long, value_name = "HOST:PORT")]
+    connect_to: Option<String>,
+    /// Limit of each phase and SIP transaction (Go duration).
+    #[arg(long, default_value = "10s")]
+    timeout: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Probe any PBX: WSS (DNS, TCP, TLS, WebSocket) and REGISTER, with
+    /// timings and named faults. Exit 0 only if every check passed.
+    Probe(ProbeArgs),
     /// Run the controller (kubeconfig or in-cluster configuration).
     Run(RunArgs),
     /// Print the WebRtcPbx CustomResourceDefinition as YAML.
@@ -58,6 +101,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Command::Run(run) => return run_controller(run),
+        Command::Probe(args) => return run_probe(args),
         Command::Crd => crd::crd_yaml()
             .map(|y| print!("{y}"))
             .map_err(|e| cli::CliError::Yaml(e.to_string())),
@@ -133,6 +177,84 @@ fn run_controller(args: RunArgs) -> ExitCode {
         tracing::info!("controller stopped");
         ExitCode::SUCCESS
     })
+}
+
+fn run_probe(args: ProbeArgs) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("error: {message}");
+        ExitCode::from(2)
+    };
+    let url = match url::Url::parse(&args.url) {
+        Ok(u) if u.scheme() == "wss" && u.host_str().is_some() => u,
+        Ok(_) => {
+            return fail(format!(
+                "{}: the URL must be wss://HOST[:PORT]/PATH",
+                args.url
+            ));
+        }
+        Err(e) => return fail(format!("{}: {e}", args.url)),
+    };
+    let timeout = match webrtc_pbx_operator::probe::timeout_from(&args.timeout) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("--timeout: {e}")),
+    };
+    let ca_pem = match &args.ca_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        },
+        None => None,
+    };
+    let password = match (&args.password, &args.password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(p) => Some(p.trim_end_matches(['\n', '\r']).to_string()),
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        },
+        (None, None) => None,
+    };
+    let account = match (&args.user, password) {
+        (Some(user), Some(password)) => Some(webrtc_pbx_operator::probe::register::Account {
+            domain: args
+                .domain
+                .clone()
+                .unwrap_or_else(|| url.host_str().unwrap_or_default().to_string()),
+            user: user.clone(),
+            password,
+        }),
+        (Some(_), None) => return fail("--user needs --password or --password-file".into()),
+        (None, _) => None,
+    };
+    let request = webrtc_pbx_operator::probe::Request {
+        target: webrtc_pbx_operator::probe::transport::Target {
+            url,
+            connect_to: args.connect_to.clone(),
+            ca_pem,
+            insecure: args.insecure,
+            timeout,
+        },
+        account,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string()),
+    };
+    let report = runtime.block_on(webrtc_pbx_operator::probe::run(&request));
+    match args.output {
+        Output::Table => print!("{}", webrtc_pbx_operator::probe::table(&report)),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        ),
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

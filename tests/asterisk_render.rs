@@ -8,6 +8,7 @@ mod support;
 use std::time::Instant;
 
 use webrtc_pbx_operator::cli;
+use webrtc_pbx_operator::probe::register;
 use webrtc_pbx_operator::render;
 use webrtc_pbx_operator::validate::{self, Generated, PROBE_USERNAME, Referenced};
 
@@ -83,32 +84,40 @@ async fn rendered_config_runs_in_real_asterisk() {
         "{modules}"
     );
 
-    let (mut ws, proto) = support::wss_connect(port, "/ws", DOMAIN, &ca)
+    let mut ws = support::wss_connect(port, "/ws", DOMAIN, &ca)
         .await
-        .map_err(|e| format!("{e:?}"))
         .unwrap();
-    assert_eq!(proto.as_deref(), Some("sip"));
+    let account = |user: &str, password: &str| register::Account {
+        domain: DOMAIN.into(),
+        user: user.into(),
+        password: password.into(),
+    };
+    let timeout = std::time::Duration::from_secs(5);
     // A password with `;` survives the config escaping.
-    let (status, ok) = support::sip_register(&mut ws, DOMAIN, "1001", "alice;secret", 60).await;
-    assert_eq!(status, 200, "REGISTER 1001 with its password:\n{ok}");
-    assert!(
-        ok.header("Contact").is_some(),
-        "200 OK without the Contact binding:\n{ok}"
-    );
-    let (status, _) = support::sip_register(&mut ws, DOMAIN, "1002", "generated-1002", 60).await;
-    assert_eq!(status, 200, "REGISTER 1002 with its generated password");
-    let (status, _) = support::sip_register(&mut ws, DOMAIN, PROBE_USERNAME, "probe-pw", 60).await;
-    assert_eq!(status, 200, "REGISTER of the probe endpoint");
+    for (user, password) in [
+        ("1001", "alice;secret"),
+        ("1002", "generated-1002"),
+        (PROBE_USERNAME, "probe-pw"),
+    ] {
+        let r = register::probe(&mut ws, &account(user, password), timeout).await;
+        assert_eq!(
+            r.outcome,
+            register::Outcome::Registered,
+            "REGISTER {user} with its password"
+        );
+        assert!(r.unregistered, "{user}: the binding was not removed again");
+    }
     // Asterisk answers a wrong password with 401 again (not 403).
-    let (status, _) = support::sip_register(&mut ws, DOMAIN, "1001", "wrong", 60).await;
+    let r = register::probe(&mut ws, &account("1001", "wrong"), timeout).await;
     assert_eq!(
-        status, 401,
-        "REGISTER 1001 with a wrong password must be refused"
+        r.outcome,
+        register::Outcome::AuthenticationFailed,
+        "REGISTER 1001 with a wrong password"
     );
     let contacts = asterisk.cli("pjsip show contacts");
     assert!(
-        contacts.contains("1001/"),
-        "1001 not registered:\n{contacts}"
+        !contacts.contains("1001/sip"),
+        "1001 still bound after unregistering:\n{contacts}"
     );
 
     // Toll-fraud guard: from the probe context only the echo extension exists.

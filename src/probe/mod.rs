@@ -1,6 +1,191 @@
-//! The probe engine, independent of Kubernetes: SIP over WebSocket and
-//! digest authentication so far; the WSS transport, REGISTER and echo-call
-//! probes grow here.
+//! The probe engine, independent of Kubernetes: it tells a PBX admin whether
+//! browsers can reach the PBX (WSS), register (REGISTER), and - when it lands
+//! - hear audio (echo call), naming the fault when not. Used by the `probe`
+//! command and, later, by the operator.
 
 pub mod digest;
+pub mod register;
 pub mod sip;
+pub mod transport;
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// What to probe.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Where and how to connect.
+    pub target: transport::Target,
+    /// Who registers (the REGISTER check runs when given).
+    pub account: Option<register::Account>,
+}
+
+/// One check's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    /// Passed.
+    pub ok: bool,
+    /// Machine reason (the condition reason).
+    pub reason: String,
+    /// Human message.
+    pub message: String,
+}
+
+/// Everything one probe run found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// The URL probed.
+    pub url: String,
+    /// Where it dialled.
+    pub dialled: String,
+    /// Phase timings.
+    pub timings: transport::Timings,
+    /// The WSS check.
+    pub wss: Check,
+    /// The phase the WSS check failed in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_phase: Option<transport::Phase>,
+    /// The served certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<transport::ServedCertificate>,
+    /// The REGISTER check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub register: Option<Check>,
+    /// REGISTER figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub register_result: Option<register::RegisterResult>,
+    /// Every requested check passed.
+    pub ok: bool,
+}
+
+/// Runs the requested checks.
+pub async fn run(request: &Request) -> Report {
+    let target = &request.target;
+    let dialled = target.connect_to.clone().unwrap_or_else(|| {
+        format!(
+            "{}:{}",
+            target.url.host_str().unwrap_or_default(),
+            target.url.port_or_known_default().unwrap_or(443)
+        )
+    });
+    let mut report = Report {
+        url: target.url.to_string(),
+        dialled,
+        timings: transport::Timings::default(),
+        wss: Check {
+            ok: false,
+            reason: String::new(),
+            message: String::new(),
+        },
+        failed_phase: None,
+        certificate: None,
+        register: None,
+        register_result: None,
+        ok: false,
+    };
+    let mut ws = match transport::connect(target).await {
+        Ok((ws, timings, certificate)) => {
+            report.timings = timings;
+            let expiry = certificate
+                .as_ref()
+                .map(|c| format!("; certificate expires in {} days", c.days_to_expiry))
+                .unwrap_or_default();
+            report.wss = Check {
+                ok: true,
+                reason: "Connected".into(),
+                message: format!("WebSocket with subprotocol sip open{expiry}"),
+            };
+            report.certificate = certificate;
+            ws
+        }
+        Err((failure, timings)) => {
+            report.timings = timings;
+            report.failed_phase = Some(failure.phase());
+            report.wss = Check {
+                ok: false,
+                reason: failure.reason().into(),
+                message: failure.to_string(),
+            };
+            if request.account.is_some() {
+                report.register = Some(Check {
+                    ok: false,
+                    reason: "NotAttempted".into(),
+                    message: "no WebSocket".into(),
+                });
+            }
+            return report;
+        }
+    };
+    if let Some(account) = &request.account {
+        let result = register::probe(&mut ws, account, target.timeout).await;
+        report.register = Some(Check {
+            ok: result.outcome == register::Outcome::Registered,
+            reason: result.outcome.reason().into(),
+            message: result.outcome.message(account),
+        });
+        report.register_result = Some(result);
+    }
+    let _ = ws.close(None).await;
+    report.ok = report.wss.ok && report.register.as_ref().is_none_or(|c| c.ok);
+    report
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.1} ms"))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The report as a table for people: one line per phase.
+pub fn table(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "probe {} (dialling {})", report.url, report.dialled);
+    let t = &report.timings;
+    let failed = report.failed_phase;
+    let line = |out: &mut String, name: &str, ms: Option<f64>, phase: transport::Phase| {
+        let verdict = match (ms, failed) {
+            (Some(_), _) => "ok".to_string(),
+            (None, Some(p)) if p == phase => {
+                format!("FAIL {}: {}", report.wss.reason, report.wss.message)
+            }
+            _ => "-".to_string(),
+        };
+        let _ = writeln!(out, "  {name:<10} {:>10}  {verdict}", fmt_ms(ms));
+    };
+    line(&mut out, "dns", t.dns_ms, transport::Phase::Dns);
+    line(&mut out, "connect", t.connect_ms, transport::Phase::Connect);
+    line(&mut out, "tls", t.tls_ms, transport::Phase::Tls);
+    line(&mut out, "upgrade", t.upgrade_ms, transport::Phase::Upgrade);
+    if let Some(c) = &report.certificate {
+        let _ = writeln!(
+            out,
+            "  {:<10} {:>10}  {} [{}] expires {} ({} days)",
+            "cert",
+            "",
+            c.subject,
+            c.dns_names.join(", "),
+            c.not_after,
+            c.days_to_expiry
+        );
+    }
+    if let Some(r) = &report.register {
+        let ms = report
+            .register_result
+            .as_ref()
+            .and_then(|r| r.round_trip_ms);
+        let verdict = if r.ok {
+            format!("ok {}", r.message)
+        } else {
+            format!("FAIL {}: {}", r.reason, r.message)
+        };
+        let _ = writeln!(out, "  {:<10} {:>10}  {verdict}", "register", fmt_ms(ms));
+    }
+    let _ = writeln!(out, "result: {}", if report.ok { "PASS" } else { "FAIL" });
+    out
+}
+
+/// Parses `--timeout`-style durations.
+pub fn timeout_from(text: &str) -> Result<Duration, String> {
+    crate::validate::parse_duration(text)
+}

@@ -17,8 +17,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use webrtc_pbx_operator::probe::digest;
-use webrtc_pbx_operator::probe::sip::Message;
+use webrtc_pbx_operator::probe::transport::{self, Target, Wss, WssFailure};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -327,13 +326,32 @@ impl Drop for Asterisk {
     }
 }
 
-/// A WebSocket over TLS to Asterisk.
-pub type Wss =
-    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+/// A probe target for Asterisk on 127.0.0.1:`port`, checking the
+/// certificate against `server_name` and `ca_pem`.
+pub fn target(port: u16, path: &str, server_name: &str, ca_pem: &str) -> Target {
+    Target {
+        url: url::Url::parse(&format!("wss://{server_name}:{port}{path}")).unwrap(),
+        connect_to: Some(format!("127.0.0.1:{port}")),
+        ca_pem: Some(ca_pem.to_string()),
+        insecure: false,
+        timeout: Duration::from_secs(5),
+    }
+}
 
-/// Opens `wss://127.0.0.1:port{path}` with subprotocol `sip`, verifying the
-/// server certificate against `ca_pem` for `server_name`. Returns the HTTP
-/// status and the subprotocol the server echoed.
+/// Opens the SIP WebSocket with the probe engine's transport.
+pub async fn wss_connect(
+    port: u16,
+    path: &str,
+    server_name: &str,
+    ca_pem: &str,
+) -> Result<Wss, WssFailure> {
+    transport::connect(&target(port, path, server_name, ca_pem))
+        .await
+        .map(|(ws, _, _)| ws)
+        .map_err(|(f, _)| f)
+}
+
+/// The HTTP status of a `sip` WebSocket upgrade and the subprotocol echoed.
 pub async fn ws_upgrade(
     port: u16,
     path: &str,
@@ -341,157 +359,12 @@ pub async fn ws_upgrade(
     ca_pem: &str,
 ) -> Result<(u16, Option<String>), String> {
     match wss_connect(port, path, server_name, ca_pem).await {
-        Ok((_, protocol)) => Ok((101, protocol)),
-        Err(WsError::Status(code)) => Ok((code, None)),
-        Err(WsError::Other(e)) => Err(e),
+        Ok(_) => Ok((101, Some("sip".into()))),
+        Err(WssFailure::WebSocketPathNotFound { .. }) => Ok((404, None)),
+        Err(WssFailure::UpgradeRejected { status }) => Ok((status, None)),
+        Err(WssFailure::SubprotocolRejected { answered }) => Ok((101, answered)),
+        Err(other) => Err(other.to_string()),
     }
-}
-
-/// Why a WebSocket could not be opened.
-#[derive(Debug)]
-pub enum WsError {
-    /// The server answered the upgrade with this HTTP status.
-    Status(u16),
-    /// Anything else.
-    Other(String),
-}
-
-/// Opens a `sip` WebSocket; see [`ws_upgrade`].
-pub async fn wss_connect(
-    port: u16,
-    path: &str,
-    server_name: &str,
-    ca_pem: &str,
-) -> Result<(Wss, Option<String>), WsError> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::http::HeaderValue;
-    let other = |e: &dyn std::fmt::Display| WsError::Other(e.to_string());
-
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile_certs(ca_pem) {
-        roots.add(cert).map_err(|e| other(&e))?;
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| other(&e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| other(&e))?;
-    let name =
-        rustls::pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| other(&e))?;
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| other(&e))?;
-    let mut request = format!("wss://{server_name}:{port}{path}")
-        .into_client_request()
-        .map_err(|e| other(&e))?;
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("sip"));
-    match tokio_tungstenite::client_async(request, tls).await {
-        Ok((ws, response)) => Ok((
-            ws,
-            response
-                .headers()
-                .get("Sec-WebSocket-Protocol")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-        )),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            Err(WsError::Status(response.status().as_u16()))
-        }
-        Err(e) => Err(other(&e)),
-    }
-}
-
-/// Sends a SIP request and returns the final response to it (provisional
-/// responses and unrelated messages are skipped).
-pub async fn sip_transaction(ws: &mut Wss, request: &Message) -> Message {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message as Frame;
-    let branch = request
-        .via_branch()
-        .expect("request has a Via branch")
-        .to_string();
-    ws.send(Frame::text(request.to_string()))
-        .await
-        .expect("send SIP request");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let frame = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("no SIP response within 5 s")
-            .expect("WebSocket closed")
-            .expect("WebSocket error");
-        let Frame::Text(text) = frame else { continue };
-        let message = Message::parse(text.as_str()).expect("parse SIP message");
-        if message.via_branch() == Some(branch.as_str())
-            && message.status().is_some_and(|s| s >= 200)
-        {
-            return message;
-        }
-    }
-}
-
-static SIP_SEQ: AtomicU32 = AtomicU32::new(1);
-
-/// A REGISTER over `ws` for `user`, answering one digest challenge with
-/// `password`. Returns the final status code and the final response.
-pub async fn sip_register(
-    ws: &mut Wss,
-    domain: &str,
-    user: &str,
-    password: &str,
-    expires: u32,
-) -> (u16, Message) {
-    let n = SIP_SEQ.fetch_add(1, Ordering::SeqCst);
-    let call_id = format!("test-{}-{n}", std::process::id());
-    let host = format!("h{n}.invalid");
-    let uri = format!("sip:{domain}");
-    let build = |cseq: u32, auth: Option<String>| {
-        let mut m = Message::request("REGISTER", &uri)
-            .with_header(
-                "Via",
-                format!("SIP/2.0/WSS {host};branch=z9hG4bK-{call_id}-{cseq}"),
-            )
-            .with_header("Max-Forwards", "70")
-            .with_header("From", format!("<sip:{user}@{domain}>;tag=t{n}"))
-            .with_header("To", format!("<sip:{user}@{domain}>"))
-            .with_header("Call-ID", call_id.clone())
-            .with_header("CSeq", format!("{cseq} REGISTER"))
-            .with_header(
-                "Contact",
-                format!("<sip:{user}@{host};transport=ws>;expires={expires}"),
-            )
-            .with_header("Expires", expires.to_string());
-        if let Some(a) = auth {
-            m = m.with_header("Authorization", a);
-        }
-        m
-    };
-    let first = sip_transaction(ws, &build(1, None)).await;
-    if first.status() != Some(401) {
-        return (first.status().unwrap_or(0), first);
-    }
-    let challenge = digest::strongest(first.header_values("WWW-Authenticate"))
-        .expect("usable digest challenge");
-    let auth = digest::authorization(
-        &challenge,
-        &digest::Credentials {
-            username: user,
-            password,
-        },
-        "REGISTER",
-        &uri,
-        &format!("cn{n}"),
-        1,
-    );
-    let second = sip_transaction(ws, &build(2, Some(auth))).await;
-    (second.status().unwrap_or(0), second)
 }
 
 fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
