@@ -283,7 +283,8 @@ impl Asterisk {
 
     /// Waits until `wss://127.0.0.1:port/ws` answers 101 with subprotocol
     /// `sip` (an open TLS port alone is not ready: `/ws` answers 400 for a
-    /// moment). Returns how long it took since `since`.
+    /// moment) and Asterisk is fully booted. Returns how long it took since
+    /// `since`.
     pub async fn wait_wss(
         &mut self,
         port: u16,
@@ -302,6 +303,9 @@ impl Asterisk {
             if let Ok((101, Some(p))) = ws_upgrade(port, "/ws", server_name, ca_pem).await
                 && p == "sip"
             {
+                // WSS answers before Asterisk is fully booted, and SIP
+                // requests are ignored until then: wait for both.
+                self.cli("core waitfullybooted");
                 return since.elapsed();
             }
             assert!(

@@ -1,0 +1,229 @@
+//! The `probe` command against real Asterisk 22: a healthy PBX passes with
+//! timings; each fault, produced by a real cause, gets its reason and a
+//! non-zero exit.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::Value;
+use webrtc_pbx_operator::certs;
+use webrtc_pbx_operator::cli;
+use webrtc_pbx_operator::render;
+use webrtc_pbx_operator::validate::{self, Generated, Referenced};
+
+const DOMAIN: &str = "pbx.probe.test";
+
+fn probe(args: &[&str]) -> (i32, Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_webrtc-pbx-operator"))
+        .arg("probe")
+        .args(args)
+        .args(["--output", "json", "--timeout", "3s"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        json,
+        stdout + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    let input = dir.join("pbx.yaml");
+    std::fs::write(
+        &input,
+        format!(
+            "apiVersion: pbx.webrtc.io/v1alpha1\nkind: WebRtcPbx\nmetadata: {{name: p, namespace: v}}\n\
+             spec:\n  domain: {DOMAIN}\n  wss: {{port: {port}, bindAddress: 127.0.0.1}}\n  users:\n    - {{extension: \"1001\"}}\n"
+        ),
+    )
+    .unwrap();
+    let inputs = cli::read_inputs(&[input]).unwrap();
+    let generated = Generated {
+        user_passwords: [("1001".to_string(), "pw-1001".to_string())].into(),
+        probe_password: "probe-pw".into(),
+    };
+    let validated =
+        validate::validate(&inputs.pbxes[0], &Referenced::default(), &generated).unwrap();
+    cli::write_config_dir(dir, &render::render(&validated), None).unwrap();
+    dir.join("etc/asterisk")
+}
+
+#[tokio::test]
+async fn probe_names_each_fault() {
+    let dir = support::scratch_dir("probe");
+    let port = support::free_port();
+    let etc = write_config(&dir, port);
+    let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let ca_file = dir.join("ca.crt");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let mut asterisk = support::Asterisk::start(&etc);
+    asterisk.wait_wss(port, DOMAIN, &ca, Instant::now()).await;
+    let url = format!("wss://{DOMAIN}:{port}/ws");
+    let connect_to = format!("127.0.0.1:{port}");
+    let ca_arg = ca_file.to_str().unwrap();
+    let base = [
+        "--url",
+        &url,
+        "--connect-to",
+        &connect_to,
+        "--ca-file",
+        ca_arg,
+    ];
+
+    // Healthy: WSS and REGISTER pass, with timings.
+    let (code, json, out) =
+        probe(&[&base[..], &["--user", "1001", "--password", "pw-1001"]].concat());
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(json["wss"]["ok"], true);
+    assert_eq!(json["register"]["reason"], "Registered");
+    for phase in ["dns_ms", "connect_ms", "tls_ms", "upgrade_ms"] {
+        assert!(
+            json["timings"][phase].as_f64().is_some(),
+            "{phase} missing: {out}"
+        );
+    }
+    assert!(json["register_result"]["round_trip_ms"].as_f64().is_some());
+    assert!(
+        json["certificate"]["days_to_expiry"]
+            .as_i64()
+            .is_some_and(|d| d >= 0)
+    );
+
+    // Wrong password: 401 again after credentials.
+    let (code, json, out) = probe(&[&base[..], &["--user", "1001", "--password", "nope"]].concat());
+    assert_eq!(
+        (code, json["register"]["reason"].as_str()),
+        (1, Some("AuthenticationFailed")),
+        "{out}"
+    );
+
+    // Wrong path.
+    let bad_path = format!("wss://{DOMAIN}:{port}/sip");
+    let (code, json, out) = probe(&[
+        "--url",
+        &bad_path,
+        "--connect-to",
+        &connect_to,
+        "--ca-file",
+        ca_arg,
+    ]);
+    assert_eq!(
+        (code, json["wss"]["reason"].as_str()),
+        (1, Some("WebSocketPathNotFound")),
+        "{out}"
+    );
+
+    // Untrusted CA: the system roots do not know it.
+    let (code, json, out) = probe(&["--url", &url, "--connect-to", &connect_to]);
+    assert_eq!(
+        (code, json["wss"]["reason"].as_str()),
+        (1, Some("CertificateUntrusted")),
+        "{out}"
+    );
+    assert!(
+        json["wss"]["message"].as_str().unwrap().contains("1006"),
+        "{out}"
+    );
+
+    // The certificate is for another name.
+    let other = format!("wss://other.probe.test:{port}/ws");
+    let (code, json, out) = probe(&[
+        "--url",
+        &other,
+        "--connect-to",
+        &connect_to,
+        "--ca-file",
+        ca_arg,
+    ]);
+    assert_eq!(
+        (code, json["wss"]["reason"].as_str()),
+        (1, Some("CertificateHostnameMismatch")),
+        "{out}"
+    );
+
+    // --insecure accepts it and still reports the certificate.
+    let (code, json, out) = probe(&["--url", &other, "--connect-to", &connect_to, "--insecure"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(json["certificate"]["dns_names"][0], DOMAIN);
+
+    // An expired certificate, rotated in with `core reload`.
+    let old = certs::issue_self_signed(
+        "p",
+        &[DOMAIN.to_string()],
+        time::OffsetDateTime::now_utc() - time::Duration::days(200),
+        certs::generate_key().unwrap(),
+        certs::generate_key().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(etc.join("keys/tls.crt"), &old.tls_crt).unwrap();
+    std::fs::write(etc.join("keys/tls.key"), &old.tls_key).unwrap();
+    let old_ca = dir.join("old-ca.crt");
+    std::fs::write(&old_ca, &old.ca_crt).unwrap();
+    asterisk.cli("core reload");
+    let (code, json, out) = probe(&[
+        "--url",
+        &url,
+        "--connect-to",
+        &connect_to,
+        "--ca-file",
+        old_ca.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        (code, json["wss"]["reason"].as_str()),
+        (1, Some("CertificateExpired")),
+        "{out}"
+    );
+
+    // Asterisk stopped: refused.
+    asterisk.kill();
+    let (code, json, out) = probe(&base);
+    assert_eq!(
+        (code, json["wss"]["reason"].as_str()),
+        (1, Some("ConnectionRefused")),
+        "{out}"
+    );
+    assert_eq!(json["failed_phase"], "connect");
+
+    // The table names the failing phase for people.
+    let table = Command::new(env!("CARGO_BIN_EXE_webrtc-pbx-operator"))
+        .args([
+            "probe",
+            "--url",
+            &url,
+            "--connect-to",
+            &connect_to,
+            "--ca-file",
+            ca_arg,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("connect")
+            && text.contains("FAIL ConnectionRefused")
+            && text.contains("result: FAIL"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_webrtc-pbx-operator"))
+        .args(["probe", "--url", "https://pbx.test/ws"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wss://"));
+    let out = Command::new(env!("CARGO_BIN_EXE_webrtc-pbx-operator"))
+        .args(["probe", "--url", "wss://pbx.test/ws", "--user", "1001"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--password"));
+}
