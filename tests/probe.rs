@@ -227,3 +227,76 @@ fn bad_arguments_exit_2_with_a_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--password"));
 }
+
+#[tokio::test]
+async fn one_process_runs_hundreds_of_register_probes_at_once() {
+    const N: usize = 200;
+    let dir = support::scratch_dir("probe-many");
+    let port = support::free_port();
+    let input = dir.join("pbx.yaml");
+    let users: String = (0..N)
+        .map(|i| format!("    - {{extension: \"{}\"}}\n", 2000 + i))
+        .collect();
+    std::fs::write(
+        &input,
+        format!(
+            "apiVersion: pbx.webrtc.io/v1alpha1\nkind: WebRtcPbx\nmetadata: {{name: m, namespace: v}}\n\
+             spec:\n  domain: {DOMAIN}\n  wss: {{port: {port}, bindAddress: 127.0.0.1}}\n  users:\n{users}"
+        ),
+    )
+    .unwrap();
+    let inputs = cli::read_inputs(&[input]).unwrap();
+    let generated = Generated {
+        user_passwords: (0..N)
+            .map(|i| ((2000 + i).to_string(), format!("pw-{i}")))
+            .collect(),
+        probe_password: "probe-pw".into(),
+    };
+    let validated =
+        validate::validate(&inputs.pbxes[0], &Referenced::default(), &generated).unwrap();
+    cli::write_config_dir(&dir, &render::render(&validated), None).unwrap();
+    let etc = dir.join("etc/asterisk");
+    let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let mut asterisk = support::Asterisk::start(&etc);
+    asterisk.wait_wss(port, DOMAIN, &ca, Instant::now()).await;
+
+    let started = Instant::now();
+    let probes = (0..N).map(|i| {
+        let request = webrtc_pbx_operator::probe::Request {
+            target: support::target(port, "/ws", DOMAIN, &ca),
+            account: Some(webrtc_pbx_operator::probe::register::Account {
+                domain: DOMAIN.into(),
+                user: (2000 + i).to_string(),
+                password: format!("pw-{i}"),
+            }),
+        };
+        tokio::spawn(async move { webrtc_pbx_operator::probe::run(&request).await })
+    });
+    let reports = futures::future::join_all(probes).await;
+    let elapsed = started.elapsed();
+    let failed: Vec<String> = reports
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter(|r| !r.ok)
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r.wss.reason,
+                r.register
+                    .as_ref()
+                    .map(|c| c.reason.clone())
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(reports.len(), N);
+    assert!(
+        failed.is_empty(),
+        "{} of {N} concurrent probes failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+    eprintln!("{N} concurrent WSS + REGISTER probes from one process: all passed in {elapsed:?}");
+    asterisk.kill();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -24,6 +24,9 @@ pub const ECHO_CONTEXT: &str = "echo-test";
 /// The file of the user-supplied dialplan.
 pub const CUSTOM_DIALPLAN_FILE: &str = "extensions_custom.conf";
 
+/// Concurrent HTTP/WebSocket sessions Asterisk accepts.
+pub const HTTP_SESSION_LIMIT: u32 = 2000;
+
 /// Files whose change needs an Asterisk restart (the rest are reloaded).
 pub const RESTART_FILES: [&str; 2] = ["asterisk.conf", "modules.conf"];
 
@@ -163,7 +166,10 @@ fn http_conf(pbx: &ValidatedPbx) -> ConfFile {
     let keys = format!("{ETC_DIR}/{KEYS_DIR}");
     let mut general = Section::new("general")
         .set("servername", "webrtc-pbx")
-        .set("enabled", "yes");
+        .set("enabled", "yes")
+        // Every browser holds one WebSocket session; Asterisk's default of
+        // 100 would refuse the 101st browser.
+        .set("sessionlimit", HTTP_SESSION_LIMIT);
     // Without bindaddr Asterisk opens no plain HTTP listener: only WSS.
     if let Some(ws_port) = wss.ws_port {
         general = general
