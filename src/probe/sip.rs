@@ -353,3 +353,49 @@ mod tests {
         assert_eq!(m.header("s"), Some("one two"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header_name() -> impl Strategy<Value = String> {
+        "[A-Za-z][A-Za-z-]{0,18}".prop_filter("Content-Length is computed", |n| {
+            !same_header(n, "Content-Length")
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn built_messages_round_trip(
+            method in "[A-Z]{3,9}",
+            uri in "sip:[a-z0-9*#]{1,12}@[a-z0-9.]{1,20}",
+            headers in proptest::collection::vec((header_name(), "[!-~]([ -~]{0,38}[!-~])?"), 0..12),
+            body in "[ -~\r\n]{0,200}",
+        ) {
+            let mut m = Message::request(&method, &uri);
+            for (n, v) in &headers {
+                m = m.with_header(n, v.clone());
+            }
+            m.body = body;
+            let parsed = Message::parse(&m.to_string()).unwrap();
+            prop_assert_eq!(&parsed.start, &m.start);
+            prop_assert_eq!(&parsed.body, &m.body);
+            let without_length: Vec<_> =
+                parsed.headers.iter().filter(|(n, _)| !same_header(n, "Content-Length")).cloned().collect();
+            prop_assert_eq!(without_length, m.headers);
+        }
+
+        #[test]
+        fn parser_never_panics(text in "\\PC{0,400}") {
+            let _ = Message::parse(&text);
+        }
+
+        #[test]
+        fn responses_keep_status(status in 100u16..700, reason in "[A-Za-z ]{0,20}") {
+            let m = Message::response(status, reason.trim());
+            let parsed = Message::parse(&m.to_string()).unwrap();
+            prop_assert_eq!(parsed.status(), Some(status));
+        }
+    }
+}
