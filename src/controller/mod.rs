@@ -85,6 +85,8 @@ pub struct Context {
     pub pbxes: std::sync::RwLock<Option<Store<WebRtcPbx>>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Consecutive failures per PBX, for the backoff.
+    pub failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<WebRtcPbx>, u32>>,
 }
 
 impl Context {
@@ -100,6 +102,7 @@ impl Context {
             clock,
             pbxes: std::sync::RwLock::new(None),
             metrics: Arc::new(Metrics::default()),
+            failures: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 }
@@ -195,9 +198,21 @@ fn error_policy(pbx: Arc<WebRtcPbx>, error: &Error, ctx: Arc<Context>) -> Action
             category: error.category().into(),
         })
         .inc();
-    warn!(pbx = %pbx.name_any(), category = error.category(), error = %error, "reconcile failed; retrying");
+    let key = ObjectRef::from_obj(&*pbx);
+    let attempt = ctx.failures.lock().map_or(1, |mut f| {
+        let n = f.entry(key).or_insert(0);
+        *n += 1;
+        *n
+    });
+    let delay = backoff(attempt);
+    warn!(pbx = %pbx.name_any(), category = error.category(), error = %error, attempt, retry_in = ?delay, "reconcile failed");
     // Transient: back off, never crash.
-    Action::requeue(Duration::from_secs(10))
+    Action::requeue(delay)
+}
+
+/// Exponential backoff: 2 s, 4 s, 8 s ... capped at 5 minutes.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(2u64.saturating_pow(attempt.min(16)).min(300))
 }
 
 /// The scheduler's message when the pod cannot be placed.
@@ -531,7 +546,13 @@ fn workload_verdict(
 async fn reconcile(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
     let started = std::time::Instant::now();
+    let key = ObjectRef::from_obj(&*pbx);
     let result = reconcile_steps(pbx, ctx.clone()).await;
+    if result.is_ok()
+        && let Ok(mut failures) = ctx.failures.lock()
+    {
+        failures.remove(&key);
+    }
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
@@ -710,4 +731,18 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
         Some(d) => Action::requeue(d),
         None => Action::await_change(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let secs: Vec<u64> = [1, 2, 3, 8, 9, 40]
+            .iter()
+            .map(|a| backoff(*a).as_secs())
+            .collect();
+        assert_eq!(secs, vec![2, 4, 8, 256, 300, 300]);
+    }
 }

@@ -1,7 +1,7 @@
 //! The probe engine, independent of Kubernetes: it tells a PBX admin whether
-//! browsers can reach the PBX (WSS), register (REGISTER), and - when it lands
-//! - hear audio (echo call), naming the fault when not. Used by the `probe`
-//! command and, later, by the operator.
+//! browsers can reach the PBX (WSS) and register (REGISTER), naming the
+//! fault when not; the echo call (audio) is still to come. Used by the
+//! `probe` command and, later, by the operator.
 
 pub mod digest;
 pub mod register;
