@@ -300,3 +300,61 @@ async fn one_process_runs_hundreds_of_register_probes_at_once() {
     asterisk.kill();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_frozen_pbx_times_out_in_the_phase_it_froze() {
+    let dir = support::scratch_dir("probe-frozen");
+    let port = support::free_port();
+    let etc = write_config(&dir, port);
+    let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let mut asterisk = support::Asterisk::start(&etc);
+    asterisk.wait_wss(port, DOMAIN, &ca, Instant::now()).await;
+    let pid = asterisk.pid().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    let mut target = support::target(port, "/ws", DOMAIN, &ca);
+    target.timeout = std::time::Duration::from_secs(1);
+    let account = webrtc_pbx_operator::probe::register::Account {
+        domain: DOMAIN.into(),
+        user: "1001".into(),
+        password: "pw-1001".into(),
+    };
+
+    // Frozen after the WebSocket opened: REGISTER gets no answer.
+    let (mut ws, _, _) = webrtc_pbx_operator::probe::transport::connect(&target)
+        .await
+        .unwrap();
+    signal("-STOP");
+    let r = webrtc_pbx_operator::probe::register::probe(&mut ws, &account, target.timeout).await;
+    assert_eq!(
+        r.outcome,
+        webrtc_pbx_operator::probe::register::Outcome::Timeout
+    );
+
+    // Frozen before: the kernel accepts TCP, the TLS handshake hangs.
+    let report = webrtc_pbx_operator::probe::run(&webrtc_pbx_operator::probe::Request {
+        target,
+        account: Some(account),
+    })
+    .await;
+    signal("-CONT");
+    assert_eq!(report.wss.reason, "ConnectTimeout", "{report:?}");
+    assert_eq!(
+        report.failed_phase,
+        Some(webrtc_pbx_operator::probe::transport::Phase::Tls)
+    );
+    assert!(
+        report.wss.message.contains("TLS handshake"),
+        "{}",
+        report.wss.message
+    );
+    asterisk.kill();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
