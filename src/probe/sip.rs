@@ -227,10 +227,11 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
     let bad = || ParseError::StartLine(line.into());
     if let Some(rest) = line.strip_prefix("SIP/2.0 ") {
         let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
-        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        // RFC 3261 7.2: three digits, the first 1-6.
+        let status: u16 = code.parse().map_err(|_| ParseError::Status(code.into()))?;
+        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) || !(100..=699).contains(&status) {
             return Err(ParseError::Status(code.into()));
         }
-        let status = code.parse().map_err(|_| ParseError::Status(code.into()))?;
         return Ok(StartLine::Response {
             status,
             reason: reason.into(),
@@ -339,6 +340,9 @@ mod tests {
             "",
             "HELLO\r\n\r\n",
             "SIP/2.0 20 OK\r\n\r\n",
+            // Found by the fuzzer: parsed as status 20, which cannot round-trip.
+            "SIP/2.0 020\r\r\n",
+            "SIP/2.0 700 Nope\r\n\r\n",
             "REGISTER sip:x SIP/3.0\r\n\r\n",
             "REGISTER sip:x SIP/2.0\r\nNoColon\r\n\r\n",
             "SIP/2.0 200 OK\r\nContent-Length: 10\r\n\r\nabc",
