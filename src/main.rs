@@ -61,6 +61,21 @@ struct ProbeArgs {
     /// Dial HOST:PORT instead, checking SNI, Host and the certificate against the URL's host.
     #[arg(long, value_name = "HOST:PORT")]
     connect_to: Option<String>,
+    /// Place a WebRTC echo call to this extension (needs --user).
+    #[arg(long)]
+    echo_extension: Option<String>,
+    /// Length of the echo call (Go duration).
+    #[arg(long, default_value = "10s")]
+    echo_duration: String,
+    /// Local address for the call's media (default: the one that routes to the PBX).
+    #[arg(long)]
+    media_address: Option<std::net::IpAddr>,
+    /// Echo loss above this percentage fails as HighLoss.
+    #[arg(long, default_value_t = 5.0)]
+    max_loss: f64,
+    /// Median echo round trip above this (ms) fails as HighLatency.
+    #[arg(long, default_value_t = 400.0)]
+    max_rtt: f64,
     /// Limit of each phase and SIP transaction (Go duration).
     #[arg(long, default_value = "10s")]
     timeout: String,
@@ -225,6 +240,44 @@ fn run_probe(args: ProbeArgs) -> ExitCode {
         (Some(_), None) => return fail("--user needs --password or --password-file".into()),
         (None, _) => None,
     };
+    let echo = match &args.echo_extension {
+        None => None,
+        Some(_) if account.is_none() => {
+            return fail("--echo-extension needs --user and a password".into());
+        }
+        Some(extension) => {
+            let duration = match webrtc_pbx_operator::probe::timeout_from(&args.echo_duration) {
+                Ok(d) => d,
+                Err(e) => return fail(format!("--echo-duration: {e}")),
+            };
+            let dialled = args.connect_to.clone().unwrap_or_else(|| {
+                format!(
+                    "{}:{}",
+                    url.host_str().unwrap_or_default(),
+                    url.port_or_known_default().unwrap_or(443)
+                )
+            });
+            let media_ip = match args.media_address {
+                Some(ip) => ip,
+                None => match route_source(&dialled) {
+                    Some(ip) => ip,
+                    None => {
+                        return fail(format!(
+                            "cannot find a local address towards {dialled}; pass --media-address"
+                        ));
+                    }
+                },
+            };
+            Some(webrtc_pbx_operator::probe::echo::EchoOptions {
+                extension: extension.clone(),
+                duration,
+                timeout,
+                media_ip,
+                max_loss_percent: args.max_loss,
+                max_rtt_ms: args.max_rtt,
+            })
+        }
+    };
     let request = webrtc_pbx_operator::probe::Request {
         target: webrtc_pbx_operator::probe::transport::Target {
             url,
@@ -234,6 +287,7 @@ fn run_probe(args: ProbeArgs) -> ExitCode {
             timeout,
         },
         account,
+        echo,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -255,6 +309,21 @@ fn run_probe(args: ProbeArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The local address the kernel would use towards `dial` (host:port).
+fn route_source(dial: &str) -> Option<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let remote = dial.to_socket_addrs().ok()?.next()?;
+    let bind = if remote.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    // A UDP connect sends nothing; it only picks the route.
+    socket.connect(remote).ok()?;
+    Some(socket.local_addr().ok()?.ip())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

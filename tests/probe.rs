@@ -269,6 +269,7 @@ async fn one_process_runs_hundreds_of_register_probes_at_once() {
                 user: (2000 + i).to_string(),
                 password: format!("pw-{i}"),
             }),
+            echo: None,
         };
         tokio::spawn(async move { webrtc_pbx_operator::probe::run(&request).await })
     });
@@ -342,6 +343,7 @@ async fn a_frozen_pbx_times_out_in_the_phase_it_froze() {
     let report = webrtc_pbx_operator::probe::run(&webrtc_pbx_operator::probe::Request {
         target,
         account: Some(account),
+        echo: None,
     })
     .await;
     signal("-CONT");
@@ -356,5 +358,81 @@ async fn a_frozen_pbx_times_out_in_the_phase_it_froze() {
         report.wss.message
     );
     asterisk.kill();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn echo_call_hears_its_audio_back() {
+    let dir = support::scratch_dir("probe-echo");
+    let port = support::free_port();
+    let etc = write_config(&dir, port);
+    let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let ca_file = dir.join("ca.crt");
+    std::fs::write(&ca_file, &ca).unwrap();
+    // Asterisk offers the namespace's non-loopback address; map it to loopback.
+    let mut rtp = std::fs::read_to_string(etc.join("rtp.conf")).unwrap();
+    rtp.push_str(&format!(
+        "\n[ice_host_candidates]\n{} => 127.0.0.1\n",
+        support::Netns::MEDIA_ADDRESS
+    ));
+    std::fs::write(etc.join("rtp.conf"), rtp).unwrap();
+    let netns = support::Netns::new("echo");
+    let mut asterisk = support::Asterisk::start_in(&etc, Some(&netns));
+    asterisk.wait_booted();
+    let url = format!("wss://{DOMAIN}:{port}/ws");
+    let out = netns
+        .command(env!("CARGO_BIN_EXE_webrtc-pbx-operator"))
+        .args([
+            "probe",
+            "--url",
+            &url,
+            "--connect-to",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args([
+            "--ca-file",
+            ca_file.to_str().unwrap(),
+            "--user",
+            "1001",
+            "--password",
+            "pw-1001",
+        ])
+        .args([
+            "--echo-extension",
+            "*43",
+            "--echo-duration",
+            "5s",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    assert_eq!(
+        json["echo"]["reason"],
+        "Healthy",
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        asterisk.output()
+    );
+    let r = &json["echo_result"];
+    eprintln!(
+        "echo call: {}/{} echoed, loss {}%, rtt median {} ms p95 {} ms, jitter {} ms, setup {} ms",
+        r["echoed"],
+        r["sent"],
+        r["loss_percent"],
+        r["rtt_median_ms"],
+        r["rtt_p95_ms"],
+        r["jitter_ms"],
+        r["setup_ms"]
+    );
+    assert!(
+        r["sent"].as_u64().unwrap() >= 200,
+        "5 s of 20 ms frames: {r}"
+    );
+    assert_eq!(out.status.code(), Some(0));
+    asterisk.kill();
+    drop(netns);
     std::fs::remove_dir_all(&dir).unwrap();
 }

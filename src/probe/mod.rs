@@ -4,6 +4,7 @@
 //! `probe` command and, later, by the operator.
 
 pub mod digest;
+pub mod echo;
 pub mod register;
 pub mod sip;
 pub mod transport;
@@ -20,6 +21,8 @@ pub struct Request {
     pub target: transport::Target,
     /// Who registers (the REGISTER check runs when given).
     pub account: Option<register::Account>,
+    /// The echo call (needs `account`).
+    pub echo: Option<echo::EchoOptions>,
 }
 
 /// One check's verdict.
@@ -56,6 +59,12 @@ pub struct Report {
     /// REGISTER figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub register_result: Option<register::RegisterResult>,
+    /// The echo-call check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub echo: Option<Check>,
+    /// Echo-call figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub echo_result: Option<echo::EchoResult>,
     /// Every requested check passed.
     pub ok: bool,
 }
@@ -83,6 +92,8 @@ pub async fn run(request: &Request) -> Report {
         certificate: None,
         register: None,
         register_result: None,
+        echo: None,
+        echo_result: None,
         ok: false,
     };
     let mut ws = match transport::connect(target).await {
@@ -126,9 +137,40 @@ pub async fn run(request: &Request) -> Report {
             message: result.outcome.message(account),
         });
         report.register_result = Some(result);
+        if let Some(options) = &request.echo {
+            let result = echo::call(&mut ws, account, options).await;
+            let message = match &result.outcome {
+                echo::EchoOutcome::Healthy => format!(
+                    "{}/{} packets echoed, round trip {:.1} ms",
+                    result.echoed,
+                    result.sent,
+                    result.rtt_median_ms.unwrap_or_default()
+                ),
+                echo::EchoOutcome::CallRejected { status } => {
+                    format!("the echo extension answered {status}")
+                }
+                echo::EchoOutcome::CallDropped { at_second } => {
+                    format!("media or the dialog stopped at second {at_second:.0}")
+                }
+                other => format!(
+                    "{}: {} sent, {} echoed",
+                    other.reason(),
+                    result.sent,
+                    result.echoed
+                ),
+            };
+            report.echo = Some(Check {
+                ok: result.outcome == echo::EchoOutcome::Healthy,
+                reason: result.outcome.reason().into(),
+                message,
+            });
+            report.echo_result = Some(result);
+        }
     }
     let _ = ws.close(None).await;
-    report.ok = report.wss.ok && report.register.as_ref().is_none_or(|c| c.ok);
+    report.ok = report.wss.ok
+        && report.register.as_ref().is_none_or(|c| c.ok)
+        && report.echo.as_ref().is_none_or(|c| c.ok);
     report
 }
 
@@ -180,6 +222,15 @@ pub fn table(report: &Report) -> String {
             format!("FAIL {}: {}", r.reason, r.message)
         };
         let _ = writeln!(out, "  {:<10} {:>10}  {verdict}", "register", fmt_ms(ms));
+    }
+    if let Some(e) = &report.echo {
+        let ms = report.echo_result.as_ref().and_then(|r| r.rtt_median_ms);
+        let verdict = if e.ok {
+            format!("ok {}", e.message)
+        } else {
+            format!("FAIL {}: {}", e.reason, e.message)
+        };
+        let _ = writeln!(out, "  {:<10} {:>10}  {verdict}", "echo", fmt_ms(ms));
     }
     let _ = writeln!(out, "result: {}", if report.ok { "PASS" } else { "FAIL" });
     out

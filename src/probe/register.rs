@@ -194,6 +194,106 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Sends a message as it is.
+    pub async fn send(&mut self, message: &Message) {
+        let _ = self.ws.send(Frame::text(message.to_string())).await;
+    }
+
+    /// The next SIP message from the PBX; `None` when the WebSocket closed.
+    pub async fn recv(&mut self) -> Option<Message> {
+        loop {
+            match self.ws.next().await? {
+                Ok(Frame::Text(t)) => {
+                    if let Ok(m) = Message::parse(t.as_str()) {
+                        return Some(m);
+                    }
+                }
+                Ok(Frame::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Answers `request` with `status`, echoing the transaction headers.
+    pub async fn reply(&mut self, request: &Message, status: u16, reason: &str) {
+        let mut response = Message::response(status, reason);
+        for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
+            for value in request.header_values(name) {
+                response = response.with_header(name, value);
+            }
+        }
+        self.send(&response).await;
+    }
+
+    /// ACK of a non-2xx final response: same branch as the INVITE.
+    pub async fn ack_failure(&mut self, invite: &Message, response: &Message) {
+        let cseq = invite
+            .header("CSeq")
+            .and_then(|c| c.split_whitespace().next())
+            .unwrap_or("1")
+            .to_string();
+        let uri = match &invite.start {
+            super::sip::StartLine::Request { uri, .. } => uri.clone(),
+            super::sip::StartLine::Response { .. } => return,
+        };
+        let mut ack = Message::request("ACK", &uri);
+        for name in ["Via", "From", "Call-ID"] {
+            if let Some(v) = invite.header(name) {
+                ack = ack.with_header(name, v);
+            }
+        }
+        ack = ack
+            .with_header("To", response.header("To").unwrap_or_default())
+            .with_header("CSeq", format!("{cseq} ACK"));
+        self.send(&ack).await;
+    }
+
+    fn in_dialog(
+        &mut self,
+        method: &str,
+        cseq: u32,
+        invite: &Message,
+        response: &Message,
+    ) -> Message {
+        let target = response
+            .header("Contact")
+            .and_then(|c| c.split('<').nth(1))
+            .and_then(|c| c.split('>').next())
+            .map(str::to_string)
+            .unwrap_or_else(|| match &invite.start {
+                super::sip::StartLine::Request { uri, .. } => uri.clone(),
+                super::sip::StartLine::Response { .. } => String::new(),
+            });
+        Message::request(method, &target)
+            .with_header(
+                "Via",
+                format!("SIP/2.0/WSS {};branch=z9hG4bK{}", self.host, token(16)),
+            )
+            .with_header("Max-Forwards", "70")
+            .with_header("From", invite.header("From").unwrap_or_default())
+            .with_header("To", response.header("To").unwrap_or_default())
+            .with_header("Call-ID", invite.header("Call-ID").unwrap_or_default())
+            .with_header("CSeq", format!("{cseq} {method}"))
+    }
+
+    /// ACK of a 2xx: a new transaction to the remote target.
+    pub async fn ack(&mut self, invite: &Message, response: &Message) {
+        let cseq = invite
+            .header("CSeq")
+            .and_then(|c| c.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let ack = self.in_dialog("ACK", cseq, invite, response);
+        self.send(&ack).await;
+    }
+
+    /// Ends the dialog with BYE and waits (briefly) for its answer.
+    pub async fn bye(&mut self, invite: &Message, response: &Message) {
+        self.cseq += 1;
+        let bye = self.in_dialog("BYE", self.cseq, invite, response);
+        let _ = self.transaction(&bye).await;
+    }
+
     /// Answers a request from the PBX: 200 to OPTIONS (qualify), 481 to
     /// anything else outside a dialog.
     async fn answer(&mut self, request: &Message) -> Result<(), TxError> {

@@ -229,7 +229,10 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
         let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
         // RFC 3261 7.2: three digits, the first 1-6.
         let status: u16 = code.parse().map_err(|_| ParseError::Status(code.into()))?;
-        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) || !(100..=699).contains(&status) {
+        if code.len() != 3
+            || !code.bytes().all(|b| b.is_ascii_digit())
+            || !(100..=699).contains(&status)
+        {
             return Err(ParseError::Status(code.into()));
         }
         return Ok(StartLine::Response {

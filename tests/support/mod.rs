@@ -228,6 +228,11 @@ impl Asterisk {
     /// Starts Asterisk with `etc` as /etc/asterisk. Returns once the process
     /// runs; use [`Asterisk::wait_wss`] to wait for the WebSocket server.
     pub fn start(etc: &Path) -> Asterisk {
+        Self::start_in(etc, None)
+    }
+
+    /// Like [`Asterisk::start`], inside network namespace `netns`.
+    pub fn start_in(etc: &Path, netns: Option<&Netns>) -> Asterisk {
         require_provisioned();
         let state = etc.parent().unwrap().join(format!(
             "state-{}",
@@ -242,6 +247,11 @@ impl Asterisk {
             .arg("--state")
             .arg(&state)
             .args(["--watch-pid", &std::process::id().to_string()])
+            .args(
+                netns
+                    .map(|n| vec!["--netns".to_string(), n.name.clone()])
+                    .unwrap_or_default(),
+            )
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(Stdio::null())
@@ -317,6 +327,30 @@ impl Asterisk {
         }
     }
 
+    /// Waits until Asterisk is fully booted (through its control socket,
+    /// which works across network namespaces).
+    pub fn wait_booted(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("Asterisk exited ({status}):\n{}", self.output());
+            }
+            if self.state.join("run/asterisk.ctl").exists()
+                && !self
+                    .cli("core waitfullybooted")
+                    .contains("Unable to connect")
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "Asterisk not booted:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stops Asterisk (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -327,6 +361,77 @@ impl Asterisk {
 impl Drop for Asterisk {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A test host: a network namespace with its own loopback, which also
+/// carries [`Netns::MEDIA_ADDRESS`] (Asterisk never offers loopback as an ICE
+/// candidate; rtp.conf maps that address back to 127.0.0.1). Deleted on drop,
+/// and by a watchdog if the test binary dies.
+pub struct Netns {
+    /// The namespace name.
+    pub name: String,
+}
+
+impl Netns {
+    /// The extra address on the namespace's loopback.
+    pub const MEDIA_ADDRESS: &'static str = "10.255.0.1";
+
+    /// Creates the namespace.
+    pub fn new(prefix: &str) -> Netns {
+        let name = format!(
+            "wpbx-{prefix}-{}-{}",
+            std::process::id(),
+            NAMESPACE_SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip (iproute2)");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{}/32", Self::MEDIA_ADDRESS),
+            "dev",
+            "lo",
+        ]);
+        let watchdog = format!(
+            "while kill -0 {} 2>/dev/null; do sleep 1; done; ip netns del {name} 2>/dev/null",
+            std::process::id()
+        );
+        let _ = Command::new("setsid")
+            .args(["sh", "-c", &watchdog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        Netns { name }
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 

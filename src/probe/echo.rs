@@ -1,0 +1,446 @@
+//! The echo-call probe: INVITE the echo extension with a WebRTC offer
+//! (str0m: ICE host candidate, DTLS-SRTP, rtcp-mux, PCMU 20 ms), send audio
+//! whose payload carries a sequence number, and measure what comes back:
+//! round trip, loss, jitter (RFC 3550), and when media or the dialog stopped.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpAnswer;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+
+use super::digest;
+use super::register::{Account, Session, TxError};
+
+/// Marks our packets in the PCMU payload.
+const MAGIC: [u8; 4] = *b"WPBX";
+/// PCMU at 8 kHz, 20 ms.
+const FRAME: Duration = Duration::from_millis(20);
+const SAMPLES: u64 = 160;
+const PCMU: u8 = 0;
+
+/// What to call and when to judge.
+#[derive(Debug, Clone)]
+pub struct EchoOptions {
+    /// The echo extension.
+    pub extension: String,
+    /// How long to send audio.
+    pub duration: Duration,
+    /// Limit of call setup (SIP, ICE, DTLS).
+    pub timeout: Duration,
+    /// Local address for the media socket and host candidate.
+    pub media_ip: IpAddr,
+    /// Loss above this, percent, is HighLoss.
+    pub max_loss_percent: f64,
+    /// Median round trip above this, ms, is HighLatency.
+    pub max_rtt_ms: f64,
+}
+
+/// How the echo call ended.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "reason")]
+pub enum EchoOutcome {
+    /// Audio came back.
+    Healthy,
+    /// The INVITE got a final error.
+    CallRejected {
+        /// Status code.
+        status: u16,
+    },
+    /// No ICE connectivity (RTP ports closed, NAT).
+    IceFailed,
+    /// ICE connected but DTLS-SRTP did not.
+    DtlsFailed,
+    /// Connected, but nothing came back.
+    NoMediaReceived,
+    /// Media arrived, but not our echoed audio.
+    OneWayAudio,
+    /// Media or the dialog stopped at this second.
+    CallDropped {
+        /// Seconds after media started.
+        at_second: f64,
+    },
+    /// Too much loss.
+    HighLoss,
+    /// Round trip too long.
+    HighLatency,
+    /// No final answer to the INVITE in time.
+    Timeout,
+    /// The WebSocket closed.
+    TransportClosed,
+}
+
+impl EchoOutcome {
+    /// The EchoCallHealthy reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EchoOutcome::Healthy => "Healthy",
+            EchoOutcome::CallRejected { .. } => "CallRejected",
+            EchoOutcome::IceFailed => "IceFailed",
+            EchoOutcome::DtlsFailed => "DtlsFailed",
+            EchoOutcome::NoMediaReceived => "NoMediaReceived",
+            EchoOutcome::OneWayAudio => "OneWayAudio",
+            EchoOutcome::CallDropped { .. } => "CallDropped",
+            EchoOutcome::HighLoss => "HighLoss",
+            EchoOutcome::HighLatency => "HighLatency",
+            EchoOutcome::Timeout => "Timeout",
+            EchoOutcome::TransportClosed => "TransportClosed",
+        }
+    }
+}
+
+/// What the echo call measured.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EchoResult {
+    /// The outcome.
+    pub outcome: EchoOutcome,
+    /// INVITE to media flowing, ms.
+    pub setup_ms: Option<f64>,
+    /// Packets sent.
+    pub sent: u32,
+    /// Our packets that came back.
+    pub echoed: u32,
+    /// Loss, percent of sent.
+    pub loss_percent: Option<f64>,
+    /// Median round trip, ms.
+    pub rtt_median_ms: Option<f64>,
+    /// 95th percentile round trip, ms.
+    pub rtt_p95_ms: Option<f64>,
+    /// Interarrival jitter (RFC 3550), ms.
+    pub jitter_ms: Option<f64>,
+}
+
+impl EchoResult {
+    fn failed(outcome: EchoOutcome) -> Self {
+        Self {
+            outcome,
+            setup_ms: None,
+            sent: 0,
+            echoed: 0,
+            loss_percent: None,
+            rtt_median_ms: None,
+            rtt_p95_ms: None,
+            jitter_ms: None,
+        }
+    }
+}
+
+/// WebRTC stacks offer `c=IN IP4 0.0.0.0` and port 9; Asterisk reads that
+/// as hold and sends nothing. Put the real host candidate there.
+fn fix_connection_address(sdp: &str, addr: SocketAddr) -> String {
+    sdp.lines()
+        .map(|l| {
+            if l.starts_with("c=IN IP4 0.0.0.0") {
+                format!("c=IN IP4 {}", addr.ip())
+            } else if let Some(rest) = l.strip_prefix("m=audio 9 ") {
+                format!("m=audio {} {rest}", addr.port())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        + "\r\n"
+}
+
+/// Places the echo call on an open, idle SIP WebSocket.
+pub async fn call(
+    ws: &mut super::transport::Wss,
+    account: &Account,
+    opts: &EchoOptions,
+) -> EchoResult {
+    let socket = match UdpSocket::bind((opts.media_ip, 0)).await {
+        Ok(s) => s,
+        Err(_) => return EchoResult::failed(EchoOutcome::IceFailed),
+    };
+    let Ok(local) = socket.local_addr() else {
+        return EchoResult::failed(EchoOutcome::IceFailed);
+    };
+    let start = Instant::now();
+    let mut rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_pcmu(true, false)
+        .build(start);
+    let Ok(candidate) = Candidate::host(local, "udp") else {
+        return EchoResult::failed(EchoOutcome::IceFailed);
+    };
+    rtc.add_local_candidate(candidate);
+    let mut changes = rtc.sdp_api();
+    let mid: Mid = changes.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+    let Some((offer, pending)) = changes.apply() else {
+        return EchoResult::failed(EchoOutcome::CallRejected { status: 0 });
+    };
+    let offer_sdp = fix_connection_address(&offer.to_sdp_string(), local);
+
+    let mut session = Session::new(ws, opts.timeout);
+    let uri = format!("sip:{}@{}", opts.extension, account.domain);
+    let from = format!("sip:{}@{}", account.user, account.domain);
+    let contact = format!("<sip:{}@{};transport=ws>", account.user, session.host);
+    let invite = |s: &mut Session<'_>, auth: Option<String>| {
+        let mut m = s
+            .request("INVITE", &uri, &from, &uri)
+            .with_header("Contact", contact.clone());
+        if let Some(a) = auth {
+            m = m.with_header("Authorization", a);
+        }
+        m.with_body("application/sdp", offer_sdp.clone())
+    };
+    let first = invite(&mut session, None);
+    let setup = Instant::now();
+    let mut response = match session.transaction(&first).await {
+        Ok(r) => r,
+        Err(TxError::Timeout) => return EchoResult::failed(EchoOutcome::Timeout),
+        Err(TxError::Closed(_)) => return EchoResult::failed(EchoOutcome::TransportClosed),
+    };
+    let mut last_invite = first;
+    if response.status() == Some(401) {
+        session.ack_failure(&last_invite, &response).await;
+        let Some(challenge) = digest::strongest(response.header_values("WWW-Authenticate")) else {
+            return EchoResult::failed(EchoOutcome::CallRejected { status: 401 });
+        };
+        let creds = digest::Credentials {
+            username: &account.user,
+            password: &account.password,
+        };
+        let auth = digest::authorization(&challenge, &creds, "INVITE", &uri, "e0c1", 1);
+        last_invite = invite(&mut session, Some(auth));
+        response = match session.transaction(&last_invite).await {
+            Ok(r) => r,
+            Err(TxError::Timeout) => return EchoResult::failed(EchoOutcome::Timeout),
+            Err(TxError::Closed(_)) => return EchoResult::failed(EchoOutcome::TransportClosed),
+        };
+    }
+    let status = response.status().unwrap_or(0);
+    if !(200..300).contains(&status) {
+        session.ack_failure(&last_invite, &response).await;
+        return EchoResult::failed(EchoOutcome::CallRejected { status });
+    }
+    session.ack(&last_invite, &response).await;
+    let answer = match SdpAnswer::from_sdp_string(&response.body) {
+        Ok(a) => a,
+        Err(_) => return EchoResult::failed(EchoOutcome::CallRejected { status }),
+    };
+    if rtc.sdp_api().accept_answer(pending, answer).is_err() {
+        session.bye(&last_invite, &response).await;
+        return EchoResult::failed(EchoOutcome::CallRejected { status });
+    }
+
+    let mut media = Media::default();
+    let outcome = media_loop(
+        &mut rtc,
+        &socket,
+        local,
+        mid,
+        &mut session,
+        opts,
+        &mut media,
+    )
+    .await;
+    if !matches!(outcome, Some(EchoOutcome::CallDropped { .. })) {
+        session.bye(&last_invite, &response).await;
+    }
+    media.result(outcome, setup, opts)
+}
+
+#[derive(Default)]
+struct Media {
+    ice_connected: bool,
+    dtls_connected: Option<Instant>,
+    sent_at: Vec<Instant>,
+    rtts: Vec<f64>,
+    other_packets: u32,
+    jitter: f64,
+    last_transit: Option<f64>,
+    last_echo: Option<Instant>,
+}
+
+impl Media {
+    fn on_packet(&mut self, data: &[u8], now: Instant, epoch: Instant) {
+        if data.len() < 8 || data[..4] != MAGIC {
+            self.other_packets += 1;
+            return;
+        }
+        let seq = u32::from_be_bytes([data[4], data[5], data[6], data[7]]) as usize;
+        let Some(sent) = self.sent_at.get(seq) else {
+            return;
+        };
+        self.rtts
+            .push(now.duration_since(*sent).as_secs_f64() * 1000.0);
+        self.last_echo = Some(now);
+        // RFC 3550 6.4.1, in milliseconds of transit time.
+        let transit = now.duration_since(epoch).as_secs_f64() * 1000.0
+            - sent.duration_since(epoch).as_secs_f64() * 1000.0;
+        if let Some(last) = self.last_transit {
+            self.jitter += ((transit - last).abs() - self.jitter) / 16.0;
+        }
+        self.last_transit = Some(transit);
+    }
+
+    fn result(
+        &self,
+        outcome: Option<EchoOutcome>,
+        setup: Instant,
+        opts: &EchoOptions,
+    ) -> EchoResult {
+        let sent = u32::try_from(self.sent_at.len()).unwrap_or(u32::MAX);
+        let echoed = u32::try_from(self.rtts.len()).unwrap_or(u32::MAX);
+        let mut rtts = self.rtts.clone();
+        rtts.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            rtts.get(((rtts.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+        };
+        let loss =
+            (sent > 0).then(|| 100.0 * f64::from(sent.saturating_sub(echoed)) / f64::from(sent));
+        let median = pct(0.5);
+        let outcome = outcome.unwrap_or_else(|| {
+            if !self.ice_connected {
+                EchoOutcome::IceFailed
+            } else if self.dtls_connected.is_none() {
+                EchoOutcome::DtlsFailed
+            } else if echoed == 0 && self.other_packets > 0 {
+                EchoOutcome::OneWayAudio
+            } else if echoed == 0 {
+                EchoOutcome::NoMediaReceived
+            } else if loss.unwrap_or(0.0) > opts.max_loss_percent {
+                EchoOutcome::HighLoss
+            } else if median.unwrap_or(0.0) > opts.max_rtt_ms {
+                EchoOutcome::HighLatency
+            } else {
+                EchoOutcome::Healthy
+            }
+        });
+        EchoResult {
+            outcome,
+            setup_ms: self
+                .dtls_connected
+                .map(|t| t.duration_since(setup).as_secs_f64() * 1000.0),
+            sent,
+            echoed,
+            loss_percent: loss,
+            rtt_median_ms: median,
+            rtt_p95_ms: pct(0.95),
+            jitter_ms: (echoed > 1).then_some(self.jitter),
+        }
+    }
+}
+
+/// Drives str0m from the socket and the clock until the call ends. Returns
+/// an outcome only when the call itself decided it (dropped).
+async fn media_loop(
+    rtc: &mut Rtc,
+    socket: &UdpSocket,
+    local: SocketAddr,
+    mid: Mid,
+    session: &mut Session<'_>,
+    opts: &EchoOptions,
+    media: &mut Media,
+) -> Option<EchoOutcome> {
+    let epoch = Instant::now();
+    let setup_deadline = epoch + opts.timeout;
+    let mut media_end: Option<Instant> = None;
+    let mut next_frame = Instant::now();
+    let mut buf = vec![0u8; 2000];
+    loop {
+        // Drain str0m's output until it wants to wait.
+        let wait_until = loop {
+            match rtc.poll_output() {
+                Ok(Output::Transmit(t)) => {
+                    let _ = socket.send_to(&t.contents, t.destination).await;
+                }
+                Ok(Output::Timeout(t)) => break t,
+                Ok(Output::Event(e)) => match e {
+                    Event::IceConnectionStateChange(
+                        IceConnectionState::Connected | IceConnectionState::Completed,
+                    ) => {
+                        media.ice_connected = true;
+                    }
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected)
+                        if media.dtls_connected.is_some() =>
+                    {
+                        let at = media
+                            .dtls_connected
+                            .map(|t| t.elapsed().as_secs_f64())
+                            .unwrap_or(0.0);
+                        return Some(EchoOutcome::CallDropped { at_second: at });
+                    }
+                    Event::Connected => {
+                        media.dtls_connected = Some(Instant::now());
+                        media_end = Some(Instant::now() + opts.duration);
+                        next_frame = Instant::now();
+                    }
+                    Event::MediaData(data) => media.on_packet(&data.data, Instant::now(), epoch),
+                    _ => {}
+                },
+                Err(_) => return None,
+            }
+        };
+        let now = Instant::now();
+        match media_end {
+            None if now >= setup_deadline => return None,
+            Some(end) if now >= end + Duration::from_millis(500) => {
+                // Echoes stopped long before the end: the call dropped.
+                if let Some(last) = media.last_echo
+                    && end.duration_since(last) > Duration::from_secs(3)
+                {
+                    let at = last
+                        .duration_since(media.dtls_connected.unwrap_or(last))
+                        .as_secs_f64();
+                    return Some(EchoOutcome::CallDropped { at_second: at });
+                }
+                return None;
+            }
+            _ => {}
+        }
+        let mut deadline = wait_until.min(now + Duration::from_millis(50));
+        if let Some(end) = media_end
+            && now < end
+        {
+            if now >= next_frame {
+                let seq = u32::try_from(media.sent_at.len()).unwrap_or(u32::MAX);
+                let mut payload = vec![0xffu8; SAMPLES as usize];
+                payload[..4].copy_from_slice(&MAGIC);
+                payload[4..8].copy_from_slice(&seq.to_be_bytes());
+                media.sent_at.push(now);
+                let rtp_time = MediaTime::new(u64::from(seq) * SAMPLES, Frequency::EIGHT_KHZ);
+                if let Some(writer) = rtc.writer(mid) {
+                    let _ = writer.write(Pt::new_with_value(PCMU), now, rtp_time, payload);
+                }
+                next_frame += FRAME;
+                continue;
+            }
+            deadline = deadline.min(next_frame);
+        }
+        let sleep = tokio::time::sleep_until(deadline.into());
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                if let Ok((n, source)) = received
+                    && let Ok(contents) = buf[..n].try_into()
+                {
+                    let input = Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source, destination: local, contents });
+                    let _ = rtc.handle_input(input);
+                }
+            }
+            message = session.recv() => {
+                match message {
+                    Some(m) if m.method() == Some("BYE") => {
+                        session.reply(&m, 200, "OK").await;
+                        let at = media.dtls_connected.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+                        return Some(EchoOutcome::CallDropped { at_second: at });
+                    }
+                    Some(m) if m.method().is_some() => session.reply(&m, 200, "OK").await,
+                    Some(_) => {}
+                    None => return Some(EchoOutcome::CallDropped {
+                        at_second: media.dtls_connected.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0),
+                    }),
+                }
+            }
+            () = sleep => {
+                let _ = rtc.handle_input(Input::Timeout(Instant::now()));
+            }
+        }
+    }
+}
