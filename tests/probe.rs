@@ -33,18 +33,29 @@ fn probe(args: &[&str]) -> (i32, Value, String) {
 }
 
 fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    write_config_with(dir, port, "")
+}
+
+/// The rendered config of a PBX with user 1001 (password pw-1001), plus
+/// `extra_users` (YAML list items) whose passwords are pw-EXTENSION.
+fn write_config_with(dir: &Path, port: u16, extra_users: &str) -> std::path::PathBuf {
     let input = dir.join("pbx.yaml");
     std::fs::write(
         &input,
         format!(
             "apiVersion: pbx.webrtc.io/v1alpha1\nkind: WebRtcPbx\nmetadata: {{name: p, namespace: v}}\n\
-             spec:\n  domain: {DOMAIN}\n  wss: {{port: {port}, bindAddress: 127.0.0.1}}\n  users:\n    - {{extension: \"1001\"}}\n"
+             spec:\n  domain: {DOMAIN}\n  wss: {{port: {port}, bindAddress: 127.0.0.1}}\n  users:\n    - {{extension: \"1001\"}}\n{extra_users}"
         ),
     )
     .unwrap();
     let inputs = cli::read_inputs(&[input]).unwrap();
     let generated = Generated {
-        user_passwords: [("1001".to_string(), "pw-1001".to_string())].into(),
+        user_passwords: inputs.pbxes[0]
+            .spec
+            .users
+            .iter()
+            .map(|u| (u.extension.clone(), format!("pw-{}", u.extension)))
+            .collect(),
         probe_password: "probe-pw".into(),
     };
     let validated =
@@ -432,6 +443,147 @@ fn echo_call_hears_its_audio_back() {
         "5 s of 20 ms frames: {r}"
     );
     assert_eq!(out.status.code(), Some(0));
+    asterisk.kill();
+    drop(netns);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Starts Asterisk in a test host with `mapping` as the ICE host-candidate
+/// target of the host's media address; returns what the echo probe needs.
+fn echo_ground(
+    name: &str,
+    extra_users: &str,
+    mapping: &str,
+) -> (std::path::PathBuf, u16, support::Netns, support::Asterisk) {
+    let dir = support::scratch_dir(name);
+    let port = support::free_port();
+    let etc = write_config_with(&dir, port, extra_users);
+    let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    std::fs::write(dir.join("ca.crt"), &ca).unwrap();
+    let mut rtp = std::fs::read_to_string(etc.join("rtp.conf")).unwrap();
+    rtp.push_str(&format!(
+        "\n[ice_host_candidates]\n{} => {mapping}\n",
+        support::Netns::MEDIA_ADDRESS
+    ));
+    std::fs::write(etc.join("rtp.conf"), rtp).unwrap();
+    let netns = support::Netns::new(name);
+    let mut asterisk = support::Asterisk::start_in(&etc, Some(&netns));
+    asterisk.wait_booted();
+    (dir, port, netns, asterisk)
+}
+
+fn echo_probe(
+    dir: &Path,
+    port: u16,
+    netns: &support::Netns,
+    user: &str,
+    extra: &[&str],
+) -> Command {
+    let mut c = netns.command(env!("CARGO_BIN_EXE_webrtc-pbx-operator"));
+    c.args([
+        "probe",
+        "--url",
+        &format!("wss://{DOMAIN}:{port}/ws"),
+        "--connect-to",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args([
+        "--ca-file",
+        dir.join("ca.crt").to_str().unwrap(),
+        "--user",
+        user,
+        "--password",
+        &format!("pw-{user}"),
+    ])
+    .args([
+        "--echo-extension",
+        "*43",
+        "--output",
+        "json",
+        "--timeout",
+        "3s",
+    ])
+    .args(extra);
+    c
+}
+
+fn echo_json(mut command: Command) -> Value {
+    let out = command.output().unwrap();
+    serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap_or_else(|_| {
+        panic!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn echo_call_faults_have_their_reasons() {
+    let (dir, port, netns, mut asterisk) = echo_ground(
+        "echo-faults",
+        "    - {extension: \"1003\", codecs: [opus]}\n",
+        "127.0.0.1",
+    );
+
+    // No codec in common (the probe speaks PCMU, 1003 only opus): 488.
+    let json = echo_json(echo_probe(
+        &dir,
+        port,
+        &netns,
+        "1003",
+        &["--echo-duration", "2s"],
+    ));
+    assert_eq!(json["echo"]["reason"], "CallRejected", "{json}");
+    assert_eq!(json["echo_result"]["outcome"]["status"], 488, "{json}");
+    assert_eq!(
+        json["register"]["reason"], "Registered",
+        "SIP still works: {json}"
+    );
+
+    // A latency budget below the real round trip.
+    let json = echo_json(echo_probe(
+        &dir,
+        port,
+        &netns,
+        "1001",
+        &["--echo-duration", "2s", "--max-rtt", "0.001"],
+    ));
+    assert_eq!(json["echo"]["reason"], "HighLatency", "{json}");
+
+    // Asterisk dies 3 s into a 10 s call: dropped at about second 3.
+    let mut call = echo_probe(&dir, port, &netns, "1001", &["--echo-duration", "10s"]);
+    let child = call.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    asterisk.kill();
+    let out = child.wait_with_output().unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["echo"]["reason"], "CallDropped", "{json}");
+    let at = json["echo_result"]["outcome"]["at_second"]
+        .as_f64()
+        .unwrap();
+    assert!((2.0..=3.5).contains(&at), "dropped at {at} s: {json}");
+    eprintln!("killed at 3 s after start; probe saw the drop at {at:.2} s of media");
+    drop(netns);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn blocked_rtp_fails_ice_while_sip_works() {
+    // Asterisk's RTP ports closed by a firewall: signalling works, media
+    // cannot flow. (An rtp.conf ice_deny is not enough: Asterisk still sends
+    // checks from its socket and the probe learns a peer-reflexive candidate.)
+    let (dir, port, netns, mut asterisk) = echo_ground("echo-ice", "", "127.0.0.1");
+    netns.drop_udp("10000-20000");
+    let json = echo_json(echo_probe(
+        &dir,
+        port,
+        &netns,
+        "1001",
+        &["--echo-duration", "2s"],
+    ));
+    assert_eq!(json["register"]["reason"], "Registered", "{json}");
+    assert_eq!(json["echo"]["reason"], "IceFailed", "{json}");
     asterisk.kill();
     drop(netns);
     std::fs::remove_dir_all(&dir).unwrap();

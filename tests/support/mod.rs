@@ -419,6 +419,35 @@ impl Netns {
         Netns { name }
     }
 
+    /// Drops UDP packets to `ports` (e.g. "10000-20000") inside the
+    /// namespace: closed RTP ports, as a firewall would have them.
+    pub fn drop_udp(&self, ports: &str) {
+        let nft = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.name, "nft"])
+                .args(args)
+                .output()
+                .expect("run nft");
+            assert!(
+                out.status.success(),
+                "nft {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        nft(&["add", "table", "inet", "wpbx"]);
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            "wpbx",
+            "input",
+            "{ type filter hook input priority 0; }",
+        ]);
+        nft(&[
+            "add", "rule", "inet", "wpbx", "input", "udp", "dport", ports, "drop",
+        ]);
+    }
+
     /// A command run inside the namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
