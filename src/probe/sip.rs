@@ -314,6 +314,34 @@ mod tests {
     }
 
     #[test]
+    fn parses_captured_asterisk_register_exchange() {
+        let challenge = Message::parse(include_str!(
+            "../../tests/fixtures/asterisk-22.10/register-401.sip"
+        ))
+        .unwrap();
+        assert_eq!(challenge.status(), Some(401));
+        assert_eq!(challenge.via_branch(), Some("z9hG4bKcap1"));
+        // Asterisk adds rport/received to our Via and a To tag.
+        assert!(param(challenge.header("Via").unwrap(), "received").is_some());
+        let c =
+            crate::probe::digest::strongest(challenge.header_values("WWW-Authenticate")).unwrap();
+        assert_eq!((c.realm.as_str(), c.qop_auth), ("asterisk", true));
+        let ok = Message::parse(include_str!(
+            "../../tests/fixtures/asterisk-22.10/register-200.sip"
+        ))
+        .unwrap();
+        assert_eq!(ok.status(), Some(200));
+        assert_eq!(ok.cseq_method(), Some("REGISTER"));
+        // The original .invalid host comes back in the binding.
+        assert!(
+            ok.header("Contact")
+                .unwrap()
+                .contains("df7jal23ls0d.invalid")
+        );
+        assert_eq!(ok.body, "");
+    }
+
+    #[test]
     fn compact_and_case_insensitive_headers() {
         let m = Message::parse("INVITE sip:*43@pbx.test SIP/2.0\r\nv: SIP/2.0/WSS x.invalid;branch=z9hG4bKa\r\ni: abc\r\nl: 4\r\nc: application/sdp\r\n\r\nv=0\n").unwrap();
         assert_eq!(m.method(), Some("INVITE"));
