@@ -244,29 +244,10 @@ async fn one_process_runs_hundreds_of_register_probes_at_once() {
     const N: usize = 200;
     let dir = support::scratch_dir("probe-many");
     let port = support::free_port();
-    let input = dir.join("pbx.yaml");
     let users: String = (0..N)
         .map(|i| format!("    - {{extension: \"{}\"}}\n", 2000 + i))
         .collect();
-    std::fs::write(
-        &input,
-        format!(
-            "apiVersion: pbx.webrtc.io/v1alpha1\nkind: WebRtcPbx\nmetadata: {{name: m, namespace: v}}\n\
-             spec:\n  domain: {DOMAIN}\n  wss: {{port: {port}, bindAddress: 127.0.0.1}}\n  users:\n{users}"
-        ),
-    )
-    .unwrap();
-    let inputs = cli::read_inputs(&[input]).unwrap();
-    let generated = Generated {
-        user_passwords: (0..N)
-            .map(|i| ((2000 + i).to_string(), format!("pw-{i}")))
-            .collect(),
-        probe_password: "probe-pw".into(),
-    };
-    let validated =
-        validate::validate(&inputs.pbxes[0], &Referenced::default(), &generated).unwrap();
-    cli::write_config_dir(&dir, &render::render(&validated), None).unwrap();
-    let etc = dir.join("etc/asterisk");
+    let etc = write_config_with(&dir, port, &users);
     let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
     let mut asterisk = support::Asterisk::start(&etc);
     asterisk.wait_wss(port, DOMAIN, &ca, Instant::now()).await;
@@ -278,7 +259,7 @@ async fn one_process_runs_hundreds_of_register_probes_at_once() {
             account: Some(webrtc_pbx_operator::probe::register::Account {
                 domain: DOMAIN.into(),
                 user: (2000 + i).to_string(),
-                password: format!("pw-{i}"),
+                password: format!("pw-{}", 2000 + i),
             }),
             echo: None,
         };

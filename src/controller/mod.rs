@@ -137,33 +137,21 @@ pub async fn run(
     // A user's Secret or ConfigMap changed: re-render the PBXs that use it.
     let store = controller.store();
     let secret_users = move |secret: Secret| {
-        let (name, secret_ns) = (secret.name_any(), secret.namespace());
-        store
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.namespace() == secret_ns
-                    && validate::referenced_secrets(&p.name_any(), &p.spec).contains(&name)
-            })
-            .map(|p| ObjectRef::from_obj(&*p))
-            .collect::<Vec<_>>()
+        let name = secret.name_any();
+        pbxes_using(&store, secret.namespace(), |p| {
+            validate::referenced_secrets(&p.name_any(), &p.spec).contains(&name)
+        })
     };
     let store = controller.store();
     let config_map_users = move |cm: ConfigMap| {
-        let (name, cm_ns) = (cm.name_any(), cm.namespace());
-        store
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.namespace() == cm_ns
-                    && p.spec
-                        .dialplan
-                        .extra_config_map_ref
-                        .as_ref()
-                        .is_some_and(|r| r.name == name)
-            })
-            .map(|p| ObjectRef::from_obj(&*p))
-            .collect::<Vec<_>>()
+        let name = cm.name_any();
+        pbxes_using(&store, cm.namespace(), |p| {
+            p.spec
+                .dialplan
+                .extra_config_map_ref
+                .as_ref()
+                .is_some_and(|r| r.name == name)
+        })
     };
     controller
         .owns(scoped::<Secret>(&client, ns), owned.clone())
@@ -189,6 +177,20 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The PBXs of `namespace` for which `uses` holds (the watch mappers).
+fn pbxes_using(
+    store: &Store<WebRtcPbx>,
+    namespace: Option<String>,
+    uses: impl Fn(&WebRtcPbx) -> bool,
+) -> Vec<ObjectRef<WebRtcPbx>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace() == namespace && uses(p))
+        .map(|p| ObjectRef::from_obj(&*p))
+        .collect()
 }
 
 fn error_policy(pbx: Arc<WebRtcPbx>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -375,31 +375,23 @@ pub async fn connect(
         ));
     };
     let address = addr.to_string();
+    let timed_out = |phase| WssFailure::Timeout {
+        address: address.clone(),
+        phase,
+        timeout_ms: timeout_ms(target),
+    };
+    let closed = |phase, e: &dyn std::fmt::Display| WssFailure::ClosedAbnormally {
+        phase,
+        detail: e.to_string(),
+    };
     let t = Instant::now();
     let tcp = match tokio::time::timeout(target.timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             return Err((WssFailure::ConnectionRefused { address }, timings));
         }
-        Ok(Err(e)) => {
-            return Err((
-                WssFailure::ClosedAbnormally {
-                    phase: Phase::Connect,
-                    detail: e.to_string(),
-                },
-                timings,
-            ));
-        }
-        Err(_) => {
-            return Err((
-                WssFailure::Timeout {
-                    address,
-                    phase: Phase::Connect,
-                    timeout_ms: timeout_ms(target),
-                },
-                timings,
-            ));
-        }
+        Ok(Err(e)) => return Err((closed(Phase::Connect, &e), timings)),
+        Err(_) => return Err((timed_out(Phase::Connect), timings)),
     };
     let _ = tcp.set_nodelay(true);
     timings.connect_ms = Some(ms(t));
@@ -422,16 +414,7 @@ pub async fn connect(
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err((tls_failure(&e, &host), timings)),
-        Err(_) => {
-            return Err((
-                WssFailure::Timeout {
-                    address,
-                    phase: Phase::Tls,
-                    timeout_ms: timeout_ms(target),
-                },
-                timings,
-            ));
-        }
+        Err(_) => return Err((timed_out(Phase::Tls), timings)),
     };
     timings.tls_ms = Some(ms(t));
     let served = tls
@@ -473,25 +456,8 @@ pub async fn connect(
             };
             return Err((failure, timings));
         }
-        Ok(Err(e)) => {
-            return Err((
-                WssFailure::ClosedAbnormally {
-                    phase: Phase::Upgrade,
-                    detail: e.to_string(),
-                },
-                timings,
-            ));
-        }
-        Err(_) => {
-            return Err((
-                WssFailure::Timeout {
-                    address,
-                    phase: Phase::Upgrade,
-                    timeout_ms: timeout_ms(target),
-                },
-                timings,
-            ));
-        }
+        Ok(Err(e)) => return Err((closed(Phase::Upgrade, &e), timings)),
+        Err(_) => return Err((timed_out(Phase::Upgrade), timings)),
     };
     timings.upgrade_ms = Some(ms(t));
     let answered = response
