@@ -34,14 +34,9 @@ pub enum CliError {
     /// The input holds no WebRtcPbx.
     #[error("no WebRtcPbx found in the input")]
     NoPbx,
-    /// A PBX failed validation.
-    #[error("{pbx}: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-    Invalid {
-        /// namespace/name.
-        pbx: String,
-        /// Every problem.
-        problems: Vec<Problem>,
-    },
+    /// PBXs failed validation: every problem of every PBX, one per line.
+    #[error("{}", .0.iter().map(|(pbx, p)| format!("{pbx}: {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<(String, Problem)>),
     /// YAML output failed.
     #[error("cannot write YAML: {0}")]
     Yaml(String),
@@ -56,7 +51,7 @@ impl CliError {
         match self {
             CliError::Io { .. } => "io",
             CliError::Manifest { .. } | CliError::NoPbx => "manifest",
-            CliError::Invalid { .. } | CliError::SeveralPbxes(_) => "invalid",
+            CliError::Invalid(_) | CliError::SeveralPbxes(_) => "invalid",
             CliError::Yaml(_) => "yaml",
         }
     }
@@ -155,15 +150,16 @@ pub fn render_all(inputs: &Inputs) -> Result<Vec<(WebRtcPbx, render::Rendered)>,
         let generated = validate::fill_generated(&pbx.spec, Generated::default(), &mut rng);
         match validate::validate(pbx, &referenced, &generated) {
             Ok(v) => out.push((pbx.clone(), render::render(&v))),
-            Err(problems) => failures.push(CliError::Invalid {
-                pbx: format!("{ns}/{}", pbx.name_any()),
-                problems,
-            }),
+            Err(problems) => {
+                let name = format!("{ns}/{}", pbx.name_any());
+                failures.extend(problems.into_iter().map(|p| (name.clone(), p)));
+            }
         }
     }
-    match failures.into_iter().next() {
-        Some(first) => Err(first),
-        None => Ok(out),
+    if failures.is_empty() {
+        Ok(out)
+    } else {
+        Err(CliError::Invalid(failures))
     }
 }
 

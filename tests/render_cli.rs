@@ -101,6 +101,14 @@ spec:
   rtp: {portRange: {start: 8000, end: 9000}}
   users:
     - {extension: "1001", passwordSecretRef: {name: nowhere, key: "1001"}}
+---
+apiVersion: pbx.webrtc.io/v1alpha1
+kind: WebRtcPbx
+metadata: {name: bad2, namespace: voice}
+spec:
+  domain: pbx.bad2.example
+  users:
+    - {extension: "7", passwordSecretRef: {name: missing-too, key: "7"}}
 "#,
     )
     .unwrap();
@@ -130,7 +138,17 @@ spec:
             .any(|l| l.contains("wss.port") && l.contains("inside rtp.portRange")),
         "{stderr}"
     );
-    assert!(lines.iter().all(|l| l.starts_with("error: ")), "{stderr}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("error: voice/bad")),
+        "{stderr}"
+    );
+    // Every PBX's problems are reported, not only the first PBX's.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("error: voice/bad2: ") && l.contains("missing-too")),
+        "{stderr}"
+    );
     assert!(!dir.exists(), "nothing may be written on error");
     std::fs::remove_file(&manifest).unwrap();
 }
