@@ -523,6 +523,18 @@ fn echo_call_faults_have_their_reasons() {
         "SIP still works: {json}"
     );
 
+    // Credentials refused (an unknown user, answered like a wrong password):
+    // the call is not attempted, and the report says why.
+    let json = echo_json(echo_probe(
+        &dir,
+        port,
+        &netns,
+        "9999",
+        &["--echo-duration", "1s"],
+    ));
+    assert_eq!(json["register"]["reason"], "AuthenticationFailed", "{json}");
+    assert_eq!(json["echo"]["reason"], "NotAttempted", "{json}");
+
     // A latency budget below the real round trip.
     let json = echo_json(echo_probe(
         &dir,

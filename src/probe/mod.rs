@@ -137,7 +137,16 @@ pub async fn run(request: &Request) -> Report {
             message: result.outcome.message(account),
         });
         report.register_result = Some(result);
-        if let Some(options) = &request.echo {
+        let registered = report.register.as_ref().is_some_and(|c| c.ok);
+        if request.echo.is_some() && !registered {
+            // The INVITE would fail the same way: name the real cause.
+            report.echo = Some(Check {
+                ok: false,
+                reason: "NotAttempted".into(),
+                message: "REGISTER failed, so no call was placed".into(),
+            });
+        }
+        if let Some(options) = request.echo.as_ref().filter(|_| registered) {
             let result = echo::call(&mut ws, account, options).await;
             let message = match &result.outcome {
                 echo::EchoOutcome::Healthy => format!(
