@@ -209,7 +209,7 @@ fn run_probe(args: ProbeArgs) -> ExitCode {
         }
         Err(e) => return fail(format!("{}: {e}", args.url)),
     };
-    let timeout = match webrtc_pbx_operator::probe::timeout_from(&args.timeout) {
+    let timeout = match webrtc_pbx_operator::validate::parse_duration(&args.timeout) {
         Ok(t) => t,
         Err(e) => return fail(format!("--timeout: {e}")),
     };
@@ -246,7 +246,8 @@ fn run_probe(args: ProbeArgs) -> ExitCode {
             return fail("--echo-extension needs --user and a password".into());
         }
         Some(extension) => {
-            let duration = match webrtc_pbx_operator::probe::timeout_from(&args.echo_duration) {
+            let duration = match webrtc_pbx_operator::validate::parse_duration(&args.echo_duration)
+            {
                 Ok(d) => d,
                 Err(e) => return fail(format!("--echo-duration: {e}")),
             };

@@ -258,6 +258,13 @@ struct Media {
 }
 
 impl Media {
+    /// Seconds since media started (DTLS-SRTP up), 0 before.
+    fn seconds(&self) -> f64 {
+        self.dtls_connected
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0)
+    }
+
     fn on_packet(&mut self, data: &[u8], now: Instant, epoch: Instant) {
         if data.len() < 8 || data[..4] != MAGIC {
             self.other_packets += 1;
@@ -361,10 +368,7 @@ async fn media_loop(
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected)
                         if media.dtls_connected.is_some() =>
                     {
-                        let at = media
-                            .dtls_connected
-                            .map(|t| t.elapsed().as_secs_f64())
-                            .unwrap_or(0.0);
+                        let at = media.seconds();
                         return Some(EchoOutcome::CallDropped { at_second: at });
                     }
                     Event::Connected => {
@@ -428,13 +432,13 @@ async fn media_loop(
                 match message {
                     Some(m) if m.method() == Some("BYE") => {
                         session.reply(&m, 200, "OK").await;
-                        let at = media.dtls_connected.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+                        let at = media.seconds();
                         return Some(EchoOutcome::CallDropped { at_second: at });
                     }
                     Some(m) if m.method().is_some() => session.reply(&m, 200, "OK").await,
                     Some(_) => {}
                     None => return Some(EchoOutcome::CallDropped {
-                        at_second: media.dtls_connected.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0),
+                        at_second: media.seconds(),
                     }),
                 }
             }

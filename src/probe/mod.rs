@@ -10,7 +10,6 @@ pub mod sip;
 pub mod transport;
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use serde::Serialize;
 
@@ -243,9 +242,4 @@ pub fn table(report: &Report) -> String {
     }
     let _ = writeln!(out, "result: {}", if report.ok { "PASS" } else { "FAIL" });
     out
-}
-
-/// Parses `--timeout`-style durations.
-pub fn timeout_from(text: &str) -> Result<Duration, String> {
-    crate::validate::parse_duration(text)
 }

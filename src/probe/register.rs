@@ -216,13 +216,7 @@ impl<'a> Session<'a> {
 
     /// Answers `request` with `status`, echoing the transaction headers.
     pub async fn reply(&mut self, request: &Message, status: u16, reason: &str) {
-        let mut response = Message::response(status, reason);
-        for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
-            for value in request.header_values(name) {
-                response = response.with_header(name, value);
-            }
-        }
-        self.send(&response).await;
+        self.send(&request.response_to(status, reason)).await;
     }
 
     /// ACK of a non-2xx final response: same branch as the INVITE.
@@ -232,11 +226,10 @@ impl<'a> Session<'a> {
             .and_then(|c| c.split_whitespace().next())
             .unwrap_or("1")
             .to_string();
-        let uri = match &invite.start {
-            super::sip::StartLine::Request { uri, .. } => uri.clone(),
-            super::sip::StartLine::Response { .. } => return,
+        let Some(uri) = invite.request_uri() else {
+            return;
         };
-        let mut ack = Message::request("ACK", &uri);
+        let mut ack = Message::request("ACK", uri);
         for name in ["Via", "From", "Call-ID"] {
             if let Some(v) = invite.header(name) {
                 ack = ack.with_header(name, v);
@@ -260,10 +253,7 @@ impl<'a> Session<'a> {
             .and_then(|c| c.split('<').nth(1))
             .and_then(|c| c.split('>').next())
             .map(str::to_string)
-            .unwrap_or_else(|| match &invite.start {
-                super::sip::StartLine::Request { uri, .. } => uri.clone(),
-                super::sip::StartLine::Response { .. } => String::new(),
-            });
+            .unwrap_or_else(|| invite.request_uri().unwrap_or_default().to_string());
         Message::request(method, &target)
             .with_header(
                 "Via",
@@ -302,14 +292,8 @@ impl<'a> Session<'a> {
             Some("ACK") => return Ok(()),
             _ => (481, "Call/Transaction Does Not Exist"),
         };
-        let mut response = Message::response(status, reason);
-        for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
-            for value in request.header_values(name) {
-                response = response.with_header(name, value);
-            }
-        }
         self.ws
-            .send(Frame::text(response.to_string()))
+            .send(Frame::text(request.response_to(status, reason).to_string()))
             .await
             .map_err(|e| TxError::Closed(e.to_string()))
     }

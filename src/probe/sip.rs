@@ -143,6 +143,26 @@ impl Message {
         }
     }
 
+    /// The Request-URI of a request.
+    pub fn request_uri(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Request { uri, .. } => Some(uri),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// A response to this request: status line plus its Via, From, To,
+    /// Call-ID and CSeq (RFC 3261 8.2.6.2).
+    pub fn response_to(&self, status: u16, reason: &str) -> Message {
+        let mut response = Message::response(status, reason);
+        for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
+            for value in self.header_values(name) {
+                response = response.with_header(name, value);
+            }
+        }
+        response
+    }
+
     /// The first value of a header (compact forms and case ignored).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

@@ -504,10 +504,3 @@ pub async fn ws_upgrade(
         Err(other) => Err(other.to_string()),
     }
 }
-
-fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
-        .filter_map(Result::ok)
-        .collect()
-}
