@@ -487,19 +487,7 @@ fn secret_value(
         });
         return None;
     };
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&r.key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(&r.key))
-                .map(|s| s.clone().into_bytes())
-        });
-    let Some(bytes) = bytes else {
+    let Some(bytes) = secret_bytes(secret, &r.key) else {
         problems.push(Problem::SecretKeyMissing {
             name: r.name.clone(),
             key: r.key.clone(),
@@ -518,6 +506,23 @@ fn secret_value(
             None
         }
     }
+}
+
+/// The value of `key` in a Secret (`data`, or `stringData` in a manifest
+/// that never reached an apiserver).
+pub fn secret_bytes(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()?
+                .get(key)
+                .map(|s| s.clone().into_bytes())
+        })
 }
 
 /// Parses a Go-style duration (`90s`, `1m30s`, `720h`, `250ms`).

@@ -299,8 +299,7 @@ async fn dereference(client: &Client, ns: &str, pbx: &WebRtcPbx) -> Result<Fetch
 }
 
 fn secret_text(secret: Option<&Secret>, key: &str) -> Option<String> {
-    let bytes = secret?.data.as_ref()?.get(key)?;
-    String::from_utf8(bytes.0.clone()).ok()
+    String::from_utf8(validate::secret_bytes(secret?, key)?).ok()
 }
 
 /// The certificate step: desired TLS objects, the CertificateReady verdict,
