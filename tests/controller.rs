@@ -323,7 +323,11 @@ async fn drift_is_restored_and_orphans_pruned() {
         4,
         "one Service port per RTP port"
     );
-    let original = sts.get("svc").await.unwrap();
+    // The StatefulSet is applied after the Services: wait for it too.
+    let original = support::wait_until(Duration::from_secs(30), "StatefulSet", || async {
+        sts.get_opt("svc").await.ok()?
+    })
+    .await;
 
     // Deleted ConfigMap comes back.
     cms.delete("svc-asterisk", &DeleteParams::default())
@@ -847,6 +851,8 @@ async fn killed_mid_reconcile_the_binary_restarts_to_the_same_state() {
     for n in &names {
         wait_condition(&r, n, "ConfigRendered", "True", None).await;
         wait_condition(&r, n, "CertificateReady", "True", None).await;
+        // Settled: the pods run too, so later writes can only come from a restart.
+        wait_condition(&r, n, "Ready", "True", None).await;
     }
     let before: Vec<_> = futures::future::join_all(names.iter().map(|n| passwords(&r, n))).await;
     let certs_before = versions(&r).await;
