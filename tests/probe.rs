@@ -584,6 +584,30 @@ fn blocked_rtp_fails_ice_while_sip_works() {
 }
 
 #[test]
+fn behind_nat_the_pods_own_candidate_still_serves_lan_clients() {
+    // With network.externalAddress the ice-candidates init container maps the
+    // pod's address to the public one, keeping the pod's own candidate
+    // (include_local_address): Asterisk accepts the line and a client inside
+    // the network (here the test host itself, where the public address has
+    // no route) gets audio. (Without it this client would still connect
+    // through a peer-reflexive candidate; browsers hiding their addresses
+    // behind mDNS names give Asterisk nothing to send checks to, and would not.)
+    let (dir, port, netns, mut asterisk) =
+        echo_ground("echo-nat", "", "203.0.113.10,include_local_address");
+    let json = echo_json(echo_probe(
+        &dir,
+        port,
+        &netns,
+        "1001",
+        &["--echo-duration", "2s"],
+    ));
+    assert_eq!(json["echo"]["reason"], "Healthy", "{json}");
+    asterisk.kill();
+    drop(netns);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn figures_over_20_runs() {
     // Figures for the notes (medians of 20), not timing assertions.
     let (dir, port, netns, mut asterisk) = echo_ground("figures", "", "127.0.0.1");

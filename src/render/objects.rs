@@ -378,8 +378,10 @@ while true; do
   sleep 10
 done"#;
 
-/// Maps the pod's address to the public one for ICE (known only at start).
-const ICE_CANDIDATES_SCRIPT: &str = r#"printf '[ice_host_candidates]\n%s => %s\n' "$POD_IP" "$EXTERNAL_ADDRESS" > /etc/asterisk/runtime/ice_host_candidates.conf"#;
+/// Maps the pod's address to the public one for ICE (known only at start),
+/// keeping the pod's own candidate too: browsers inside localNetworks reach
+/// it directly instead of relying on hairpin NAT.
+const ICE_CANDIDATES_SCRIPT: &str = r#"printf '[ice_host_candidates]\n%s => %s,include_local_address\n' "$POD_IP" "$EXTERNAL_ADDRESS" > /etc/asterisk/runtime/ice_host_candidates.conf"#;
 
 fn stateful_set(pbx: &ValidatedPbx, config: &AsteriskConfig) -> StatefulSet {
     let spec = &pbx.spec;
