@@ -636,6 +636,10 @@ pub struct ConfigMapKeyRef {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ProbesSpec {
+    /// Run the probes (default true). Off: WssReachable, SipRegistered and
+    /// EchoCallHealthy are not reported and Ready does not wait for them.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// Time between probe runs (Go duration, default 60s, at least 5s).
     #[serde(default = "default_probe_interval")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('5s')").message("probes.interval must be a duration of at least 5s, such as 60s"))]
@@ -665,6 +669,7 @@ pub struct ProbesSpec {
 impl Default for ProbesSpec {
     fn default() -> Self {
         Self {
+            enabled: true,
             interval: default_probe_interval(),
             timeout: default_probe_timeout(),
             connect_address: String::new(),

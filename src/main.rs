@@ -33,6 +33,9 @@ struct RunArgs {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "webrtc-pbx-operator")]
     lease_name: String,
+    /// Probe runs in flight at once, across all PBXs.
+    #[arg(long, default_value_t = controller::probes::DEFAULT_CONCURRENCY)]
+    probe_concurrency: usize,
 }
 
 #[derive(clap::Args)]
@@ -163,7 +166,7 @@ fn run_controller(args: RunArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let ctx = std::sync::Arc::new(controller::Context::new(client, std::sync::Arc::new(controller::SystemClock)));
+        let ctx = std::sync::Arc::new(controller::Context::with_probes(client, std::sync::Arc::new(controller::SystemClock), args.probe_concurrency));
         let listener = match tokio::net::TcpListener::bind(&args.metrics_address).await {
             Ok(l) => l,
             Err(e) => {
@@ -260,7 +263,7 @@ fn run_probe(args: ProbeArgs) -> ExitCode {
             });
             let media_ip = match args.media_address {
                 Some(ip) => ip,
-                None => match route_source(&dialled) {
+                None => match webrtc_pbx_operator::probe::transport::route_source(&dialled) {
                     Some(ip) => ip,
                     None => {
                         return fail(format!(
@@ -310,21 +313,6 @@ fn run_probe(args: ProbeArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
-}
-
-/// The local address the kernel would use towards `dial` (host:port).
-fn route_source(dial: &str) -> Option<std::net::IpAddr> {
-    use std::net::ToSocketAddrs;
-    let remote = dial.to_socket_addrs().ok()?.next()?;
-    let bind = if remote.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    };
-    let socket = std::net::UdpSocket::bind(bind).ok()?;
-    // A UDP connect sends nothing; it only picks the route.
-    socket.connect(remote).ok()?;
-    Some(socket.local_addr().ok()?.ip())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -6,7 +6,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::WebRtcPbxStatus;
+use crate::api::{ProbeFigures, WebRtcPbxStatus};
+use crate::probe;
 
 /// Condition types.
 pub mod types {
@@ -76,6 +77,121 @@ pub mod reasons {
     pub const SETTLED: &str = "Settled";
     /// The user must change something before progress can continue.
     pub const USER_ACTION_REQUIRED: &str = "UserActionRequired";
+    /// No probe has finished since the operator started probing this PBX.
+    pub const AWAITING_PROBE: &str = "AwaitingProbe";
+    /// The probe did not run this check because an earlier one failed.
+    pub const NOT_ATTEMPTED: &str = crate::probe::NOT_ATTEMPTED;
+}
+
+/// Failed probe runs in a row before a True probe condition turns False.
+pub const DEFAULT_FLAP_THRESHOLD: u32 = 2;
+
+/// One probed check as the scheduler remembers it between runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Probed {
+    /// The last run passed.
+    pub ok: bool,
+    /// The last run's reason (a probe engine reason).
+    pub reason: String,
+    /// The last run's message.
+    pub message: String,
+    /// Runs in a row that did not pass (0 after a pass).
+    pub failures_in_a_row: u32,
+}
+
+impl Probed {
+    /// The next state after a run that found `check`.
+    pub fn after(&self, check: &probe::Check) -> Probed {
+        Probed {
+            ok: check.ok,
+            reason: check.reason.clone(),
+            message: check.message.clone(),
+            failures_in_a_row: if check.ok {
+                0
+            } else {
+                self.failures_in_a_row.saturating_add(1)
+            },
+        }
+    }
+}
+
+/// The condition of one probed check, with flap control: a True condition
+/// stays True (saying so) until `threshold` runs in a row failed, and turns
+/// True again after one pass. A check that was not attempted because an
+/// earlier one failed is Unknown, not False: its own fault is not known.
+pub fn probe_verdict(
+    type_: &'static str,
+    probed: Option<&Probed>,
+    previous: Option<&Condition>,
+    threshold: u32,
+) -> (Verdict, Blocking) {
+    let Some(p) = probed else {
+        return (
+            Verdict::new(
+                type_,
+                Tri::Unknown,
+                reasons::AWAITING_PROBE,
+                "no probe has finished yet",
+            ),
+            Blocking::Waiting,
+        );
+    };
+    if p.ok {
+        return (
+            Verdict::new(type_, Tri::True, &p.reason, p.message.clone()),
+            Blocking::Waiting,
+        );
+    }
+    let n = p.failures_in_a_row;
+    if let Some(prev) = previous.filter(|c| c.status == "True" && n < threshold) {
+        // One bad run is not an outage: keep True, but say what was seen.
+        let message = format!(
+            "last probe failed ({}: {}); {n} of {threshold} failures in a row before this turns False",
+            p.reason, p.message
+        );
+        return (
+            Verdict::new(type_, Tri::True, &prev.reason, message),
+            Blocking::Waiting,
+        );
+    }
+    let message = if n > 1 {
+        format!("{} (failed {n} probes in a row)", p.message)
+    } else {
+        p.message.clone()
+    };
+    if p.reason == reasons::NOT_ATTEMPTED {
+        (
+            Verdict::new(type_, Tri::Unknown, &p.reason, message),
+            Blocking::Waiting,
+        )
+    } else {
+        (
+            Verdict::new(type_, Tri::False, &p.reason, message),
+            Blocking::NeedsUser,
+        )
+    }
+}
+
+/// The figures of a probe run for `status.probes`; `time` is RFC 3339.
+pub fn probe_figures(report: &probe::Report, time: String) -> ProbeFigures {
+    // Two decimals: enough for people, and no patch for noise in the 4th.
+    let round = |v: Option<f64>| v.map(|v| (v * 100.0).round() / 100.0);
+    let echo = report.echo_result.as_ref();
+    ProbeFigures {
+        time: Some(time),
+        connect_ms: round(report.timings.connect_ms),
+        tls_ms: round(report.timings.tls_ms),
+        upgrade_ms: round(report.timings.upgrade_ms),
+        register_ms: round(
+            report
+                .register_result
+                .as_ref()
+                .and_then(|r| r.round_trip_ms),
+        ),
+        echo_round_trip_ms: round(echo.and_then(|e| e.rtt_median_ms)),
+        loss_percent: round(echo.and_then(|e| e.loss_percent)),
+        jitter_ms: round(echo.and_then(|e| e.jitter_ms)),
+    }
 }
 
 /// A condition before its timestamps are known.
@@ -338,6 +454,108 @@ mod tests {
         assert_eq!(third[0].last_transition_time, time(300));
         assert_eq!(transitions(&second, &third).len(), 1);
         assert!(transitions(&first, &second).is_empty());
+    }
+
+    fn probed(ok: bool, reason: &str, failures_in_a_row: u32) -> Probed {
+        Probed {
+            ok,
+            reason: reason.into(),
+            message: format!("{reason} happened"),
+            failures_in_a_row,
+        }
+    }
+
+    fn condition(status: &str, reason: &str) -> Condition {
+        conditions(
+            &[Verdict::new(
+                types::WSS_REACHABLE,
+                match status {
+                    "True" => Tri::True,
+                    _ => Tri::False,
+                },
+                reason,
+                "",
+            )],
+            &[],
+            None,
+            &time(1),
+        )
+        .remove(0)
+    }
+
+    #[test]
+    fn a_probe_condition_flips_after_two_failures_and_back_after_one_pass() {
+        let up = condition("True", "Connected");
+        let t = types::WSS_REACHABLE;
+        // First failure: still True, and the message says what was seen.
+        let (v, b) = probe_verdict(
+            t,
+            Some(&probed(false, "ConnectionRefused", 1)),
+            Some(&up),
+            2,
+        );
+        assert_eq!((v.status, v.reason.as_str()), (Tri::True, "Connected"));
+        assert!(
+            v.message.contains("ConnectionRefused") && v.message.contains("1 of 2"),
+            "{}",
+            v.message
+        );
+        assert_eq!(b, Blocking::Waiting);
+        // Second: False with the probe's reason, naming the streak.
+        let (v, b) = probe_verdict(
+            t,
+            Some(&probed(false, "ConnectionRefused", 2)),
+            Some(&up),
+            2,
+        );
+        assert_eq!(
+            (v.status, v.reason.as_str()),
+            (Tri::False, "ConnectionRefused")
+        );
+        assert!(
+            v.message.contains("failed 2 probes in a row"),
+            "{}",
+            v.message
+        );
+        assert_eq!(b, Blocking::NeedsUser);
+        // Down stays down on a failure; one pass brings it back.
+        let down = condition("False", "ConnectionRefused");
+        let (v, _) = probe_verdict(t, Some(&probed(false, "ConnectTimeout", 3)), Some(&down), 2);
+        assert_eq!(
+            (v.status, v.reason.as_str()),
+            (Tri::False, "ConnectTimeout")
+        );
+        let (v, _) = probe_verdict(t, Some(&probed(true, "Connected", 0)), Some(&down), 2);
+        assert_eq!(v.status, Tri::True);
+        // Never up: the first failure is False at once (nothing to flap).
+        let (v, _) = probe_verdict(t, Some(&probed(false, "CertificateUntrusted", 1)), None, 2);
+        assert_eq!(v.status, Tri::False);
+        // Skipped because an earlier check failed: Unknown, not a fault of its own.
+        let (v, b) = probe_verdict(
+            t,
+            Some(&probed(false, reasons::NOT_ATTEMPTED, 2)),
+            Some(&up),
+            2,
+        );
+        assert_eq!((v.status, b), (Tri::Unknown, Blocking::Waiting));
+        // Nothing probed yet.
+        let (v, _) = probe_verdict(t, None, None, 2);
+        assert_eq!(
+            (v.status, v.reason.as_str()),
+            (Tri::Unknown, reasons::AWAITING_PROBE)
+        );
+    }
+
+    #[test]
+    fn streaks_follow_the_checks() {
+        let check = |ok: bool| crate::probe::Check {
+            ok,
+            reason: "R".into(),
+            message: "m".into(),
+        };
+        let a = Probed::default().after(&check(false)).after(&check(false));
+        assert_eq!(a.failures_in_a_row, 2);
+        assert_eq!(a.after(&check(true)).failures_in_a_row, 0);
     }
 
     #[test]

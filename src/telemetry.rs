@@ -1,10 +1,10 @@
 //! Telemetry of the running operator: Prometheus metrics (reconciles,
 //! failures by error category, reconcile duration, per-PBX condition gauges,
-//! leadership) and the small HTTP endpoint serving `/healthz`, `/readyz` and
-//! `/metrics`.
+//! leadership, and probe figures named like blackbox_exporter's) and the
+//! small HTTP endpoint serving `/healthz`, `/readyz` and `/metrics`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,6 +35,88 @@ pub struct ConditionLabels {
     pub status: String,
 }
 
+/// Labels of a per-PBX probe gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PbxLabels {
+    /// PBX namespace.
+    pub namespace: String,
+    /// PBX name.
+    pub name: String,
+}
+
+/// Labels of a per-PBX, per-phase probe gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// PBX namespace.
+    pub namespace: String,
+    /// PBX name.
+    pub name: String,
+    /// dns, connect, tls, upgrade, register, echo_rtt.
+    pub phase: String,
+}
+
+/// Labels of a per-PBX, per-check probe gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    /// PBX namespace.
+    pub namespace: String,
+    /// PBX name.
+    pub name: String,
+    /// wss, register, echo.
+    pub check: String,
+}
+
+/// Labels of the probe phase histogram (all PBXs together).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseOnly {
+    /// connect, tls, upgrade, register, echo_rtt.
+    pub phase: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The probe metrics (no prefix: the names follow blackbox_exporter's).
+pub struct ProbeMetrics {
+    /// 1 when every check of the last run passed.
+    pub success: Family<PbxLabels, Gauge>,
+    /// 1 per check (wss, register, echo) that passed in the last run.
+    pub check_success: Family<CheckLabels, Gauge>,
+    /// Wall time of the last run, seconds.
+    pub duration: Family<PbxLabels, FloatGauge>,
+    /// Phase times of the last run, seconds.
+    pub phase_duration: Family<PhaseLabels, FloatGauge>,
+    /// notAfter of the served certificate, Unix seconds.
+    pub ssl_earliest_cert_expiry: Family<PbxLabels, FloatGauge>,
+    /// Echo loss of the last run, 0..1.
+    pub echo_loss_ratio: Family<PbxLabels, FloatGauge>,
+    /// Echo jitter of the last run, seconds.
+    pub echo_jitter: Family<PbxLabels, FloatGauge>,
+    /// Phase times of every run, seconds.
+    pub phase_histogram: Family<PhaseOnly, Histogram, fn() -> Histogram>,
+}
+
+impl Default for ProbeMetrics {
+    fn default() -> Self {
+        Self {
+            success: Family::default(),
+            check_success: Family::default(),
+            duration: Family::default(),
+            phase_duration: Family::default(),
+            ssl_earliest_cert_expiry: Family::default(),
+            echo_loss_ratio: Family::default(),
+            echo_jitter: Family::default(),
+            // 0.5 ms .. 16 s: loopback handshakes to long echo calls.
+            phase_histogram: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+        }
+    }
+}
+
+/// Phases the probe gauges and the histogram carry.
+const PHASES: [&str; 6] = ["dns", "connect", "tls", "upgrade", "register", "echo_rtt"];
+const CHECKS: [&str; 3] = ["wss", "register", "echo"];
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -48,12 +130,60 @@ pub struct Metrics {
     pub conditions: Family<ConditionLabels, Gauge>,
     /// 1 while this instance holds the leader lease.
     pub leader: Gauge,
+    /// Probe runs finished.
+    pub probe_runs: Counter,
+    /// Probe figures.
+    pub probe: ProbeMetrics,
     ready: AtomicBool,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("webrtc_pbx");
+        let mut root = Registry::default();
+        let probe = ProbeMetrics::default();
+        root.register(
+            "probe_success",
+            "1 when every check of the last probe run passed",
+            probe.success.clone(),
+        );
+        root.register(
+            "probe_check_success",
+            "1 per check (wss, register, echo) that passed in the last probe run",
+            probe.check_success.clone(),
+        );
+        root.register(
+            "probe_duration_seconds",
+            "Wall time of the last probe run",
+            probe.duration.clone(),
+        );
+        root.register(
+            "probe_phase_duration_seconds",
+            "Phase times of the last probe run (dns, connect, tls, upgrade, register, echo_rtt)",
+            probe.phase_duration.clone(),
+        );
+        root.register(
+            "probe_ssl_earliest_cert_expiry",
+            "notAfter of the served certificate, Unix seconds",
+            probe.ssl_earliest_cert_expiry.clone(),
+        );
+        root.register(
+            "probe_echo_loss_ratio",
+            "Echo-call packet loss of the last probe run (0..1)",
+            probe.echo_loss_ratio.clone(),
+        );
+        root.register(
+            "probe_echo_jitter_seconds",
+            "Echo-call interarrival jitter of the last probe run",
+            probe.echo_jitter.clone(),
+        );
+        root.register(
+            "probe_phase_seconds",
+            "Phase times of every probe run, all PBXs",
+            probe.phase_histogram.clone(),
+        );
+        let probe_runs = Counter::default();
+        let registry = root.sub_registry_with_prefix("webrtc_pbx");
+        registry.register("probe_runs", "Probe runs finished", probe_runs.clone());
         let reconciles = Counter::default();
         let failures = Family::<FailureLabels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
@@ -81,12 +211,14 @@ impl Default for Metrics {
             leader.clone(),
         );
         Self {
-            registry,
+            registry: root,
             reconciles,
             failures,
             duration,
             conditions,
             leader,
+            probe_runs,
+            probe,
             ready: AtomicBool::new(false),
         }
     }
@@ -112,6 +244,132 @@ impl Metrics {
                     .get_or_create(&labels)
                     .set(i64::from(candidate == status));
             }
+        }
+    }
+
+    /// Records a finished probe run of PBX `namespace/name`.
+    pub fn observe_probe(
+        &self,
+        namespace: &str,
+        name: &str,
+        report: &crate::probe::Report,
+        duration_seconds: f64,
+    ) {
+        self.probe_runs.inc();
+        let pbx = PbxLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        let labelled = |phase: &str| PhaseLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+            phase: phase.into(),
+        };
+        let p = &self.probe;
+        p.success.get_or_create(&pbx).set(i64::from(report.ok));
+        p.duration.get_or_create(&pbx).set(duration_seconds);
+        let checks = [
+            Some(&report.wss),
+            report.register.as_ref(),
+            report.echo.as_ref(),
+        ];
+        for (check, result) in CHECKS.iter().zip(checks) {
+            let labels = CheckLabels {
+                namespace: namespace.into(),
+                name: name.into(),
+                check: (*check).into(),
+            };
+            match result {
+                Some(c) => {
+                    p.check_success.get_or_create(&labels).set(i64::from(c.ok));
+                }
+                None => {
+                    p.check_success.remove(&labels);
+                }
+            }
+        }
+        let t = &report.timings;
+        let register = report
+            .register_result
+            .as_ref()
+            .and_then(|r| r.round_trip_ms);
+        let echo = report.echo_result.as_ref();
+        let values = [
+            t.dns_ms,
+            t.connect_ms,
+            t.tls_ms,
+            t.upgrade_ms,
+            register,
+            echo.and_then(|e| e.rtt_median_ms),
+        ];
+        for (phase, ms) in PHASES.iter().zip(values) {
+            match ms {
+                Some(ms) => {
+                    p.phase_duration
+                        .get_or_create(&labelled(phase))
+                        .set(ms / 1000.0);
+                    p.phase_histogram
+                        .get_or_create(&PhaseOnly {
+                            phase: (*phase).into(),
+                        })
+                        .observe(ms / 1000.0);
+                }
+                None => {
+                    p.phase_duration.remove(&labelled(phase));
+                }
+            }
+        }
+        match &report.certificate {
+            Some(c) => {
+                p.ssl_earliest_cert_expiry
+                    .get_or_create(&pbx)
+                    .set(c.not_after_unix as f64);
+            }
+            None => {
+                p.ssl_earliest_cert_expiry.remove(&pbx);
+            }
+        }
+        match echo {
+            Some(e) => {
+                p.echo_loss_ratio
+                    .get_or_create(&pbx)
+                    .set(e.loss_percent.unwrap_or(100.0) / 100.0);
+                p.echo_jitter
+                    .get_or_create(&pbx)
+                    .set(e.jitter_ms.unwrap_or_default() / 1000.0);
+            }
+            None => {
+                p.echo_loss_ratio.remove(&pbx);
+                p.echo_jitter.remove(&pbx);
+            }
+        }
+    }
+
+    /// Drops the probe series of a PBX that is no longer probed.
+    pub fn forget_probe(&self, namespace: &str, name: &str) {
+        let pbx = PbxLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        let p = &self.probe;
+        p.success.remove(&pbx);
+        p.duration.remove(&pbx);
+        p.ssl_earliest_cert_expiry.remove(&pbx);
+        p.echo_loss_ratio.remove(&pbx);
+        p.echo_jitter.remove(&pbx);
+        for phase in PHASES {
+            p.phase_duration.remove(&PhaseLabels {
+                namespace: namespace.into(),
+                name: name.into(),
+                phase: phase.into(),
+            });
+        }
+        for check in CHECKS {
+            p.check_success.remove(&CheckLabels {
+                namespace: namespace.into(),
+                name: name.into(),
+                check: check.into(),
+            });
         }
     }
 
@@ -185,6 +443,57 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_series_follow_the_last_run_and_go_with_the_pbx() {
+        let m = Metrics::default();
+        let check = |ok: bool, reason: &str| crate::probe::Check {
+            ok,
+            reason: reason.into(),
+            message: String::new(),
+        };
+        let report = crate::probe::Report {
+            url: "wss://pbx.acme.example:8089/ws".into(),
+            dialled: "127.0.0.1:8089".into(),
+            timings: crate::probe::transport::Timings {
+                dns_ms: Some(0.1),
+                connect_ms: Some(0.5),
+                tls_ms: Some(2.0),
+                upgrade_ms: Some(1.0),
+            },
+            wss: check(true, "Connected"),
+            failed_phase: None,
+            certificate: Some(crate::probe::transport::ServedCertificate {
+                subject: "CN=x".into(),
+                dns_names: vec![],
+                not_after: String::new(),
+                days_to_expiry: 90,
+                not_after_unix: 1_900_000_000,
+            }),
+            register: Some(check(false, "AuthenticationFailed")),
+            register_result: None,
+            echo: None,
+            echo_result: None,
+            ok: false,
+        };
+        m.observe_probe("voice", "acme", &report, 0.25);
+        let text = m.encode();
+        for line in [
+            r#"probe_success{namespace="voice",name="acme"} 0"#,
+            r#"probe_check_success{namespace="voice",name="acme",check="wss"} 1"#,
+            r#"probe_check_success{namespace="voice",name="acme",check="register"} 0"#,
+            r#"probe_phase_duration_seconds{namespace="voice",name="acme",phase="tls"} 0.002"#,
+            r#"probe_ssl_earliest_cert_expiry{namespace="voice",name="acme"} 1900000000"#,
+            r#"probe_duration_seconds{namespace="voice",name="acme"} 0.25"#,
+            "webrtc_pbx_probe_runs_total 1",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        assert!(!text.contains(r#"check="echo""#), "{text}");
+        m.forget_probe("voice", "acme");
+        let text = m.encode();
+        assert!(!text.contains(r#"name="acme""#), "{text}");
+    }
 
     #[test]
     fn condition_gauges_mark_only_the_current_status() {

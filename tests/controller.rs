@@ -78,7 +78,12 @@ fn off_host(mut spec: serde_json::Value) -> serde_json::Value {
     spec
 }
 
-fn pbx_manifest(name: &str, spec: serde_json::Value) -> WebRtcPbx {
+fn pbx_manifest(name: &str, mut spec: serde_json::Value) -> WebRtcPbx {
+    // These tests are about the reconciler; nothing serves the PBXs here, so
+    // probes are off unless a test asks (tests/e2e.rs probes real Asterisk).
+    if spec.get("probes").is_none() {
+        spec["probes"] = json!({"enabled": false});
+    }
     serde_json::from_value(json!({
         "apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
         "metadata": {"name": name}, "spec": spec
@@ -195,6 +200,8 @@ async fn canonical_pbx_becomes_ready_and_stays_quiet() {
     // Host network on a node of its own: concurrent tests use the others.
     let mut spec = canonical_spec();
     spec["nodeSelector"] = json!({"kubernetes.io/hostname": "kwok-node-0"});
+    // Nothing serves this PBX: tests/e2e.rs probes the canonical one for real.
+    spec["probes"]["enabled"] = json!(false);
     let pbx = create_pbx(&r, "acme", spec).await;
     let uid = pbx.uid().unwrap();
 
@@ -796,18 +803,6 @@ async fn health_ready_and_metrics_endpoints() {
     assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
 }
 
-fn operator_binary(ns: &str, metrics_port: u16) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_webrtc-pbx-operator"))
-        .args(["run", "--namespace", ns, "--lease-namespace", ns])
-        .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
-        .env("KUBECONFIG", &support::control_plane().kubeconfig)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 async fn passwords(r: &Running, name: &str) -> BTreeMap<String, Vec<u8>> {
     let s = Api::<Secret>::namespaced(r.client.clone(), &r.ns)
         .get(&format!("{name}-asterisk"))
@@ -833,7 +828,7 @@ async fn killed_mid_reconcile_the_binary_restarts_to_the_same_state() {
         stop: None,
         task: tokio::spawn(async {}),
     };
-    let mut operator = operator_binary(&ns, support::free_port());
+    let mut operator = support::operator_binary(&ns, support::free_port(), None);
     let names: Vec<String> = (0..5).map(|i| format!("k{i}")).collect();
     for n in &names {
         create_pbx(
@@ -847,7 +842,7 @@ async fn killed_mid_reconcile_the_binary_restarts_to_the_same_state() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     operator.kill().unwrap();
     operator.wait().unwrap();
-    let mut operator = operator_binary(&ns, support::free_port());
+    let mut operator = support::operator_binary(&ns, support::free_port(), None);
     for n in &names {
         wait_condition(&r, n, "ConfigRendered", "True", None).await;
         wait_condition(&r, n, "CertificateReady", "True", None).await;
@@ -859,7 +854,7 @@ async fn killed_mid_reconcile_the_binary_restarts_to_the_same_state() {
     // A second kill and restart once settled changes nothing.
     operator.kill().unwrap();
     operator.wait().unwrap();
-    let mut operator = operator_binary(&ns, support::free_port());
+    let mut operator = support::operator_binary(&ns, support::free_port(), None);
     tokio::time::sleep(Duration::from_secs(8)).await;
     let after: Vec<_> = futures::future::join_all(names.iter().map(|n| passwords(&r, n))).await;
     assert_eq!(before, after, "generated passwords must survive restarts");

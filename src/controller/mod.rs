@@ -1,10 +1,12 @@
 //! The controller (the imperative shell): watches WebRtcPbx and its children
 //! and runs the driver steps dereference -> validate -> render -> apply ->
-//! status for each PBX. Everything it decides comes from the pure modules;
-//! this module only fetches, writes, requeues and reports.
+//! status for each PBX, and folds in what the probe scheduler ([`probes`])
+//! found. Everything it decides comes from the pure modules; this module
+//! only fetches, writes, requeues and reports.
 
 pub mod apply;
 pub mod leader;
+pub mod probes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -23,7 +25,9 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use crate::api::{CertificateStatus, EndpointsStatus, TlsMode, WebRtcPbx, WebRtcPbxStatus};
+use crate::api::{
+    CertificateStatus, EndpointsStatus, ProbesSpec, TlsMode, WebRtcPbx, WebRtcPbxStatus,
+};
 use crate::certs::{self, CA_CRT, CA_KEY, Outcome, TLS_CRT, TLS_KEY};
 use crate::ports;
 use crate::render::objects::{self as objects, FIELD_MANAGER};
@@ -87,11 +91,21 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per PBX, for the backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<WebRtcPbx>, u32>>,
+    /// The probe schedules.
+    pub prober: Arc<probes::Prober>,
+    /// Failed probe runs in a row before a True probe condition turns False.
+    pub flap_threshold: u32,
 }
 
 impl Context {
     /// A context with the system clock.
     pub fn new(client: Client, clock: Arc<dyn Clock>) -> Self {
+        Self::with_probes(client, clock, probes::DEFAULT_CONCURRENCY)
+    }
+
+    /// A context running at most `probe_concurrency` probes at once.
+    pub fn with_probes(client: Client, clock: Arc<dyn Clock>, probe_concurrency: usize) -> Self {
+        let metrics = Arc::new(Metrics::default());
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -101,8 +115,20 @@ impl Context {
             client,
             clock,
             pbxes: std::sync::RwLock::new(None),
-            metrics: Arc::new(Metrics::default()),
+            prober: Arc::new(probes::Prober::new(probe_concurrency, metrics.clone())),
+            metrics,
             failures: std::sync::Mutex::new(std::collections::HashMap::new()),
+            flap_threshold: status::DEFAULT_FLAP_THRESHOLD,
+        }
+    }
+}
+
+impl Context {
+    /// Whether a PBX is still in the watch store (for the probe schedules).
+    fn exists(&self) -> probes::Exists {
+        match self.pbxes.read().ok().and_then(|s| s.clone()) {
+            Some(store) => probes::exists_in(store),
+            None => Arc::new(|_, _| false),
         }
     }
 }
@@ -153,7 +179,13 @@ pub async fn run(
                 .is_some_and(|r| r.name == name)
         })
     };
+    // A finished probe run: reconcile that PBX, which writes the result.
+    let finished = futures::stream::unfold(ctx.prober.subscribe(), |mut rx| async move {
+        rx.recv().await.map(|key| (key, rx))
+    });
+    let prober = ctx.prober.clone();
     controller
+        .reconcile_on(finished)
         .owns(scoped::<Secret>(&client, ns), owned.clone())
         .owns(scoped::<ConfigMap>(&client, ns), owned.clone())
         .owns(scoped::<Service>(&client, ns), owned.clone())
@@ -177,6 +209,8 @@ pub async fn run(
             }
         })
         .await;
+    // Leadership lost or shutting down: the next leader probes.
+    prober.stop_all();
 }
 
 /// The PBXs of `namespace` for which `uses` holds (the watch mappers).
@@ -306,6 +340,9 @@ fn secret_text(secret: Option<&Secret>, key: &str) -> Option<String> {
 /// the facts for status, and when to look again.
 struct CertStep {
     objects: Vec<Object>,
+    /// What the probe trusts: the CA a browser would be told to install,
+    /// or `None` for the system roots.
+    ca_pem: Option<String>,
     verdict: (Verdict, Blocking),
     facts: Option<certs::CertFacts>,
     recheck: Option<Duration>,
@@ -409,6 +446,7 @@ fn certificate_step(
             );
             Ok(CertStep {
                 objects: objects::self_signed_secrets(v, &material).to_vec(),
+                ca_pem: Some(material.ca_crt.clone()),
                 verdict: cert_verdict(&outcome, &spec.domain, true),
                 recheck: outcome.facts().map(recheck_for),
                 facts: outcome.facts().cloned(),
@@ -422,6 +460,7 @@ fn certificate_step(
                 );
                 return Ok(CertStep {
                     objects: vec![],
+                    ca_pem: None,
                     verdict: (
                         Verdict::new(
                             types::CERTIFICATE_READY,
@@ -438,6 +477,7 @@ fn certificate_step(
             let outcome = served(Some(secret));
             Ok(CertStep {
                 objects: vec![],
+                ca_pem: secret_text(Some(secret), CA_CRT),
                 verdict: cert_verdict(&outcome, &spec.domain, false),
                 recheck: outcome.facts().map(recheck_for),
                 facts: outcome.facts().cloned(),
@@ -462,6 +502,7 @@ fn certificate_step(
                     let v = cert_verdict(&outcome, &spec.domain, true);
                     return Ok(CertStep {
                         objects: vec![],
+                        ca_pem: secret_text(Some(secret), CA_CRT),
                         recheck: outcome.facts().map(recheck_for),
                         facts: outcome.facts().cloned(),
                         verdict: v,
@@ -478,6 +519,7 @@ fn certificate_step(
             };
             Ok(CertStep {
                 objects: vec![],
+                ca_pem: None,
                 verdict: (
                     Verdict::new(
                         types::CERTIFICATE_READY,
@@ -544,6 +586,54 @@ fn workload_verdict(
     }
 }
 
+/// The probe conditions `spec.probes` asks for, from what the schedule found.
+fn probe_verdicts(
+    spec: &ProbesSpec,
+    results: Option<&probes::Results>,
+    waiting_for_workload: bool,
+    previous: &[Condition],
+    threshold: u32,
+) -> Vec<(Verdict, Blocking)> {
+    let wanted = [
+        (
+            types::WSS_REACHABLE,
+            true,
+            results.and_then(|r| r.wss.as_ref()),
+        ),
+        (
+            types::SIP_REGISTERED,
+            spec.register.enabled,
+            results.and_then(|r| r.register.as_ref()),
+        ),
+        (
+            types::ECHO_CALL_HEALTHY,
+            spec.echo_call.enabled,
+            results.and_then(|r| r.echo.as_ref()),
+        ),
+    ];
+    wanted
+        .into_iter()
+        .filter(|(_, enabled, _)| *enabled)
+        .map(|(type_, _, probed)| match probed {
+            None if waiting_for_workload => (
+                Verdict::new(
+                    type_,
+                    Tri::Unknown,
+                    reasons::AWAITING_PROBE,
+                    "probes start when WorkloadReady is True",
+                ),
+                Blocking::Waiting,
+            ),
+            _ => status::probe_verdict(
+                type_,
+                probed,
+                previous.iter().find(|c| c.type_ == type_),
+                threshold,
+            ),
+        })
+        .collect()
+}
+
 async fn reconcile(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
     let started = std::time::Instant::now();
@@ -576,6 +666,10 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
         ..WebRtcPbxStatus::default()
     };
     let mut recheck = None;
+    let key = ObjectRef::from_obj(&*pbx);
+    // An invalid spec keeps the running schedule (and what it finds).
+    let mut probe_results = ctx.prober.current(&key);
+    let mut waiting_for_workload = false;
     let others = ctx
         .pbxes
         .read()
@@ -655,11 +749,21 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
                 Blocking::Waiting,
             ));
             components.push(cert.verdict);
-            components.push(workload_verdict(
+            let workload = workload_verdict(
                 fetched.stateful_set.as_ref(),
                 conflict.clone(),
                 unschedulable(fetched.pod.as_ref()),
-            ));
+            );
+            // Probe a PBX whose pod is ready; a new plan probes at once.
+            waiting_for_workload = workload.0.status != Tri::True;
+            let plan = probes::plan(&validated, cert.ca_pem.clone())
+                .filter(|_| !waiting_for_workload)
+                .map(|p| probes::Plan {
+                    generation: pbx.metadata.generation,
+                    ..p
+                });
+            probe_results = ctx.prober.ensure(&key, plan, &ctx.exists());
+            components.push(workload);
             new_status.endpoints = Some(EndpointsStatus {
                 wss_url: validated.wss_url(),
             });
@@ -672,6 +776,20 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
     }
 
     let previous = pbx.status.clone().unwrap_or_default();
+    if pbx.spec.probes.enabled {
+        components.extend(probe_verdicts(
+            &pbx.spec.probes,
+            probe_results.as_ref(),
+            waiting_for_workload,
+            &previous.conditions,
+            ctx.flap_threshold,
+        ));
+        if let Some((report, at)) = probe_results.as_ref().and_then(|r| r.last.as_ref()) {
+            new_status.probes = Some(status::probe_figures(report, certs::rfc3339(*at)));
+        }
+    } else {
+        new_status.probes = None;
+    }
     // A pod the scheduler cannot place changes nothing the controller
     // watches: look again while the workload is not ready.
     if components

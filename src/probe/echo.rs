@@ -23,7 +23,7 @@ const SAMPLES: u64 = 160;
 const PCMU: u8 = 0;
 
 /// What to call and when to judge.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EchoOptions {
     /// The echo extension.
     pub extension: String,
@@ -114,6 +114,54 @@ pub struct EchoResult {
 }
 
 impl EchoResult {
+    /// What happened, for people: the seeds' fault and where to look.
+    pub fn message(&self, options: &EchoOptions) -> String {
+        let ms = |v: Option<f64>| v.unwrap_or_default();
+        match &self.outcome {
+            EchoOutcome::Healthy => format!(
+                "{}/{} packets echoed, round trip {:.1} ms",
+                self.echoed,
+                self.sent,
+                ms(self.rtt_median_ms)
+            ),
+            EchoOutcome::CallRejected { status: 488 } => {
+                "the echo extension answered 488 Not Acceptable Here: the endpoint refuses a WebRTC offer (webrtc=yes, DTLS-SRTP, a codec the browser has)".into()
+            }
+            EchoOutcome::CallRejected { status } => {
+                format!("the echo extension answered {status}")
+            }
+            EchoOutcome::IceFailed => format!(
+                "no ICE connectivity to the PBX's media within {} s: the RTP ports (UDP, rtp.portRange) are closed by a firewall, or NAT hides the PBX (network.externalAddress)",
+                options.timeout.as_secs()
+            ),
+            EchoOutcome::DtlsFailed => {
+                "ICE connected but the DTLS-SRTP handshake failed: browsers will have no audio".into()
+            }
+            EchoOutcome::NoMediaReceived => format!(
+                "the call connected but no audio came back ({} packets sent)",
+                self.sent
+            ),
+            EchoOutcome::OneWayAudio => {
+                "audio arrived but not the echo of ours: one-way audio (NAT: network.externalAddress, localNetworks)".into()
+            }
+            EchoOutcome::CallDropped { at_second } => format!(
+                "the call dropped at second {at_second:.0}: a NAT or firewall timeout (sip.keepAliveInterval) or the PBX hung up"
+            ),
+            EchoOutcome::HighLoss => format!(
+                "{:.1} % of packets lost (limit {} %)",
+                ms(self.loss_percent),
+                options.max_loss_percent
+            ),
+            EchoOutcome::HighLatency => format!(
+                "round trip {:.1} ms (limit {} ms)",
+                ms(self.rtt_median_ms),
+                options.max_rtt_ms
+            ),
+            EchoOutcome::Timeout => "no final answer to the INVITE in time".into(),
+            EchoOutcome::TransportClosed => "the WebSocket closed during the call".into(),
+        }
+    }
+
     fn failed(outcome: EchoOutcome) -> Self {
         Self {
             outcome,

@@ -1,7 +1,7 @@
 //! The probe engine, independent of Kubernetes: it tells a PBX admin whether
-//! browsers can reach the PBX (WSS) and register (REGISTER), naming the
-//! fault when not; the echo call (audio) is still to come. Used by the
-//! `probe` command and, later, by the operator.
+//! browsers can reach the PBX (WSS), register (REGISTER) and hear audio (a
+//! WebRTC echo call), naming the fault when not. Used by the `probe` command
+//! and by the operator's probe scheduler.
 
 pub mod digest;
 pub mod echo;
@@ -13,8 +13,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+/// The reason of a check skipped because an earlier one failed.
+pub const NOT_ATTEMPTED: &str = "NotAttempted";
+
 /// What to probe.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Request {
     /// Where and how to connect.
     pub target: transport::Target,
@@ -118,13 +121,13 @@ pub async fn run(request: &Request) -> Report {
                 reason: failure.reason().into(),
                 message: failure.to_string(),
             };
-            if request.account.is_some() {
-                report.register = Some(Check {
-                    ok: false,
-                    reason: "NotAttempted".into(),
-                    message: "no WebSocket".into(),
-                });
-            }
+            let not_attempted = || Check {
+                ok: false,
+                reason: NOT_ATTEMPTED.into(),
+                message: "not attempted: the WebSocket did not open".into(),
+            };
+            report.register = request.account.as_ref().map(|_| not_attempted());
+            report.echo = request.echo.as_ref().map(|_| not_attempted());
             return report;
         }
     };
@@ -141,32 +144,13 @@ pub async fn run(request: &Request) -> Report {
             // The INVITE would fail the same way: name the real cause.
             report.echo = Some(Check {
                 ok: false,
-                reason: "NotAttempted".into(),
-                message: "REGISTER failed, so no call was placed".into(),
+                reason: NOT_ATTEMPTED.into(),
+                message: "not attempted: REGISTER failed, so no call was placed".into(),
             });
         }
         if let Some(options) = request.echo.as_ref().filter(|_| registered) {
             let result = echo::call(&mut ws, account, options).await;
-            let message = match &result.outcome {
-                echo::EchoOutcome::Healthy => format!(
-                    "{}/{} packets echoed, round trip {:.1} ms",
-                    result.echoed,
-                    result.sent,
-                    result.rtt_median_ms.unwrap_or_default()
-                ),
-                echo::EchoOutcome::CallRejected { status } => {
-                    format!("the echo extension answered {status}")
-                }
-                echo::EchoOutcome::CallDropped { at_second } => {
-                    format!("media or the dialog stopped at second {at_second:.0}")
-                }
-                other => format!(
-                    "{}: {} sent, {} echoed",
-                    other.reason(),
-                    result.sent,
-                    result.echoed
-                ),
-            };
+            let message = result.message(options);
             report.echo = Some(Check {
                 ok: result.outcome == echo::EchoOutcome::Healthy,
                 reason: result.outcome.reason().into(),

@@ -13,7 +13,7 @@ use super::sip::Message;
 use super::transport::Wss;
 
 /// Who registers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Account {
     /// SIP domain (request URI and From/To host).
     pub domain: String,

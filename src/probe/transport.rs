@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 pub type Wss = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// How to reach and trust the PBX.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     /// `wss://HOST:PORT/PATH`.
     pub url: url::Url,
@@ -53,6 +53,23 @@ pub struct ServedCertificate {
     pub not_after: String,
     /// Whole days until expiry (negative when expired).
     pub days_to_expiry: i64,
+    /// notAfter, Unix seconds.
+    pub not_after_unix: i64,
+}
+
+/// The local address the kernel would use towards `dial` (host:port).
+pub fn route_source(dial: &str) -> Option<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let remote = dial.to_socket_addrs().ok()?.next()?;
+    let bind = if remote.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    // A UDP connect sends nothing; it only picks the route.
+    socket.connect(remote).ok()?;
+    Some(socket.local_addr().ok()?.ip())
 }
 
 /// Why the WSS connection failed, with the WssReachable reason it maps to.
@@ -483,5 +500,6 @@ fn served_certificate(der: &CertificateDer<'_>) -> Option<ServedCertificate> {
         dns_names: facts.dns_names,
         not_after: crate::certs::rfc3339(facts.not_after),
         days_to_expiry: (facts.not_after - now).whole_days(),
+        not_after_unix: facts.not_after.unix_timestamp(),
     })
 }

@@ -5,6 +5,8 @@
 //! a panic or a kill leaks neither processes nor mounts.
 #![allow(dead_code)]
 
+pub mod kubelet;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -176,6 +178,45 @@ where
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The operator binary (`run`) for namespace `ns`, serving metrics on
+/// 127.0.0.1:`metrics_port`; its log goes to `log` (or nowhere).
+pub fn operator_binary(ns: &str, metrics_port: u16, log: Option<&Path>) -> Child {
+    let out = || match log {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap(),
+        ),
+        None => Stdio::null(),
+    };
+    Command::new(env!("CARGO_BIN_EXE_webrtc-pbx-operator"))
+        .args(["run", "--namespace", ns, "--lease-namespace", ns])
+        .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
+        .env("KUBECONFIG", &control_plane().kubeconfig)
+        .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
+        .stdout(out())
+        .stderr(out())
+        .spawn()
+        .unwrap()
+}
+
+/// GET http://127.0.0.1:`port``path` (the operator's metrics endpoint).
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    Some(body)
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -371,6 +412,17 @@ impl Drop for Asterisk {
 pub struct Netns {
     /// The namespace name.
     pub name: String,
+    /// The link to the host, when made with [`Netns::linked`].
+    pub link: Option<Link>,
+}
+
+/// A veth pair between the host and a test host: a real interface, so
+/// Asterisk offers its address as an ICE candidate without any mapping.
+pub struct Link {
+    /// The host side's address.
+    pub host: String,
+    /// The test host's address (its `eth0`).
+    pub inside: String,
 }
 
 impl Netns {
@@ -416,7 +468,53 @@ impl Netns {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
-        Netns { name }
+        Netns { name, link: None }
+    }
+
+    /// A test host linked to the host by a veth pair on a /30 of
+    /// 10.254.0.0/16. It has no other route, so nothing it runs (Asterisk's
+    /// STUN lookups, a browser's background requests) can leave the machine.
+    pub fn linked(prefix: &str) -> Netns {
+        let mut netns = Netns::new(prefix);
+        let index =
+            (std::process::id() * 64 + NAMESPACE_SEQ.fetch_add(1, Ordering::SeqCst)) % 16384;
+        let base = |last: u32| format!("10.254.{}.{}", index / 64, (index % 64) * 4 + last);
+        let (host, inside) = (base(1), base(2));
+        let device = format!("wpbx{index}");
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&[
+            "link",
+            "add",
+            &device,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns.name,
+        ]);
+        ip(&["addr", "add", &format!("{host}/30"), "dev", &device]);
+        ip(&["link", "set", &device, "up"]);
+        ip(&[
+            "-n",
+            &netns.name,
+            "addr",
+            "add",
+            &format!("{inside}/30"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &netns.name, "link", "set", "eth0", "up"]);
+        netns.link = Some(Link { host, inside });
+        netns
     }
 
     /// Drops UDP packets to `ports` (e.g. "10000-20000") inside the
@@ -446,6 +544,21 @@ impl Netns {
         nft(&[
             "add", "rule", "inet", "wpbx", "input", "udp", "dport", ports, "drop",
         ]);
+    }
+
+    /// Removes what [`Netns::drop_udp`] added.
+    pub fn allow_all(&self) {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.name, "nft", "delete", "table", "inet", "wpbx",
+            ])
+            .output()
+            .expect("run nft");
+        assert!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// A command run inside the namespace.

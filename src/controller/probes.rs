@@ -1,0 +1,466 @@
+//! The probe scheduler (shell): runs the probe engine against each PBX on
+//! its `spec.probes.interval` with jitter, under one global concurrency
+//! limit, and hands every finished run to the reconciler, which alone turns
+//! it into status (probe -> status -> patch). A new plan (spec change,
+//! certificate change, workload became ready) re-probes at once; a PBX that
+//! is gone from the store is never probed again.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use rand::Rng;
+use time::OffsetDateTime;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
+
+use crate::api::WebRtcPbx;
+use crate::probe::{self, echo, register, transport};
+use crate::render::objects;
+use crate::status::Probed;
+use crate::telemetry::Metrics;
+use crate::validate::{self, PROBE_USERNAME, ValidatedPbx};
+
+/// Probe runs in flight across all PBXs, by default.
+pub const DEFAULT_CONCURRENCY: usize = 32;
+/// Echo loss above this percentage is HighLoss.
+pub const MAX_LOSS_PERCENT: f64 = 5.0;
+/// Median echo round trip above this is HighLatency (ms).
+pub const MAX_RTT_MS: f64 = 400.0;
+
+/// What one PBX's probe runs do; a different plan restarts the schedule
+/// with an immediate run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The PBX's UID: a PBX deleted and created again is a new schedule.
+    pub uid: String,
+    /// The spec generation the plan was made from.
+    pub generation: Option<i64>,
+    /// The probe request (the echo's media address is found per run).
+    pub request: probe::Request,
+    /// Time between runs.
+    pub interval: Duration,
+}
+
+/// The probe plan for a validated PBX (pure). `ca_pem` is what a browser
+/// would be told to trust (the operator's CA for SelfSigned, the Secret's
+/// ca.crt otherwise); `None` means the system roots.
+pub fn plan(pbx: &ValidatedPbx, ca_pem: Option<String>) -> Option<Plan> {
+    let probes = &pbx.spec.probes;
+    if !probes.enabled {
+        return None;
+    }
+    let url = url::Url::parse(&pbx.wss_url()).ok()?;
+    let timeout = validate::parse_duration(&probes.timeout).unwrap_or(Duration::from_secs(10));
+    let interval = validate::parse_duration(&probes.interval).unwrap_or(Duration::from_secs(60));
+    // In the cluster: the WSS Service; SNI, Host and the certificate check
+    // still use spec.domain.
+    let connect_to = if probes.connect_address.is_empty() {
+        format!(
+            "{}.{}.svc:{}",
+            objects::wss_service_name(&pbx.name),
+            pbx.namespace,
+            pbx.spec.wss.port
+        )
+    } else {
+        probes.connect_address.clone()
+    };
+    let account =
+        (probes.register.enabled || probes.echo_call.enabled).then(|| register::Account {
+            domain: pbx.spec.domain.clone(),
+            user: PROBE_USERNAME.into(),
+            password: pbx.probe_password.clone(),
+        });
+    let echo = probes.echo_call.enabled.then(|| echo::EchoOptions {
+        extension: pbx.spec.dialplan.echo_extension.clone(),
+        duration: validate::parse_duration(&probes.echo_call.duration)
+            .unwrap_or(Duration::from_secs(10)),
+        timeout,
+        media_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        max_loss_percent: MAX_LOSS_PERCENT,
+        max_rtt_ms: MAX_RTT_MS,
+    });
+    Some(Plan {
+        uid: pbx.uid.clone().unwrap_or_default(),
+        generation: None,
+        request: probe::Request {
+            target: transport::Target {
+                url,
+                connect_to: Some(connect_to),
+                ca_pem,
+                insecure: false,
+                timeout,
+            },
+            account,
+            echo,
+        },
+        interval,
+    })
+}
+
+/// What the runs of one plan found so far.
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    /// The WSS check.
+    pub wss: Option<Probed>,
+    /// The REGISTER check.
+    pub register: Option<Probed>,
+    /// The echo-call check.
+    pub echo: Option<Probed>,
+    /// The last report and when it finished.
+    pub last: Option<(probe::Report, OffsetDateTime)>,
+    /// Runs finished.
+    pub runs: u64,
+}
+
+impl Results {
+    /// The state after one more run.
+    fn record(&mut self, report: probe::Report, at: OffsetDateTime) {
+        let next = |prev: &Option<Probed>, check: Option<&probe::Check>| {
+            check.map(|c| prev.clone().unwrap_or_default().after(c))
+        };
+        self.wss = next(&self.wss, Some(&report.wss));
+        self.register = next(&self.register, report.register.as_ref());
+        self.echo = next(&self.echo, report.echo.as_ref());
+        self.last = Some((report, at));
+        self.runs += 1;
+    }
+}
+
+struct Schedule {
+    plan: Plan,
+    task: JoinHandle<()>,
+    results: Arc<Mutex<Results>>,
+}
+
+/// Checks whether a PBX still exists with the given UID (the store lookup,
+/// injected so the scheduler needs no client).
+pub type Exists = Arc<dyn Fn(&ObjectRef<WebRtcPbx>, &str) -> bool + Send + Sync>;
+
+/// The schedules of every probed PBX.
+pub struct Prober {
+    limit: Arc<Semaphore>,
+    schedules: Mutex<HashMap<ObjectRef<WebRtcPbx>, Schedule>>,
+    /// Finished runs are announced here; the controller reconciles the PBX.
+    finished: Mutex<Option<mpsc::UnboundedSender<ObjectRef<WebRtcPbx>>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Prober {
+    /// A scheduler running at most `concurrency` probes at once.
+    pub fn new(concurrency: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            limit: Arc::new(Semaphore::new(concurrency.max(1))),
+            schedules: Mutex::new(HashMap::new()),
+            finished: Mutex::new(None),
+            metrics,
+        }
+    }
+
+    /// A new stream of finished runs for a controller run (replaces the previous).
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<ObjectRef<WebRtcPbx>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut finished) = self.finished.lock() {
+            *finished = Some(tx);
+        }
+        rx
+    }
+
+    /// Makes `key`'s schedule follow `plan` (`None`: stop probing it) and
+    /// returns what its runs found. The same plan keeps the schedule.
+    pub fn ensure(
+        self: &Arc<Self>,
+        key: &ObjectRef<WebRtcPbx>,
+        plan: Option<Plan>,
+        exists: &Exists,
+    ) -> Option<Results> {
+        let Ok(mut schedules) = self.schedules.lock() else {
+            return None;
+        };
+        let Some(plan) = plan else {
+            if let Some(old) = schedules.remove(key) {
+                old.task.abort();
+                self.metrics
+                    .forget_probe(key.namespace.as_deref().unwrap_or(""), &key.name);
+            }
+            return None;
+        };
+        if let Some(s) = schedules.get(key) {
+            if s.plan == plan && !s.task.is_finished() {
+                return s.results.lock().ok().map(|r| r.clone());
+            }
+            s.task.abort();
+            info!(pbx = %key, "probe plan changed: probing now");
+        }
+        // Streaks survive a plan change (a password change is not an outage);
+        // a new PBX (another UID) starts afresh.
+        let results = schedules
+            .get(key)
+            .filter(|s| s.plan.uid == plan.uid)
+            .map(|s| s.results.clone())
+            .unwrap_or_default();
+        let task = tokio::spawn(self.clone().probe_loop(
+            key.clone(),
+            plan.clone(),
+            results.clone(),
+            exists.clone(),
+        ));
+        let current = results.lock().ok().map(|r| r.clone());
+        schedules.insert(
+            key.clone(),
+            Schedule {
+                plan,
+                task,
+                results,
+            },
+        );
+        current
+    }
+
+    /// What `key`'s runs found, without touching its schedule.
+    pub fn current(&self, key: &ObjectRef<WebRtcPbx>) -> Option<Results> {
+        let schedules = self.schedules.lock().ok()?;
+        let s = schedules.get(key)?;
+        s.results.lock().ok().map(|r| r.clone())
+    }
+
+    /// Stops every schedule (leadership lost, shutdown).
+    pub fn stop_all(&self) {
+        if let Ok(mut schedules) = self.schedules.lock() {
+            for (_, s) in schedules.drain() {
+                s.task.abort();
+            }
+        }
+    }
+
+    /// PBXs with a running schedule.
+    pub fn scheduled(&self) -> usize {
+        self.schedules.lock().map_or(0, |s| s.len())
+    }
+
+    async fn probe_loop(
+        self: Arc<Self>,
+        key: ObjectRef<WebRtcPbx>,
+        plan: Plan,
+        results: Arc<Mutex<Results>>,
+        exists: Exists,
+    ) {
+        let mut wait = Duration::ZERO;
+        let (mut passed_once, mut failed_in_a_row) = (false, 0u32);
+        loop {
+            // Look at the store every second, so a deleted PBX is not probed
+            // again even with a long interval.
+            let mut waited = Duration::ZERO;
+            while waited < wait {
+                let step = (wait - waited).min(Duration::from_secs(1));
+                tokio::time::sleep(step).await;
+                waited += step;
+                if !exists(&key, &plan.uid) {
+                    break;
+                }
+            }
+            if !exists(&key, &plan.uid) {
+                debug!(pbx = %key, "PBX gone: probes stop");
+                if let Ok(mut schedules) = self.schedules.lock()
+                    && schedules.get(&key).is_some_and(|s| s.plan == plan)
+                {
+                    schedules.remove(&key);
+                }
+                self.metrics
+                    .forget_probe(key.namespace.as_deref().unwrap_or(""), &key.name);
+                return;
+            }
+            let Ok(permit) = self.limit.clone().acquire_owned().await else {
+                return;
+            };
+            let started = std::time::Instant::now();
+            let report = run_once(&plan.request).await;
+            let seconds = started.elapsed().as_secs_f64();
+            drop(permit);
+            let at = OffsetDateTime::now_utc();
+            self.metrics.observe_probe(
+                key.namespace.as_deref().unwrap_or(""),
+                &key.name,
+                &report,
+                seconds,
+            );
+            debug!(pbx = %key, ok = report.ok, wss = %report.wss.reason, "probe finished");
+            let ok = report.ok;
+            if let Ok(mut r) = results.lock() {
+                r.record(report, at);
+            }
+            passed_once |= ok;
+            failed_in_a_row = if ok { 0 } else { failed_in_a_row + 1 };
+            if let Ok(finished) = self.finished.lock()
+                && let Some(tx) = finished.as_ref()
+            {
+                let _ = tx.send(key.clone());
+            }
+            wait = jittered(
+                next_wait(plan.interval, passed_once, failed_in_a_row),
+                &mut rand::rng(),
+            );
+        }
+    }
+}
+
+/// The wait before the next run. A PBX that has not passed since the plan
+/// started is starting: retry after 1, 2, 4 ... s up to the interval, so
+/// Ready follows soon after Asterisk listens. A failure of a PBX that
+/// passed before is confirmed after half an interval, so an outage shows
+/// within 1.5 intervals while one bad run still does not flip a condition.
+fn next_wait(interval: Duration, passed_once: bool, failed_in_a_row: u32) -> Duration {
+    match (passed_once, failed_in_a_row) {
+        (_, 0) => interval,
+        (false, n) => Duration::from_secs(1u64 << (n - 1).min(16)).min(interval),
+        (true, _) => interval / 2,
+    }
+}
+
+/// `interval` +- 10 %, so PBXs created together do not probe together.
+fn jittered(interval: Duration, rng: &mut impl Rng) -> Duration {
+    let spread = interval.as_secs_f64() * 0.1;
+    Duration::from_secs_f64((interval.as_secs_f64() + rng.random_range(-spread..=spread)).max(0.0))
+}
+
+/// One probe run; the echo call uses the local address that routes to the PBX.
+async fn run_once(request: &probe::Request) -> probe::Report {
+    let mut request = request.clone();
+    if let Some(echo) = request.echo.as_mut() {
+        let dial = request.target.connect_to.clone().unwrap_or_default();
+        let found = tokio::task::spawn_blocking(move || transport::route_source(&dial))
+            .await
+            .ok()
+            .flatten();
+        if let Some(ip) = found {
+            echo.media_ip = ip;
+        }
+    }
+    probe::run(&request).await
+}
+
+/// The store lookup for [`Exists`].
+pub fn exists_in(store: kube::runtime::reflector::Store<WebRtcPbx>) -> Exists {
+    Arc::new(move |key, uid| {
+        store.get(key).is_some_and(|p| {
+            p.uid().as_deref() == Some(uid) && p.metadata.deletion_timestamp.is_none()
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::WebRtcPbxSpec;
+    use crate::validate::Generated;
+
+    fn validated(probes: serde_json::Value) -> ValidatedPbx {
+        let spec: WebRtcPbxSpec = serde_json::from_value(serde_json::json!({
+            "domain": "pbx.acme.example",
+            "tls": {"mode": "SelfSigned"},
+            "probes": probes,
+        }))
+        .unwrap();
+        let mut pbx = WebRtcPbx::new("acme", spec);
+        pbx.metadata.namespace = Some("voice".into());
+        pbx.metadata.uid = Some("u1".into());
+        let generated = Generated {
+            probe_password: "probe-secret".into(),
+            ..Default::default()
+        };
+        validate::validate(&pbx, &Default::default(), &generated).unwrap()
+    }
+
+    #[test]
+    fn plan_dials_the_service_and_checks_the_domain() {
+        let p = plan(&validated(serde_json::json!({})), Some("CA".into())).unwrap();
+        let t = &p.request.target;
+        assert_eq!(t.url.as_str(), "wss://pbx.acme.example:8089/ws");
+        assert_eq!(t.connect_to.as_deref(), Some("acme-wss.voice.svc:8089"));
+        assert_eq!(t.ca_pem.as_deref(), Some("CA"));
+        assert!(!t.insecure);
+        let account = p.request.account.as_ref().unwrap();
+        assert_eq!(account.user, PROBE_USERNAME);
+        assert_eq!(account.password, "probe-secret");
+        assert_eq!(p.request.echo.as_ref().unwrap().extension, "*43");
+        assert_eq!(p.interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn plan_follows_the_toggles() {
+        let p = plan(
+            &validated(serde_json::json!({
+                "connectAddress": "127.0.0.1:18089",
+                "interval": "5s", "timeout": "2s",
+                "register": {"enabled": false}, "echoCall": {"enabled": false}
+            })),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            p.request.target.connect_to.as_deref(),
+            Some("127.0.0.1:18089")
+        );
+        assert_eq!(p.request.target.timeout, Duration::from_secs(2));
+        assert!(p.request.account.is_none() && p.request.echo.is_none());
+        assert!(plan(&validated(serde_json::json!({"enabled": false})), None).is_none());
+    }
+
+    #[test]
+    fn starting_pbxs_are_retried_soon_and_outages_confirmed_in_half_an_interval() {
+        let i = Duration::from_secs(60);
+        let waits: Vec<u64> = (1..=8).map(|n| next_wait(i, false, n).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(next_wait(i, true, 1), Duration::from_secs(30));
+        assert_eq!(next_wait(i, true, 0), i);
+        assert_eq!(next_wait(i, false, 0), i);
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let mut rng = rand::rng();
+        for _ in 0..1000 {
+            let d = jittered(Duration::from_secs(60), &mut rng).as_secs_f64();
+            assert!((54.0..=66.0).contains(&d), "{d}");
+        }
+    }
+
+    #[test]
+    fn streaks_count_failures_and_reset_on_a_pass() {
+        let check = |ok: bool, reason: &str| probe::Check {
+            ok,
+            reason: reason.into(),
+            message: reason.into(),
+        };
+        let report = |wss: probe::Check, register: Option<probe::Check>| probe::Report {
+            url: String::new(),
+            dialled: String::new(),
+            timings: Default::default(),
+            wss,
+            failed_phase: None,
+            certificate: None,
+            register,
+            register_result: None,
+            echo: None,
+            echo_result: None,
+            ok: false,
+        };
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let mut r = Results::default();
+        r.record(report(check(false, "ConnectionRefused"), None), at);
+        r.record(report(check(false, "ConnectionRefused"), None), at);
+        assert_eq!(r.wss.as_ref().unwrap().failures_in_a_row, 2);
+        assert!(r.register.is_none());
+        r.record(
+            report(check(true, "Connected"), Some(check(true, "Registered"))),
+            at,
+        );
+        assert_eq!(r.wss.as_ref().unwrap().failures_in_a_row, 0);
+        assert!(r.register.as_ref().unwrap().ok);
+        assert_eq!(r.runs, 3);
+    }
+}
