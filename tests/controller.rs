@@ -56,7 +56,10 @@ async fn start(prefix: &str) -> Running {
     support::install_project_crds(&client).await;
     let ns = support::namespace(&client, prefix).await;
     let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
-    let ctx = Arc::new(Context::new(client.clone(), clock.clone()));
+    let ctx = Arc::new(Context::new(
+        support::operator_client(&ns).await,
+        clock.clone(),
+    ));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(controller::run(ctx, Some(ns.clone()), async move {
         let _ = rx.await;
@@ -698,9 +701,10 @@ async fn one_leader_reconciles_and_a_follower_takes_over() {
     let client = support::client().await;
     support::install_project_crds(&client).await;
     let ns = support::namespace(&client, "ctl-leader").await;
+    let operator = support::operator_client(&ns).await;
     let instance = |identity: &str| {
         let ctx = Arc::new(Context::new(
-            client.clone(),
+            operator.clone(),
             Arc::new(controller::SystemClock),
         ));
         let lease = controller::leader::LeaseConfig {

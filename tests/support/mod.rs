@@ -105,6 +105,70 @@ pub async fn client() -> Client {
     Client::try_from(config).expect("client")
 }
 
+/// True in the RBAC pass of `scripts/test` (`WPBX_TEST_AS_CHART_SA=1`): the
+/// operator under test runs as the chart's own ServiceAccount, with exactly
+/// the chart's RBAC, so a missing rule fails the tests.
+pub fn as_chart_service_account() -> bool {
+    std::env::var_os("WPBX_TEST_AS_CHART_SA").is_some()
+}
+
+/// The user the operator under test acts as in namespace `ns`: the admin
+/// (`None`), or in the RBAC pass the chart's ServiceAccount, installed into
+/// `ns` (release name `ns`) from `helm template` of the chart's ServiceAccount
+/// and RBAC templates.
+pub fn operator_user(ns: &str) -> Option<String> {
+    as_chart_service_account().then(|| install_chart_rbac(ns))
+}
+
+/// Installs the chart's ServiceAccount and RBAC into `ns` (release `ns`);
+/// returns the ServiceAccount's user name.
+pub fn install_chart_rbac(ns: &str) -> String {
+    let chart = repo().join("charts/webrtc-pbx-operator");
+    let rendered = Command::new(ground_env("HELM"))
+        .args(["template", ns])
+        .arg(&chart)
+        .args(["--namespace", ns])
+        .args(["--show-only", "templates/serviceaccount.yaml"])
+        .args(["--show-only", "templates/rbac.yaml"])
+        .output()
+        .expect("helm template");
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let mut apply = Command::new(ground_env("KUBECTL"))
+        .arg("--kubeconfig")
+        .arg(&control_plane().kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("kubectl apply");
+    std::io::Write::write_all(&mut apply.stdin.take().unwrap(), &rendered.stdout).unwrap();
+    assert!(apply.wait().unwrap().success(), "applying the chart's RBAC");
+    format!("system:serviceaccount:{ns}:{ns}-webrtc-pbx-operator")
+}
+
+/// A client for the operator under test in namespace `ns` (see [`operator_user`]).
+pub async fn operator_client(ns: &str) -> Client {
+    match operator_user(ns) {
+        Some(user) => client_as(&user).await,
+        None => client().await,
+    }
+}
+
+/// A client impersonating `user`.
+pub async fn client_as(user: &str) -> Client {
+    let cp = control_plane();
+    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).expect("read kubeconfig");
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    config.auth_info.impersonate = Some(user.to_string());
+    Client::try_from(config).expect("client")
+}
+
 static NAMESPACE_SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Creates a fresh namespace for one test.
@@ -181,8 +245,9 @@ where
 }
 
 /// The operator binary (`run`) for namespace `ns`, serving metrics on
-/// 127.0.0.1:`metrics_port`; its log goes to `log` (or nowhere).
+/// 127.0.0.1:`metrics_port`, as [`operator_user`]; its log goes to `log` (or nowhere).
 pub fn operator_binary(ns: &str, metrics_port: u16, log: Option<&Path>) -> Child {
+    let user = operator_user(ns);
     let out = || match log {
         Some(path) => Stdio::from(
             std::fs::OpenOptions::new()
@@ -198,6 +263,7 @@ pub fn operator_binary(ns: &str, metrics_port: u16, log: Option<&Path>) -> Child
         .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
         .env("KUBECONFIG", &control_plane().kubeconfig)
         .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
+        .envs(user.map(|u| ("KUBE_RS_DEBUG_IMPERSONATE_USER", u)))
         .stdout(out())
         .stderr(out())
         .spawn()

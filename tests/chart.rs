@@ -1,0 +1,257 @@
+//! The Helm chart and the plain manifests made from it: `helm lint`, the
+//! chart's CRDs equal to `crds/`, `deploy/operator.yaml` equal to what the
+//! chart renders (`UPDATE_GOLDEN=1` rewrites it), and the rendered objects
+//! accepted by the real apiserver (server-side dry run) in a namespace that
+//! enforces the restricted Pod Security Standard, without warnings.
+mod support;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use webrtc_pbx_operator::api::WebRtcPbx;
+
+/// The namespace and release name of the plain manifests.
+const SYSTEM_NAMESPACE: &str = "webrtc-pbx-system";
+const RELEASE: &str = "webrtc-pbx-operator";
+
+fn chart() -> PathBuf {
+    support::repo().join("charts/webrtc-pbx-operator")
+}
+
+fn helm(args: &[&str]) -> String {
+    let out = Command::new(support::ground_env("HELM"))
+        .args(args)
+        .output()
+        .expect("run helm (scripts/ground provision helm)");
+    assert!(
+        out.status.success(),
+        "helm {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `helm template` of the chart into `namespace`, with `--set` values.
+fn template(namespace: &str, sets: &[&str]) -> String {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        RELEASE,
+        chart.to_str().unwrap(),
+        "--namespace",
+        namespace,
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    helm(&args)
+}
+
+/// The plain manifests: the namespace, the CRDs and the chart's objects.
+fn plain_manifests() -> String {
+    let mut out = String::from(
+        "# Generated from charts/webrtc-pbx-operator (tests/chart.rs keeps it in sync:\n\
+         # UPDATE_GOLDEN=1 cargo test --test chart). Install with:\n\
+         #   kubectl apply --server-side -f deploy/operator.yaml\n",
+    );
+    out.push_str(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {SYSTEM_NAMESPACE}\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n"
+    ));
+    for entry in std::fs::read_dir(chart().join("crds")).unwrap() {
+        out.push_str("---\n");
+        out.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    out.push_str(&template(SYSTEM_NAMESPACE, &[]));
+    out
+}
+
+#[test]
+fn helm_lint_is_clean() {
+    let out = helm(&["lint", "--strict", chart().to_str().unwrap()]);
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+    assert!(
+        !out.contains("[WARNING]") && !out.contains("[ERROR]"),
+        "{out}"
+    );
+}
+
+#[test]
+fn chart_crds_are_the_generated_ones() {
+    for entry in std::fs::read_dir(support::repo().join("crds")).unwrap() {
+        let path = entry.unwrap().path();
+        let copy = chart().join("crds").join(path.file_name().unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            std::fs::read_to_string(&copy).unwrap_or_default(),
+            "{} differs from {}: cp crds/*.yaml charts/webrtc-pbx-operator/crds/",
+            copy.display(),
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn plain_manifests_are_rendered_from_the_chart() {
+    let path = support::repo().join("deploy/operator.yaml");
+    let want = plain_manifests();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap_or_default(),
+        want,
+        "deploy/operator.yaml is stale: UPDATE_GOLDEN=1 cargo test --test chart"
+    );
+}
+
+#[test]
+fn values_outside_the_schema_are_refused() {
+    let out = Command::new(support::ground_env("HELM"))
+        .args(["template", "x", chart().to_str().unwrap()])
+        .args([
+            "--set",
+            "replicaCount=0",
+            "--set",
+            "image.pullPolicy=Sometimes",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("replicaCount") && stderr.contains("pullPolicy"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn optional_parts_render() {
+    let monitor = template("ops", &["metrics.serviceMonitor.enabled=true"]);
+    assert!(monitor.contains("kind: ServiceMonitor"), "{monitor}");
+    let scoped = template("ops", &["watchNamespace=voice"]);
+    assert!(
+        scoped.contains("kind: Role\n") && !scoped.contains("kind: ClusterRole"),
+        "{scoped}"
+    );
+    assert!(scoped.contains("--namespace=voice"), "{scoped}");
+}
+
+fn dry_run(namespace: &str, manifests: &str) -> (bool, String) {
+    let mut child = Command::new(support::ground_env("KUBECTL"))
+        .arg("--kubeconfig")
+        .arg(&support::control_plane().kubeconfig)
+        .args(["apply", "--dry-run=server", "-n", namespace, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifests.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn the_apiserver_accepts_the_chart_under_restricted_pod_security() {
+    let client = support::client().await;
+    support::install_project_crds(&client).await;
+    let ns = support::namespace(&client, "chart").await;
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({"metadata": {"labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/warn": "restricted"
+            }}})),
+        )
+        .await
+        .unwrap();
+    // All namespaces, and only its own (Role instead of ClusterRole).
+    let own = format!("watchNamespace={ns}");
+    for sets in [&[][..], &[own.as_str(), "replicaCount=1"][..]] {
+        let (ok, out) = dry_run(&ns, &template(&ns, sets));
+        assert!(ok, "{sets:?}: {out}");
+        assert!(!out.contains("Warning"), "{sets:?}: {out}");
+        for kind in ["deployment.apps", "serviceaccount", "role.rbac", "service/"] {
+            assert!(out.contains(kind), "{kind} not applied: {out}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_chart_service_account_gets_what_the_operator_uses_and_no_more() {
+    // The RBAC pass of scripts/test (WPBX_TEST_AS_CHART_SA=1) runs the
+    // controller and e2e tests as this identity; here: it is really that
+    // identity, and it is refused what the operator never does.
+    let client = support::client().await;
+    support::install_project_crds(&client).await;
+    let ns = support::namespace(&client, "rbac").await;
+    let user = support::install_chart_rbac(&ns);
+    let operator = support::client_as(&user).await;
+    let review: serde_json::Value = operator
+        .request(
+            http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+                .header("content-type", "application/json")
+                .body(
+                    serde_json::to_vec(&serde_json::json!({
+                        "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"
+                    }))
+                    .unwrap(),
+                )
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(review["status"]["userInfo"]["username"], user.as_str());
+    let list = ListParams::default();
+    assert!(
+        Api::<WebRtcPbx>::all(operator.clone())
+            .list(&list)
+            .await
+            .is_ok()
+    );
+    assert!(
+        Api::<Secret>::namespaced(operator.clone(), &ns)
+            .list(&list)
+            .await
+            .is_ok()
+    );
+    let forbidden =
+        |r: Result<_, kube::Error>| matches!(r, Err(kube::Error::Api(s)) if s.code == 403);
+    assert!(forbidden(
+        Api::<Node>::all(operator.clone())
+            .list(&list)
+            .await
+            .map(|_| ())
+    ));
+    assert!(forbidden(
+        Api::<Namespace>::all(operator.clone())
+            .delete(&ns, &Default::default())
+            .await
+            .map(|_| ())
+    ));
+    // WebRtcPbx specs are the users'; the operator only writes status.
+    assert!(forbidden(
+        Api::<WebRtcPbx>::namespaced(operator.clone(), &ns)
+            .delete("any", &Default::default())
+            .await
+            .map(|_| ())
+    ));
+}
