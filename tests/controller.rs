@@ -185,7 +185,9 @@ async fn versions(r: &Running) -> BTreeMap<String, String> {
 }
 
 fn canonical_spec() -> serde_json::Value {
-    let text = std::fs::read_to_string(support::repo().join("deploy/examples/basic.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(support::repo().join("deploy/examples/host-network-nat/pbx.yaml"))
+            .unwrap();
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
     docs.into_iter().find(|d| d["kind"] == "WebRtcPbx").unwrap()["spec"].clone()
 }

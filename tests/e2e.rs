@@ -30,7 +30,7 @@ const INTERVAL: Duration = Duration::from_secs(5);
 /// at the test host and run every 5 s.
 fn example(netns_address: &str) -> (WebRtcPbx, Secret) {
     let text =
-        std::fs::read_to_string(support::repo().join("deploy/examples/minimal.yaml")).unwrap();
+        std::fs::read_to_string(support::repo().join("deploy/examples/minimal/pbx.yaml")).unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
     let mut pbx = docs
         .iter()

@@ -8,12 +8,13 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_webrtc-pbx-operator"))
 }
 
+/// `deploy/examples/*/pbx.yaml`.
 fn examples() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|e| e.unwrap().path().join("pbx.yaml"))
+        .filter(|p| p.exists())
         .collect();
     files.sort();
     files
@@ -22,7 +23,7 @@ fn examples() -> Vec<PathBuf> {
 #[test]
 fn every_example_renders() {
     let files = examples();
-    assert!(!files.is_empty());
+    assert_eq!(files.len(), 4, "{files:?}");
     for file in files {
         let out = bin().arg("render").arg(&file).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -48,7 +49,8 @@ fn config_dir_writes_asterisk_files_with_secret_modes() {
     use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(format!("wpbx-render-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/basic.yaml");
+    let file =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/host-network-nat/pbx.yaml");
     let out = bin()
         .arg("render")
         .arg(&file)
