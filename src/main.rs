@@ -101,7 +101,11 @@ enum Command {
     /// Run the controller (kubeconfig or in-cluster configuration).
     Run(RunArgs),
     /// Print the WebRtcPbx CustomResourceDefinition as YAML.
-    Crd,
+    Crd {
+        /// Print the field reference as Markdown instead (the README's).
+        #[arg(long)]
+        reference: bool,
+    },
     /// Print every object the operator would create for WebRtcPbx manifests
     /// (with the Secrets and ConfigMaps they reference), or write the Asterisk
     /// files with --config-dir.
@@ -120,7 +124,11 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Run(run) => return run_controller(run),
         Command::Probe(args) => return run_probe(args),
-        Command::Crd => crd::crd_yaml()
+        Command::Crd { reference: true } => {
+            print!("{}", crd::reference_markdown());
+            Ok(())
+        }
+        Command::Crd { reference: false } => crd::crd_yaml()
             .map(|y| print!("{y}"))
             .map_err(|e| cli::CliError::Yaml(e.to_string())),
         Command::Render { files, config_dir } => run_render(&files, config_dir),

@@ -23,19 +23,26 @@ fn argocd_health(object: &Value) -> (String, String) {
     let lua = mlua::Lua::new();
     let script = std::fs::read_to_string(argocd_dir().join("health.lua")).unwrap();
     // Argo CD passes the object as the global `obj`; JSON null stays nil.
-    let options = mlua::serde::SerializeOptions::new().serialize_none_to_null(false).serialize_unit_to_null(false);
+    let options = mlua::serde::SerializeOptions::new()
+        .serialize_none_to_null(false)
+        .serialize_unit_to_null(false);
     lua.globals()
         .set("obj", lua.to_value_with(object, options).unwrap())
         .unwrap();
     let hs: mlua::Table = lua.load(&script).eval().unwrap();
-    (hs.get("status").unwrap(), hs.get("message").unwrap_or_default())
+    (
+        hs.get("status").unwrap(),
+        hs.get("message").unwrap_or_default(),
+    )
 }
 
 /// The Flux verdict: its expressions in its order (inProgress, failed,
 /// current); an expression that cannot be evaluated (no status yet) keeps
 /// the object in progress, as Flux does.
 fn flux_health(object: &Value) -> &'static str {
-    let text = std::fs::read_to_string(support::repo().join("deploy/gitops/flux/kustomization.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(support::repo().join("deploy/gitops/flux/kustomization.yaml"))
+            .unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
     let exprs = docs[0]["spec"]["healthCheckExprs"]
         .as_array()
@@ -71,10 +78,16 @@ fn argocd_test_cases_pass() {
     assert!(cases.len() >= 6);
     for case in cases {
         let path = argocd_dir().join(case["inputPath"].as_str().unwrap());
-        let object: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let object: Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let (status, message) = argocd_health(&object);
         assert_eq!(status, case["healthStatus"]["status"], "{}", path.display());
-        assert_eq!(message, case["healthStatus"]["message"], "{}", path.display());
+        assert_eq!(
+            message,
+            case["healthStatus"]["message"],
+            "{}",
+            path.display()
+        );
         // Flux reads the same objects the same way.
         let flux = flux_health(&object);
         let want = match status.as_str() {
@@ -188,7 +201,8 @@ async fn live_objects_in_every_state_read_as_kstatus_says() {
     assert_eq!(flux_health(&object), "Current");
     // Stalled: a Secret that does not exist.
     let mut missing = base("stalled.gitops.test");
-    missing["users"] = json!([{"extension": "7", "passwordSecretRef": {"name": "nowhere", "key": "7"}}]);
+    missing["users"] =
+        json!([{"extension": "7", "passwordSecretRef": {"name": "nowhere", "key": "7"}}]);
     create("stalled", missing).await;
     let object = wait_health(&api, "stalled", "Degraded").await;
     assert_eq!(flux_health(&object), "Failed");
@@ -219,13 +233,18 @@ async fn live_objects_in_every_state_read_as_kstatus_says() {
     .await
     .unwrap();
     let object = live(&api, "fresh").await;
-    assert!(object["metadata"]["generation"].as_i64() > object["status"]["observedGeneration"].as_i64());
+    assert!(
+        object["metadata"]["generation"].as_i64() > object["status"]["observedGeneration"].as_i64()
+    );
     assert_eq!(argocd_health(&object).0, "Progressing");
     assert_eq!(flux_health(&object), "InProgress");
     // Observed again: Healthy.
     let (stop, task) = start().await;
     let object = wait_health(&api, "fresh", "Healthy").await;
-    assert_eq!(object["status"]["observedGeneration"], object["metadata"]["generation"]);
+    assert_eq!(
+        object["status"]["observedGeneration"],
+        object["metadata"]["generation"]
+    );
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
 }

@@ -164,3 +164,23 @@ fn committed_crd_matches_generator() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn readme_reference_matches_the_crd() {
+    use webrtc_pbx_operator::crd::{REFERENCE_BEGIN, REFERENCE_END, reference_markdown};
+    let path = root().join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let (Some(begin), Some(end)) = (readme.find(REFERENCE_BEGIN), readme.find(REFERENCE_END))
+    else {
+        panic!("README.md lacks the reference markers");
+    };
+    let head = &readme[..begin + REFERENCE_BEGIN.len()];
+    let want = format!("{head}\n{}\n{}", reference_markdown(), &readme[end..]);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    assert!(
+        std::fs::read_to_string(&path).unwrap() == want,
+        "the README's WebRtcPbx reference is stale: UPDATE_GOLDEN=1 cargo test --test golden"
+    );
+}

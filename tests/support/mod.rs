@@ -244,9 +244,24 @@ where
     }
 }
 
+/// The operator binary Cargo built with this test (or the demo example,
+/// which Cargo gives no `CARGO_BIN_EXE_*`: it sits in `examples/` beside it).
+pub fn operator_exe() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_webrtc-pbx-operator") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let exe = std::env::current_exe().expect("current exe");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .join("webrtc-pbx-operator")
+        }
+    }
+}
+
 /// The operator binary (`run`) for namespace `ns`, serving metrics on
 /// 127.0.0.1:`metrics_port`, as [`operator_user`]; its log goes to `log` (or nowhere).
-pub fn operator_binary(ns: &str, metrics_port: u16, log: Option<&Path>) -> Child {
+pub fn operator_binary(ns: &str, metrics_port: u16, log: Option<&Path>) -> Operator {
     let user = operator_user(ns);
     let out = || match log {
         Some(path) => Stdio::from(
@@ -258,7 +273,7 @@ pub fn operator_binary(ns: &str, metrics_port: u16, log: Option<&Path>) -> Child
         ),
         None => Stdio::null(),
     };
-    Command::new(env!("CARGO_BIN_EXE_webrtc-pbx-operator"))
+    let child = Command::new(operator_exe())
         .args(["run", "--namespace", ns, "--lease-namespace", ns])
         .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
         .env("KUBECONFIG", &control_plane().kubeconfig)
@@ -267,7 +282,42 @@ pub fn operator_binary(ns: &str, metrics_port: u16, log: Option<&Path>) -> Child
         .stdout(out())
         .stderr(out())
         .spawn()
-        .unwrap()
+        .unwrap();
+    // Killed with the test even when the test itself is killed.
+    let watchdog = format!(
+        "while kill -0 {} 2>/dev/null; do sleep 1; done; kill -9 {} 2>/dev/null",
+        std::process::id(),
+        child.id()
+    );
+    let _ = Command::new("setsid")
+        .args(["sh", "-c", &watchdog])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    Operator(child)
+}
+
+/// A running operator binary, killed on drop (also when a test panics).
+pub struct Operator(Child);
+
+impl Operator {
+    /// SIGKILL.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+
+    /// Reaps it.
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// GET http://127.0.0.1:`port``path` (the operator's metrics endpoint).
