@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use webrtc_pbx_operator::api::WebRtcPbx;
 
 const NS: &str = "voice";
@@ -80,21 +80,10 @@ async fn main() {
     ));
 
     // The minimal example, probing the test host where Asterisk runs.
-    let text =
-        std::fs::read_to_string(support::repo().join("deploy/examples/minimal/pbx.yaml")).unwrap();
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
-    let mut pbx = docs
-        .iter()
-        .find(|d| d["kind"] == "WebRtcPbx")
-        .unwrap()
-        .clone();
-    pbx["spec"]["probes"] = json!({
+    let (pbx, users) = support::minimal_example(json!({
         "interval": "10s", "timeout": "3s", "echoCall": {"duration": "3s"},
         "connectAddress": format!("{inside}:8089"),
-    });
-    let users: Secret =
-        serde_json::from_value(docs.iter().find(|d| d["kind"] == "Secret").unwrap().clone())
-            .unwrap();
+    }));
     let password = users
         .string_data
         .as_ref()
@@ -106,13 +95,7 @@ async fn main() {
         .unwrap();
     let applied = Instant::now();
     let pbxes = Api::<WebRtcPbx>::namespaced(client.clone(), NS);
-    pbxes
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(pbx).unwrap(),
-        )
-        .await
-        .unwrap();
+    pbxes.create(&PostParams::default(), &pbx).await.unwrap();
     say("applied deploy/examples/minimal (probes every 10 s, aimed at the test host)");
     let mut kubelet = support::kubelet::Kubelet::start(client.clone(), NS, NAME, netns, &dir).await;
     say(&format!(

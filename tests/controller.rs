@@ -102,14 +102,7 @@ async fn create_pbx(r: &Running, name: &str, spec: serde_json::Value) -> WebRtcP
 }
 
 async fn condition(r: &Running, name: &str, type_: &str) -> Option<(String, String, String)> {
-    let api: Api<WebRtcPbx> = Api::namespaced(r.client.clone(), &r.ns);
-    let pbx = api.get(name).await.ok()?;
-    let c = pbx
-        .status?
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == type_)?;
-    Some((c.status, c.reason, c.message))
+    support::condition(&r.client, &r.ns, name, type_).await
 }
 
 async fn wait_condition(

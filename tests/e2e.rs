@@ -26,29 +26,6 @@ const WSS_PORT: u16 = 8089;
 /// The probe interval of the test (the minimum the API allows).
 const INTERVAL: Duration = Duration::from_secs(5);
 
-/// The minimal example, as a user would apply it, with the probes aimed
-/// at the test host and run every 5 s.
-fn example(netns_address: &str) -> (WebRtcPbx, Secret) {
-    let text =
-        std::fs::read_to_string(support::repo().join("deploy/examples/minimal/pbx.yaml")).unwrap();
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
-    let mut pbx = docs
-        .iter()
-        .find(|d| d["kind"] == "WebRtcPbx")
-        .unwrap()
-        .clone();
-    pbx["spec"]["probes"] = json!({
-        "interval": "5s", "timeout": "3s",
-        "connectAddress": format!("{netns_address}:{WSS_PORT}"),
-        "echoCall": {"duration": "2s"},
-    });
-    let secret = docs.iter().find(|d| d["kind"] == "Secret").unwrap().clone();
-    (
-        serde_json::from_value(pbx).unwrap(),
-        serde_json::from_value(secret).unwrap(),
-    )
-}
-
 struct Ground {
     client: Client,
     ns: String,
@@ -66,14 +43,7 @@ impl Ground {
     }
 
     async fn condition(&self, type_: &str) -> Option<(String, String, String)> {
-        let c = self
-            .pbx()
-            .await?
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == type_)?;
-        Some((c.status, c.reason, c.message))
+        support::condition(&self.client, &self.ns, NAME, type_).await
     }
 
     /// Waits (while playing kubelet) until `type_` has `status` and, if
@@ -151,7 +121,12 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     };
 
     // Apply the example; the harness starts Asterisk on what the operator wrote.
-    let (pbx, users) = example(&inside);
+    // The minimal example, with the probes aimed at the test host every 5 s.
+    let (pbx, users) = support::minimal_example(json!({
+        "interval": "5s", "timeout": "3s",
+        "connectAddress": format!("{inside}:{WSS_PORT}"),
+        "echoCall": {"duration": "2s"},
+    }));
     let applied = Instant::now();
     Api::<Secret>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &users)

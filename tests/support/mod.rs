@@ -335,6 +335,44 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     Some(body)
 }
 
+/// A condition of WebRtcPbx `name`: (status, reason, message).
+pub async fn condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    let api: Api<webrtc_pbx_operator::api::WebRtcPbx> = Api::namespaced(client.clone(), ns);
+    let c = api
+        .get_opt(name)
+        .await
+        .ok()??
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status, c.reason, c.message))
+}
+
+/// `deploy/examples/minimal` as a user would apply it (the PBX and its
+/// users' Secret), with `probes` as its spec.probes.
+pub fn minimal_example(
+    probes: serde_json::Value,
+) -> (
+    webrtc_pbx_operator::api::WebRtcPbx,
+    k8s_openapi::api::core::v1::Secret,
+) {
+    let text = std::fs::read_to_string(repo().join("deploy/examples/minimal/pbx.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap().clone();
+    let mut pbx = find("WebRtcPbx");
+    pbx["spec"]["probes"] = probes;
+    (
+        serde_json::from_value(pbx).unwrap(),
+        serde_json::from_value(find("Secret")).unwrap(),
+    )
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
