@@ -7,6 +7,7 @@
 //! browser (headless Chromium with JsSIP) calls the echo extension as a user.
 mod support;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -494,6 +495,8 @@ async fn browser_check(g: &Ground, kubelet: &Kubelet, inside: &str) {
         ))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        // A group of its own: Chromium's helper processes go with it.
+        .process_group(0)
         .spawn()
         .expect("start chromium (scripts/ground provision browser)");
     let stderr = chromium.stderr.take().unwrap();
@@ -515,7 +518,9 @@ async fn browser_check(g: &Ground, kubelet: &Kubelet, inside: &str) {
         let _ = tx.send(Err(seen.join("\n")));
     });
     let result = rx.recv_timeout(Duration::from_secs(40));
-    let _ = chromium.kill();
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", chromium.id())])
+        .status();
     let _ = chromium.wait();
     let json = match result {
         Ok(Ok(json)) => json,
@@ -542,7 +547,7 @@ async fn browser_check(g: &Ground, kubelet: &Kubelet, inside: &str) {
         r["packetsReceived"].as_u64().unwrap_or(0) > 100,
         "4 s of audio echoed: {r}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
+    support::remove_dir(&dir);
 }
 
 /// Base64 of the SHA-256 of a certificate's SubjectPublicKeyInfo (Chromium's pin format).

@@ -394,6 +394,18 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Removes a scratch directory, waiting briefly for processes that were
+/// killed but are still letting go of files in it.
+pub fn remove_dir(dir: &Path) {
+    for _ in 0..50 {
+        if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("cannot remove {}", dir.display());
+}
+
 /// A self-signed certificate and key (PEM) for `names`, written as
 /// tls.crt / tls.key / ca.crt into `keys_dir`.
 pub fn write_self_signed(keys_dir: &Path, names: &[&str]) -> String {
