@@ -95,6 +95,23 @@ pub fn control_plane() -> &'static ControlPlane {
     })
 }
 
+/// Kills one component of this binary's control plane (`etcd`,
+/// `kube-apiserver`, ...) with SIGKILL, keeps it down for `down`, and starts
+/// it again the same way (`scripts/ground restart`).
+pub fn restart_component(name: &str, down: Duration) {
+    let out = Command::new(ground_script())
+        .args(["restart", name, "--dir"])
+        .arg(&control_plane().dir)
+        .args(["--down", &format!("{:.1}", down.as_secs_f64())])
+        .output()
+        .expect("scripts/ground restart");
+    assert!(
+        out.status.success(),
+        "restart {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A client for the control plane (one per test: clients belong to a runtime).
 pub async fn client() -> Client {
     let cp = control_plane();
@@ -310,6 +327,11 @@ impl Operator {
     /// Reaps it.
     pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         self.0.wait()
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.0.try_wait()
     }
 }
 
