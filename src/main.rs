@@ -167,14 +167,20 @@ fn run_controller(args: RunArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let client = match kube::Client::try_default().await {
+        let metrics = std::sync::Arc::new(telemetry::Metrics::default());
+        let client = match telemetry::counted_client(metrics.clone()).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build a Kubernetes client (kubeconfig or in-cluster)");
                 return ExitCode::FAILURE;
             }
         };
-        let ctx = std::sync::Arc::new(controller::Context::with_probes(client, std::sync::Arc::new(controller::SystemClock), args.probe_concurrency));
+        let ctx = std::sync::Arc::new(controller::Context::with_probes(
+            client,
+            std::sync::Arc::new(controller::SystemClock),
+            args.probe_concurrency,
+            metrics,
+        ));
         let listener = match tokio::net::TcpListener::bind(&args.metrics_address).await {
             Ok(l) => l,
             Err(e) => {

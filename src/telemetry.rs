@@ -22,6 +22,42 @@ pub struct FailureLabels {
     pub category: String,
 }
 
+/// Labels of the API request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// GET, WATCH (a GET with watch=true), POST, PATCH, PUT or DELETE.
+    pub method: String,
+}
+
+/// A client (kubeconfig or in-cluster) that counts its requests into
+/// `webrtc_pbx_api_requests_total`, so the operator's load on the apiserver
+/// is visible (and measured by the scale benchmark).
+pub async fn counted_client(metrics: Arc<Metrics>) -> Result<kube::Client, kube::Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let count =
+        tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+            let watch = request
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+            let method = if watch {
+                "WATCH".to_string()
+            } else {
+                request.method().as_str().to_string()
+            };
+            metrics
+                .api_requests
+                .get_or_create(&RequestLabels { method })
+                .inc();
+            request
+        });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
+}
+
 /// Labels of a condition gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConditionLabels {
@@ -132,6 +168,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Probe runs finished.
     pub probe_runs: Counter,
+    /// Requests to the apiserver, by method.
+    pub api_requests: Family<RequestLabels, Counter>,
     /// Probe figures.
     pub probe: ProbeMetrics,
     ready: AtomicBool,
@@ -184,6 +222,12 @@ impl Default for Metrics {
         let probe_runs = Counter::default();
         let registry = root.sub_registry_with_prefix("webrtc_pbx");
         registry.register("probe_runs", "Probe runs finished", probe_runs.clone());
+        let api_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests to the Kubernetes apiserver, by method",
+            api_requests.clone(),
+        );
         let reconciles = Counter::default();
         let failures = Family::<FailureLabels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
@@ -218,6 +262,7 @@ impl Default for Metrics {
             conditions,
             leader,
             probe_runs,
+            api_requests,
             probe,
             ready: AtomicBool::new(false),
         }

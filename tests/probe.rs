@@ -33,35 +33,11 @@ fn probe(args: &[&str]) -> (i32, Value, String) {
 }
 
 fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
-    write_config_with(dir, port, "")
+    support::render_config(dir, DOMAIN, port, "")
 }
 
-/// The rendered config of a PBX with user 1001 (password pw-1001), plus
-/// `extra_users` (YAML list items) whose passwords are pw-EXTENSION.
 fn write_config_with(dir: &Path, port: u16, extra_users: &str) -> std::path::PathBuf {
-    let input = dir.join("pbx.yaml");
-    std::fs::write(
-        &input,
-        format!(
-            "apiVersion: pbx.webrtc.io/v1alpha1\nkind: WebRtcPbx\nmetadata: {{name: p, namespace: v}}\n\
-             spec:\n  domain: {DOMAIN}\n  wss: {{port: {port}, bindAddress: 127.0.0.1}}\n  users:\n    - {{extension: \"1001\"}}\n{extra_users}"
-        ),
-    )
-    .unwrap();
-    let inputs = cli::read_inputs(&[input]).unwrap();
-    let generated = Generated {
-        user_passwords: inputs.pbxes[0]
-            .spec
-            .users
-            .iter()
-            .map(|u| (u.extension.clone(), format!("pw-{}", u.extension)))
-            .collect(),
-        probe_password: "probe-pw".into(),
-    };
-    let validated =
-        validate::validate(&inputs.pbxes[0], &Referenced::default(), &generated).unwrap();
-    cli::write_config_dir(dir, &render::render(&validated), None).unwrap();
-    dir.join("etc/asterisk")
+    support::render_config(dir, DOMAIN, port, extra_users)
 }
 
 #[tokio::test]

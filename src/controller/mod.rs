@@ -101,12 +101,22 @@ pub struct Context {
 impl Context {
     /// A context with the system clock.
     pub fn new(client: Client, clock: Arc<dyn Clock>) -> Self {
-        Self::with_probes(client, clock, probes::DEFAULT_CONCURRENCY)
+        Self::with_probes(
+            client,
+            clock,
+            probes::DEFAULT_CONCURRENCY,
+            Arc::new(Metrics::default()),
+        )
     }
 
-    /// A context running at most `probe_concurrency` probes at once.
-    pub fn with_probes(client: Client, clock: Arc<dyn Clock>, probe_concurrency: usize) -> Self {
-        let metrics = Arc::new(Metrics::default());
+    /// A context running at most `probe_concurrency` probes at once,
+    /// reporting into `metrics`.
+    pub fn with_probes(
+        client: Client,
+        clock: Arc<dyn Clock>,
+        probe_concurrency: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),

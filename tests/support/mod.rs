@@ -329,6 +329,11 @@ impl Operator {
         self.0.wait()
     }
 
+    /// Its process ID.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Its exit status, if it has exited.
     pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
         self.0.try_wait()
@@ -393,6 +398,37 @@ pub fn minimal_example(
         serde_json::from_value(pbx).unwrap(),
         serde_json::from_value(find("Secret")).unwrap(),
     )
+}
+
+/// Writes the rendered config of a PBX for `domain` with WSS on
+/// 127.0.0.1:`port`, user 1001 (password pw-1001) and `extra_users` (YAML
+/// list items, passwords pw-EXTENSION); returns its etc/asterisk.
+pub fn render_config(dir: &Path, domain: &str, port: u16, extra_users: &str) -> PathBuf {
+    use webrtc_pbx_operator::validate::{self, Generated, Referenced};
+    use webrtc_pbx_operator::{cli, render};
+    let input = dir.join("pbx.yaml");
+    std::fs::write(
+        &input,
+        format!(
+            "apiVersion: pbx.webrtc.io/v1alpha1\nkind: WebRtcPbx\nmetadata: {{name: p, namespace: v}}\n\
+             spec:\n  domain: {domain}\n  wss: {{port: {port}, bindAddress: 127.0.0.1}}\n  users:\n    - {{extension: \"1001\"}}\n{extra_users}"
+        ),
+    )
+    .unwrap();
+    let inputs = cli::read_inputs(&[input]).unwrap();
+    let generated = Generated {
+        user_passwords: inputs.pbxes[0]
+            .spec
+            .users
+            .iter()
+            .map(|u| (u.extension.clone(), format!("pw-{}", u.extension)))
+            .collect(),
+        probe_password: "probe-pw".into(),
+    };
+    let validated =
+        validate::validate(&inputs.pbxes[0], &Referenced::default(), &generated).unwrap();
+    cli::write_config_dir(dir, &render::render(&validated), None).unwrap();
+    dir.join("etc/asterisk")
 }
 
 /// A free TCP port on 127.0.0.1.

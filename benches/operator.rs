@@ -1,0 +1,723 @@
+//! The benchmarks (`scripts/bench`): figures and ratios measured side by
+//! side in one run on the real ground, printed as a Markdown table. Never
+//! timed unit tests: these machines are shared and noisy, so each figure is
+//! compared with its baseline measured in the same run.
+//!
+//! - convergence: apply one WebRtcPbx -> every child exists and status is
+//!   observed, against `kubectl apply --server-side` of exactly what
+//!   `render` prints (medians of 20);
+//! - scale: 500 WebRtcPbx at once (probes off) -> all ConfigRendered=True,
+//!   the operator's peak RSS and its API requests;
+//! - churn: writes by the operator over `WPBX_BENCH_CHURN_SECONDS` (600) once
+//!   the 500 have settled;
+//! - probe cost: WSS + REGISTER by the probe engine against a raw TLS +
+//!   WebSocket handshake and two SIP round trips, and against JsSIP in Node;
+//!   the most concurrent REGISTER probes with zero errors; CPU per second of
+//!   echo call.
+#![forbid(unsafe_code)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::Client;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use webrtc_pbx_operator::api::WebRtcPbx;
+use webrtc_pbx_operator::probe::{self, digest, register, transport};
+
+const DOMAIN: &str = "pbx.bench.test";
+
+/// One line of the results table.
+struct Row {
+    what: String,
+    figure: String,
+    target: String,
+    verdict: &'static str,
+}
+
+fn row(rows: &mut Vec<Row>, what: &str, figure: String, target: &str, met: Option<bool>) {
+    println!("  {what}: {figure}");
+    rows.push(Row {
+        what: what.into(),
+        figure,
+        target: target.into(),
+        verdict: match met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "-",
+        },
+    });
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn spec(domain: &str) -> Value {
+    json!({"domain": domain, "network": {"mode": "Service"},
+           "rtp": {"portRange": {"start": 20000, "end": 20003}}, "probes": {"enabled": false}})
+}
+
+fn manifest(name: &str, ns: &str, spec: Value) -> WebRtcPbx {
+    serde_json::from_value(json!({
+        "apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec
+    }))
+    .unwrap()
+}
+
+/// True once every named object exists.
+async fn all_exist(client: &Client, ns: &str, names: &[(&str, String)]) -> bool {
+    for (kind, name) in names {
+        let found = match *kind {
+            "Secret" => {
+                Api::<Secret>::namespaced(client.clone(), ns)
+                    .get_opt(name)
+                    .await
+            }
+            "ConfigMap" => Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await
+                .map(|o| o.map(|_| Secret::default())),
+            "Service" => Api::<Service>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await
+                .map(|o| o.map(|_| Secret::default())),
+            _ => Api::<StatefulSet>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await
+                .map(|o| o.map(|_| Secret::default())),
+        };
+        if !matches!(found, Ok(Some(_))) {
+            return false;
+        }
+    }
+    true
+}
+
+fn children(name: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("Secret", format!("{name}-ca")),
+        ("Secret", format!("{name}-tls")),
+        ("Secret", format!("{name}-asterisk")),
+        ("ConfigMap", format!("{name}-asterisk")),
+        ("Service", format!("{name}-wss")),
+        ("Service", format!("{name}-rtp")),
+        ("StatefulSet", name.to_string()),
+    ]
+}
+
+async fn convergence(rows: &mut Vec<Row>) {
+    println!("convergence (20 runs each)");
+    let client = support::client().await;
+    let ns = support::namespace(&client, "bench-conv").await;
+    let _operator = support::operator_binary(&ns, support::free_port(), None);
+    let pbxes = Api::<WebRtcPbx>::namespaced(client.clone(), &ns);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut operator_ms = Vec::new();
+    for i in 0..20 {
+        let name = format!("c{i}");
+        let t0 = Instant::now();
+        pbxes
+            .create(
+                &PostParams::default(),
+                &manifest(&name, &ns, spec(&format!("{name}.bench.test"))),
+            )
+            .await
+            .unwrap();
+        let names = children(&name);
+        loop {
+            let observed = pbxes
+                .get(&name)
+                .await
+                .ok()
+                .and_then(|p| p.status)
+                .and_then(|s| s.observed_generation)
+                == Some(1);
+            if observed && all_exist(&client, &ns, &names).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        operator_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    // The physical limit: kubectl applying exactly what `render` prints.
+    let raw = support::namespace(&client, "bench-raw").await;
+    let dir = support::scratch_dir("bench-render");
+    let mut kubectl_ms = Vec::new();
+    for i in 0..20 {
+        let name = format!("r{i}");
+        let input = dir.join(format!("{name}.yaml"));
+        let pbx =
+            serde_json::to_string(&manifest(&name, &raw, spec(&format!("{name}.bench.test"))))
+                .unwrap();
+        std::fs::write(&input, pbx).unwrap();
+        let rendered = Command::new(support::operator_exe())
+            .arg("render")
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(rendered.status.success());
+        let t0 = Instant::now();
+        let mut apply = Command::new(support::ground_env("KUBECTL"))
+            .arg("--kubeconfig")
+            .arg(&support::control_plane().kubeconfig)
+            .args(["apply", "--server-side", "--field-manager=bench", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        apply
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&rendered.stdout)
+            .unwrap();
+        assert!(apply.wait().unwrap().success());
+        let names: Vec<(&str, String)> = children(&name)
+            .into_iter()
+            .filter(|(_, n)| !n.ends_with("-ca") && !n.ends_with("-tls"))
+            .collect();
+        while !all_exist(&client, &raw, &names).await {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        kubectl_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (op, kc) = (median(&mut operator_ms), median(&mut kubectl_ms));
+    row(
+        rows,
+        "convergence: operator, apply -> 7 children + status observed (median)",
+        format!("{op:.0} ms"),
+        "",
+        None,
+    );
+    row(
+        rows,
+        "convergence: kubectl apply --server-side of render's 5 objects (median)",
+        format!("{kc:.0} ms"),
+        "",
+        None,
+    );
+    row(
+        rows,
+        "convergence ratio operator / kubectl",
+        format!("{:.2}", op / kc),
+        "<= 1.5",
+        Some(op / kc <= 1.5),
+    );
+    support::remove_dir(&dir);
+}
+
+/// Peak resident set of a process (VmHWM), MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// The operator's API requests by method, from its own counter.
+fn api_requests(port: u16) -> std::collections::BTreeMap<String, u64> {
+    support::http_get(port, "/metrics")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("webrtc_pbx_api_requests_total{method=\""))
+        .filter_map(|l| {
+            let (method, rest) = l.split_once('"')?;
+            Some((method.to_string(), rest.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn writes(requests: &std::collections::BTreeMap<String, u64>) -> u64 {
+    ["POST", "PATCH", "PUT", "DELETE"]
+        .iter()
+        .filter_map(|m| requests.get(*m))
+        .sum()
+}
+
+async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
+    const N: usize = 500;
+    println!("scale: {N} WebRtcPbx at once, probes off");
+    let client = support::client().await;
+    let ns = support::namespace(&client, "bench-scale").await;
+    let port = support::free_port();
+    let operator = support::operator_binary(&ns, port, None);
+    let pid = operator.id();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = api_requests(port);
+    let pbxes = Api::<WebRtcPbx>::namespaced(client.clone(), &ns);
+    let t0 = Instant::now();
+    futures::stream::iter(0..N)
+        .map(|i| {
+            let pbxes = pbxes.clone();
+            let ns = ns.clone();
+            async move {
+                let name = format!("s{i:03}");
+                pbxes
+                    .create(
+                        &PostParams::default(),
+                        &manifest(&name, &ns, spec(&format!("{name}.bench.test"))),
+                    )
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let created = t0.elapsed();
+    loop {
+        let list = pbxes.list(&ListParams::default()).await.unwrap();
+        let rendered = list
+            .items
+            .iter()
+            .filter(|p| {
+                p.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "ConfigRendered" && c.status == "True")
+                })
+            })
+            .count();
+        if rendered == N {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "{rendered}/{N} rendered after 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let took = t0.elapsed();
+    let rss = peak_rss_mib(pid);
+    let after = api_requests(port);
+    let total: u64 = after.values().sum::<u64>() - before.values().sum::<u64>();
+    row(
+        rows,
+        &format!(
+            "scale: {N} created (in {:.1} s) -> all ConfigRendered=True",
+            created.as_secs_f64()
+        ),
+        format!("{:.1} s", took.as_secs_f64()),
+        "< 30 s",
+        Some(took < Duration::from_secs(30)),
+    );
+    row(
+        rows,
+        "scale: operator peak RSS",
+        format!("{rss:.1} MiB"),
+        "< 64 MiB",
+        Some(rss < 64.0),
+    );
+    row(
+        rows,
+        "scale: operator API requests until then",
+        format!(
+            "{total} ({:.1} per PBX; {:?})",
+            total as f64 / N as f64,
+            after
+        ),
+        "",
+        None,
+    );
+
+    // Churn: let everything settle (pods Ready), then count writes.
+    println!("churn: waiting for the {N} to settle, then counting writes for {churn:?}");
+    loop {
+        let list = pbxes.list(&ListParams::default()).await.unwrap();
+        let ready = list
+            .items
+            .iter()
+            .filter(|p| {
+                p.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            })
+            .count();
+        if ready == N {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(900),
+            "{ready}/{N} Ready after 15 minutes"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let settled = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let start = api_requests(port);
+    tokio::time::sleep(churn).await;
+    let end = api_requests(port);
+    let written = writes(&end) - writes(&start);
+    let reads: u64 = end.values().sum::<u64>() - start.values().sum::<u64>() - written;
+    row(
+        rows,
+        &format!(
+            "churn: operator writes over {} s with {N} settled (all Ready after {:.0} s)",
+            churn.as_secs(),
+            settled.as_secs_f64()
+        ),
+        format!("{written} (and {reads} reads)"),
+        "0",
+        Some(written == 0),
+    );
+    row(
+        rows,
+        "churn: operator peak RSS after settling",
+        format!("{:.1} MiB", peak_rss_mib(pid)),
+        "",
+        None,
+    );
+    drop(operator);
+}
+
+/// WSS connect + REGISTER without the probe engine: TLS, the WebSocket
+/// handshake and two SIP round trips, written plainly with the same
+/// libraries. Returns milliseconds.
+async fn raw_register(port: u16, ca_pem: &str, cseq_base: u32) -> f64 {
+    let t0 = Instant::now();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(ca_pem) {
+        roots.add(cert).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(DOMAIN.try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let request = tokio_tungstenite::tungstenite::http::Request::builder()
+        .uri(format!("wss://{DOMAIN}:{port}/ws"))
+        .header("Host", format!("{DOMAIN}:{port}"))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header(
+            "Sec-WebSocket-Key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .header("Sec-WebSocket-Protocol", "sip")
+        .body(())
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tls).await.unwrap();
+    let register = |cseq: u32, auth: Option<String>| {
+        format!(
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/WSS bench.invalid;branch=z9hG4bK{cseq_base}x{cseq}\r\nMax-Forwards: 70\r\n\
+             From: <sip:1001@{DOMAIN}>;tag=b{cseq_base}\r\nTo: <sip:1001@{DOMAIN}>\r\nCall-ID: bench-{cseq_base}\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:1001@bench.invalid;transport=ws>;expires=60\r\n{}Expires: 60\r\nContent-Length: 0\r\n\r\n",
+            auth.map(|a| format!("Authorization: {a}\r\n"))
+                .unwrap_or_default()
+        )
+    };
+    ws.send(Message::text(register(1, None))).await.unwrap();
+    let challenge = loop {
+        if let Some(Ok(Message::Text(text))) = ws.next().await {
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix("WWW-Authenticate: "))
+                .map(str::to_string);
+            if let Some(v) = value {
+                break digest::parse_challenge(&v).unwrap();
+            }
+        }
+    };
+    let creds = digest::Credentials {
+        username: "1001",
+        password: "pw-1001",
+    };
+    let auth = digest::authorization(
+        &challenge,
+        &creds,
+        "REGISTER",
+        &format!("sip:{DOMAIN}"),
+        "benchcnonce",
+        1,
+    );
+    ws.send(Message::text(register(2, Some(auth))))
+        .await
+        .unwrap();
+    loop {
+        if let Some(Ok(Message::Text(text))) = ws.next().await
+            && text.starts_with("SIP/2.0 200")
+        {
+            break;
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64() * 1000.0;
+    let _ = ws.close(None).await;
+    elapsed
+}
+
+fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.unwrap())
+        .collect()
+}
+
+/// WSS connect + REGISTER by the probe engine (without the unregister that
+/// follows), milliseconds.
+async fn engine_register(port: u16, ca_pem: &str) -> f64 {
+    let request = probe::Request {
+        target: support::target(port, "/ws", DOMAIN, ca_pem),
+        account: Some(register::Account {
+            domain: DOMAIN.into(),
+            user: "1001".into(),
+            password: "pw-1001".into(),
+        }),
+        echo: None,
+    };
+    let t0 = Instant::now();
+    let mut ws = match transport::connect(&request.target).await {
+        Ok((ws, _, _)) => ws,
+        Err((e, _)) => panic!("{e}"),
+    };
+    let connected = t0.elapsed().as_secs_f64() * 1000.0;
+    let account = request.account.as_ref().unwrap();
+    let result = register::probe(&mut ws, account, Duration::from_secs(5)).await;
+    assert_eq!(result.outcome, register::Outcome::Registered);
+    // After the 200 the probe also checks the binding and unregisters, which
+    // the raw path does not do: count the REGISTER up to its 200 (from the
+    // first request sent), as measured inside the engine.
+    connected + result.round_trip_ms.unwrap()
+}
+
+async fn probe_cost(rows: &mut Vec<Row>) {
+    println!("probe cost (real Asterisk on loopback)");
+    let dir = support::scratch_dir("bench-probe");
+    let port = support::free_port();
+    let etc = support::render_config(&dir, DOMAIN, port, "");
+    let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    std::fs::write(dir.join("ca.crt"), &ca).unwrap();
+    let mut asterisk = support::Asterisk::start(&etc);
+    asterisk.wait_wss(port, DOMAIN, &ca, Instant::now()).await;
+    // Warm up both paths, then alternate them.
+    engine_register(port, &ca).await;
+    raw_register(port, &ca, 0).await;
+    let (mut engine, mut raw) = (Vec::new(), Vec::new());
+    for i in 0..20 {
+        engine.push(engine_register(port, &ca).await);
+        raw.push(raw_register(port, &ca, i + 1).await);
+    }
+    let (e, r) = (median(&mut engine), median(&mut raw));
+    row(
+        rows,
+        "probe: WSS connect + REGISTER, probe engine (median of 20)",
+        format!("{e:.2} ms"),
+        "",
+        None,
+    );
+    row(
+        rows,
+        "probe: raw TLS + WebSocket handshake + 2 SIP round trips (median of 20)",
+        format!("{r:.2} ms"),
+        "",
+        None,
+    );
+    row(
+        rows,
+        "probe: ratio engine / raw",
+        format!("{:.2}", e / r),
+        "<= 1.2",
+        Some(e / r <= 1.2),
+    );
+
+    // The same REGISTER by JsSIP in Node.
+    let node = Command::new("node")
+        .arg(support::repo().join("benches/jssip-register.cjs"))
+        .args([
+            &format!("wss://{DOMAIN}:{port}/ws"),
+            DOMAIN,
+            "1001",
+            "pw-1001",
+            "20",
+        ])
+        .arg(dir.join("ca.crt"))
+        .env("BROWSER_DIR", support::ground_env("BROWSER_DIR"))
+        .output()
+        .unwrap();
+    let out: Value = serde_json::from_slice(&node.stdout).unwrap_or_else(|_| {
+        panic!(
+            "jssip: {}{}",
+            String::from_utf8_lossy(&node.stdout),
+            String::from_utf8_lossy(&node.stderr)
+        )
+    });
+    let js = out["median_ms"].as_f64().unwrap();
+    row(
+        rows,
+        "probe: the same REGISTER by JsSIP 3.13 in Node 20 (median of 20)",
+        format!("{js:.2} ms"),
+        "",
+        None,
+    );
+    row(
+        rows,
+        "probe: ratio engine / JsSIP",
+        format!("{:.2}", e / js),
+        "",
+        None,
+    );
+
+    // The most concurrent REGISTER probes from one process with no error.
+    let mut best = 0;
+    for n in [200usize, 400, 800, 1600] {
+        let t0 = Instant::now();
+        let results: Vec<bool> = futures::stream::iter(0..n)
+            .map(|_| {
+                let ca = ca.clone();
+                async move {
+                    let report = probe::run(&probe::Request {
+                        target: support::target(port, "/ws", DOMAIN, &ca),
+                        account: Some(register::Account {
+                            domain: DOMAIN.into(),
+                            user: "1001".into(),
+                            password: "pw-1001".into(),
+                        }),
+                        echo: None,
+                    })
+                    .await;
+                    report.ok
+                }
+            })
+            .buffer_unordered(n)
+            .collect()
+            .await;
+        let failed = results.iter().filter(|ok| !**ok).count();
+        println!(
+            "  {n} concurrent: {failed} failed in {:.1} s",
+            t0.elapsed().as_secs_f64()
+        );
+        if failed > 0 {
+            break;
+        }
+        best = n;
+    }
+    row(
+        rows,
+        "probe: most concurrent WSS + REGISTER probes from one process with zero errors (of 200/400/800/1600)",
+        best.to_string(),
+        ">= 200",
+        Some(best >= 200),
+    );
+    asterisk.kill();
+
+    // CPU per second of echo call: the probe command in a test host, 10 s.
+    let netns = support::Netns::new("bench-echo");
+    let echo_dir = support::scratch_dir("bench-echo");
+    let port = support::free_port();
+    let etc = support::render_config(&echo_dir, DOMAIN, port, "");
+    support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let mut rtp = std::fs::read_to_string(etc.join("rtp.conf")).unwrap();
+    rtp.push_str(&format!(
+        "\n[ice_host_candidates]\n{} => 127.0.0.1\n",
+        support::Netns::MEDIA_ADDRESS
+    ));
+    std::fs::write(etc.join("rtp.conf"), rtp).unwrap();
+    std::fs::copy(etc.join("keys/ca.crt"), echo_dir.join("ca.crt")).unwrap();
+    let mut asterisk = support::Asterisk::start_in(&etc, Some(&netns));
+    asterisk.wait_booted();
+    let script = format!(
+        "{} probe --url wss://{DOMAIN}:{port}/ws --connect-to 127.0.0.1:{port} --ca-file {} --user 1001 --password pw-1001 \
+         --echo-extension '*43' --echo-duration 10s --output json >/dev/null; times",
+        support::operator_exe().display(),
+        echo_dir.join("ca.crt").display()
+    );
+    let out = netns
+        .command("bash")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let times = String::from_utf8_lossy(&out.stdout);
+    // `times`: the shell's user/sys, then its children's.
+    let seconds = |t: &str| {
+        let (m, s) = t.trim_end_matches('s').split_once('m').unwrap();
+        m.parse::<f64>().unwrap() * 60.0 + s.parse::<f64>().unwrap()
+    };
+    let children = times.lines().nth(1).unwrap_or("0m0s 0m0s");
+    let cpu: f64 = children.split_whitespace().map(seconds).sum();
+    row(
+        rows,
+        "probe: CPU per second of echo call (10 s call, PCMU 50 pps, DTLS-SRTP; user + sys)",
+        format!("{:.1} ms/s", cpu * 1000.0 / 10.0),
+        "",
+        None,
+    );
+    asterisk.kill();
+    drop(netns);
+    support::remove_dir(&dir);
+    support::remove_dir(&echo_dir);
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let only = std::env::var("WPBX_BENCH_ONLY").unwrap_or_default();
+    let wanted = |s: &str| only.is_empty() || only.split(',').any(|o| o == s);
+    let churn = Duration::from_secs(
+        std::env::var("WPBX_BENCH_CHURN_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(600),
+    );
+    let mut rows = Vec::new();
+    let started = Instant::now();
+    if wanted("convergence") {
+        convergence(&mut rows).await;
+    }
+    if wanted("scale") {
+        scale_and_churn(&mut rows, churn).await;
+    }
+    if wanted("probe") {
+        probe_cost(&mut rows).await;
+    }
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+        / 1024.0;
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .unwrap();
+    println!(
+        "\nBenchmarks, {} on {cores} cores / {memory:.0} GiB, Kubernetes {} (kwok nodes), Asterisk 22, debug={} ({:.0} s)\n",
+        String::from_utf8_lossy(&date.stdout).trim(),
+        support::ground_env("K8S_VERSION"),
+        cfg!(debug_assertions),
+        started.elapsed().as_secs_f64()
+    );
+    println!("| benchmark | figure | target | |\n|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} |",
+            r.what, r.figure, r.target, r.verdict
+        );
+    }
+}
