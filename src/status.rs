@@ -357,15 +357,21 @@ pub fn same_ignoring_time(a: &WebRtcPbxStatus, b: &WebRtcPbxStatus) -> bool {
     strip(a) == strip(b)
 }
 
-/// The conditions whose status changed from `previous` (for Events).
-pub fn transitions<'a>(previous: &[Condition], current: &'a [Condition]) -> Vec<&'a Condition> {
+/// The conditions worth an Event: a change (status or reason) of a
+/// condition already reported, and, on a PBX's first status, the faults a
+/// user must fix (when Stalled). Reconciling and Stalled only restate the
+/// others. A healthy PBX thus records PodsReady and Ready, not one Event
+/// per condition appearing: at scale every Event is a write.
+pub fn events<'a>(previous: &[Condition], current: &'a [Condition]) -> Vec<&'a Condition> {
+    let stalled = current
+        .iter()
+        .any(|c| c.type_ == types::STALLED && c.status == "True");
     current
         .iter()
-        .filter(|c| {
-            previous
-                .iter()
-                .find(|p| p.type_ == c.type_)
-                .is_none_or(|p| p.status != c.status || p.reason != c.reason)
+        .filter(|c| c.type_ != types::RECONCILING && c.type_ != types::STALLED)
+        .filter(|c| match previous.iter().find(|p| p.type_ == c.type_) {
+            Some(p) => p.status != c.status || p.reason != c.reason,
+            None => stalled && c.status == "False" && c.type_ != types::READY,
         })
         .collect()
 }
@@ -452,8 +458,8 @@ mod tests {
         let v3 = vec![Verdict::new(types::READY, Tri::True, reasons::READY, "c")];
         let third = conditions(&v3, &second, Some(2), &time(300));
         assert_eq!(third[0].last_transition_time, time(300));
-        assert_eq!(transitions(&second, &third).len(), 1);
-        assert!(transitions(&first, &second).is_empty());
+        assert_eq!(events(&second, &third).len(), 1);
+        assert!(events(&first, &second).is_empty());
     }
 
     fn probed(ok: bool, reason: &str, failures_in_a_row: u32) -> Probed {
@@ -556,6 +562,59 @@ mod tests {
         let a = Probed::default().after(&check(false)).after(&check(false));
         assert_eq!(a.failures_in_a_row, 2);
         assert_eq!(a.after(&check(true)).failures_in_a_row, 0);
+    }
+
+    #[test]
+    fn events_record_changes_and_first_faults_only() {
+        let at = time(1);
+        let conds = |vs: &[(&'static str, Tri, &str)]| {
+            let verdicts: Vec<Verdict> = vs
+                .iter()
+                .map(|(t, s, r)| Verdict::new(t, *s, r, ""))
+                .collect();
+            conditions(&verdicts, &[], None, &at)
+        };
+        let first = conds(&[
+            (types::CONFIG_RENDERED, Tri::True, reasons::RENDERED),
+            (types::WORKLOAD_READY, Tri::False, reasons::PODS_NOT_READY),
+            (types::READY, Tri::False, reasons::NOT_READY),
+            (types::RECONCILING, Tri::True, reasons::PROGRESSING),
+            (types::STALLED, Tri::False, reasons::SETTLED),
+        ]);
+        assert!(
+            events(&[], &first).is_empty(),
+            "a PBX on its way: no Events"
+        );
+        let ready = conds(&[
+            (types::CONFIG_RENDERED, Tri::True, reasons::RENDERED),
+            (types::WORKLOAD_READY, Tri::True, reasons::PODS_READY),
+            (types::READY, Tri::True, reasons::READY),
+            (types::RECONCILING, Tri::False, reasons::SETTLED),
+            (types::STALLED, Tri::False, reasons::SETTLED),
+        ]);
+        let types: Vec<&str> = events(&first, &ready)
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(types, vec![types::WORKLOAD_READY, types::READY]);
+        let stuck = conds(&[
+            (
+                types::CONFIG_RENDERED,
+                Tri::False,
+                reasons::SECRET_NOT_FOUND,
+            ),
+            (types::READY, Tri::False, reasons::NOT_READY),
+            (types::STALLED, Tri::True, reasons::USER_ACTION_REQUIRED),
+        ]);
+        let types: Vec<&str> = events(&[], &stuck)
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(
+            types,
+            vec![types::CONFIG_RENDERED],
+            "a fault on first sight"
+        );
     }
 
     #[test]

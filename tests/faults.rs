@@ -79,6 +79,9 @@ fn material(domain: &str, now: OffsetDateTime) -> certs::TlsMaterial {
     .unwrap()
 }
 
+/// PBX, spec, objects it references (kind, object), condition, reason.
+type Case<'a> = (&'a str, Value, Vec<(&'a str, Value)>, &'a str, &'a str);
+
 #[tokio::test]
 async fn malformed_secrets_configmaps_and_certificates_each_get_their_reason() {
     let client = support::client().await;
@@ -98,8 +101,7 @@ async fn malformed_secrets_configmaps_and_certificates_each_get_their_reason() {
         s["tls"] = json!({"mode": "Secret", "secretName": format!("{name}-cert")});
         s
     };
-    // (PBX, spec, objects it references, condition, reason)
-    let mut cases: Vec<(&str, Value, Vec<(&str, Value)>, &str, &str)> = vec![
+    let mut cases: Vec<Case> = vec![
         (
             "no-secret",
             with_user("no-secret", "nowhere", "100"),

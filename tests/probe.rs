@@ -10,9 +10,6 @@ use std::time::Instant;
 
 use serde_json::Value;
 use webrtc_pbx_operator::certs;
-use webrtc_pbx_operator::cli;
-use webrtc_pbx_operator::render;
-use webrtc_pbx_operator::validate::{self, Generated, Referenced};
 
 const DOMAIN: &str = "pbx.probe.test";
 

@@ -49,17 +49,25 @@ pub enum Applied {
     Written,
 }
 
-async fn apply_typed<K>(api: Api<K>, object: &K) -> Result<Applied, kube::Error>
+/// The live object, when the caller already fetched it in this reconcile:
+/// `Some(None)` means it is known not to exist; `None`, not fetched.
+pub type Known = Option<Option<Value>>;
+
+async fn apply_typed<K>(api: Api<K>, object: &K, known: Known) -> Result<Applied, kube::Error>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let name = object.meta().name.clone().unwrap_or_default();
     let desired = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
-    if let Some(live) = api.get_opt(&name).await? {
-        let live = serde_json::to_value(&live).map_err(kube::Error::SerdeError)?;
-        if contains(&live, &desired) {
-            return Ok(Applied::Unchanged);
-        }
+    let live = match known {
+        Some(live) => live,
+        None => match api.get_opt(&name).await? {
+            Some(live) => Some(serde_json::to_value(&live).map_err(kube::Error::SerdeError)?),
+            None => None,
+        },
+    };
+    if live.is_some_and(|live| contains(&live, &desired)) {
+        return Ok(Applied::Unchanged);
     }
     api.patch(
         &name,
@@ -70,24 +78,46 @@ where
     Ok(Applied::Written)
 }
 
-/// Applies one object in `namespace`.
+/// Applies one object in `namespace`; `known` saves the GET when the
+/// dereference step already read it.
 pub async fn apply(
     client: &Client,
     namespace: &str,
     object: &Object,
+    known: Known,
 ) -> Result<Applied, kube::Error> {
     match object {
         Object::Secret(o) => {
-            apply_typed(Api::<Secret>::namespaced(client.clone(), namespace), o).await
+            apply_typed(
+                Api::<Secret>::namespaced(client.clone(), namespace),
+                o,
+                known,
+            )
+            .await
         }
         Object::ConfigMap(o) => {
-            apply_typed(Api::<ConfigMap>::namespaced(client.clone(), namespace), o).await
+            apply_typed(
+                Api::<ConfigMap>::namespaced(client.clone(), namespace),
+                o,
+                known,
+            )
+            .await
         }
         Object::Service(o) => {
-            apply_typed(Api::<Service>::namespaced(client.clone(), namespace), o).await
+            apply_typed(
+                Api::<Service>::namespaced(client.clone(), namespace),
+                o,
+                known,
+            )
+            .await
         }
         Object::StatefulSet(o) => {
-            apply_typed(Api::<StatefulSet>::namespaced(client.clone(), namespace), o).await
+            apply_typed(
+                Api::<StatefulSet>::namespaced(client.clone(), namespace),
+                o,
+                known,
+            )
+            .await
         }
         Object::Certificate(o) => {
             let api = Api::<DynamicObject>::namespaced_with(
@@ -95,7 +125,7 @@ pub async fn apply(
                 namespace,
                 &certificate_resource(),
             );
-            apply_typed(api, o).await
+            apply_typed(api, o, known).await
         }
     }
 }

@@ -16,11 +16,12 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -173,14 +174,14 @@ pub async fn run(
     }
     // A user's Secret or ConfigMap changed: re-render the PBXs that use it.
     let store = controller.store();
-    let secret_users = move |secret: Secret| {
+    let secret_users = move |secret: PartialObjectMeta<Secret>| {
         let name = secret.name_any();
         pbxes_using(&store, secret.namespace(), |p| {
             validate::referenced_secrets(&p.name_any(), &p.spec).contains(&name)
         })
     };
     let store = controller.store();
-    let config_map_users = move |cm: ConfigMap| {
+    let config_map_users = move |cm: PartialObjectMeta<ConfigMap>| {
         let name = cm.name_any();
         pbxes_using(&store, cm.namespace(), |p| {
             p.spec
@@ -201,18 +202,47 @@ pub async fn run(
             Duration::from_secs(10),
         ))
         .reconcile_on(finished)
-        .owns(scoped::<Secret>(&client, ns), owned.clone())
-        .owns(scoped::<ConfigMap>(&client, ns), owned.clone())
-        .owns(scoped::<Service>(&client, ns), owned.clone())
-        .owns(scoped::<StatefulSet>(&client, ns), owned)
-        .watches(
-            scoped::<Secret>(&client, ns),
-            watcher::Config::default(),
+        // Metadata only: the mappers need names and owners, and the
+        // reconcile reads what it needs; object data (certificates, config
+        // files, every Secret in the cluster) stays out of memory.
+        .owns_stream(
+            watcher(
+                scoped::<PartialObjectMeta<Secret>>(&client, ns),
+                owned.clone(),
+            )
+            .touched_objects(),
+        )
+        .owns_stream(
+            watcher(
+                scoped::<PartialObjectMeta<ConfigMap>>(&client, ns),
+                owned.clone(),
+            )
+            .touched_objects(),
+        )
+        .owns_stream(
+            watcher(
+                scoped::<PartialObjectMeta<Service>>(&client, ns),
+                owned.clone(),
+            )
+            .touched_objects(),
+        )
+        .owns_stream(
+            watcher(scoped::<PartialObjectMeta<StatefulSet>>(&client, ns), owned).touched_objects(),
+        )
+        .watches_stream(
+            watcher(
+                scoped::<PartialObjectMeta<Secret>>(&client, ns),
+                watcher::Config::default(),
+            )
+            .touched_objects(),
             secret_users,
         )
-        .watches(
-            scoped::<ConfigMap>(&client, ns),
-            watcher::Config::default(),
+        .watches_stream(
+            watcher(
+                scoped::<PartialObjectMeta<ConfigMap>>(&client, ns),
+                watcher::Config::default(),
+            )
+            .touched_objects(),
             config_map_users,
         )
         .graceful_shutdown_on(shutdown)
@@ -326,6 +356,8 @@ struct Fetched {
     own_secret: Option<Secret>,
     tls_secret: Option<Secret>,
     ca_secret: Option<Secret>,
+    /// The names the three Secrets above were read under.
+    secret_names: [String; 3],
     stateful_set: Option<StatefulSet>,
     /// The PBX's pod (a StatefulSet of one).
     pod: Option<Pod>,
@@ -363,13 +395,17 @@ async fn dereference(client: &Client, ns: &str, pbx: &WebRtcPbx) -> Result<Fetch
     } else {
         None
     };
+    let secret_names = [
+        objects::secret_name(&name),
+        validate::tls_secret_name(&name, spec),
+        objects::ca_secret_name(&name),
+    ];
     Ok(Fetched {
         referenced: Referenced::from_objects(found, cms),
-        own_secret: secrets.get_opt(&objects::secret_name(&name)).await?,
-        tls_secret: secrets
-            .get_opt(&validate::tls_secret_name(&name, spec))
-            .await?,
-        ca_secret: secrets.get_opt(&objects::ca_secret_name(&name)).await?,
+        own_secret: secrets.get_opt(&secret_names[0]).await?,
+        tls_secret: secrets.get_opt(&secret_names[1]).await?,
+        ca_secret: secrets.get_opt(&secret_names[2]).await?,
+        secret_names,
         pod: Api::<Pod>::namespaced(client.clone(), ns)
             .get_opt(&format!("{name}-0"))
             .await?,
@@ -378,6 +414,31 @@ async fn dereference(client: &Client, ns: &str, pbx: &WebRtcPbx) -> Result<Fetch
             .await?,
         certificate,
     })
+}
+
+impl Fetched {
+    /// What the dereference step read of `object`, so apply need not GET it
+    /// again: the operator's, TLS and CA Secrets and the StatefulSet, found
+    /// or known to be absent.
+    fn known(&self, object: &Object) -> apply::Known {
+        fn json<T: serde::Serialize>(v: Option<&T>) -> Option<serde_json::Value> {
+            v.and_then(|v| serde_json::to_value(v).ok())
+        }
+        match object {
+            Object::Secret(s) => {
+                let name = s.metadata.name.as_deref()?;
+                let read = [
+                    (&self.secret_names[0], &self.own_secret),
+                    (&self.secret_names[1], &self.tls_secret),
+                    (&self.secret_names[2], &self.ca_secret),
+                ];
+                let (_, found) = read.into_iter().find(|(n, _)| n.as_str() == name)?;
+                Some(json(found.as_ref()))
+            }
+            Object::StatefulSet(_) => Some(json(self.stateful_set.as_ref())),
+            _ => None,
+        }
+    }
 }
 
 fn secret_text(secret: Option<&Secret>, key: &str) -> Option<String> {
@@ -765,7 +826,7 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
             desired.extend(rendered.objects);
             let mut writes = 0;
             for object in &desired {
-                match apply::apply(client, &ns, object).await {
+                match apply::apply(client, &ns, object, fetched.known(object)).await {
                     Ok(apply::Applied::Written) => writes += 1,
                     Ok(apply::Applied::Unchanged) => {}
                     // No cert-manager: reported through CertificateReady.
@@ -872,7 +933,7 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
             &Patch::Apply(&patch),
         )
         .await?;
-        for c in status::transitions(&previous.conditions, &new_status.conditions) {
+        for c in status::events(&previous.conditions, &new_status.conditions) {
             let event = Event {
                 type_: if c.status == "False" {
                     EventType::Warning
