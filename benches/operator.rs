@@ -321,7 +321,10 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
     let client = support::client().await;
     let ns = support::namespace(&client, "bench-scale").await;
     let port = support::free_port();
-    let operator = support::operator_binary(&ns, port, None);
+    let log = std::env::temp_dir().join("wpbx-bench-scale-operator.log");
+    let _ = std::fs::remove_file(&log);
+    println!("  operator log: {}", log.display());
+    let operator = support::operator_binary(&ns, port, Some(&log));
     let pid = operator.id();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = api_requests(port);

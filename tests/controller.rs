@@ -308,6 +308,42 @@ async fn canonical_pbx_becomes_ready_and_stays_quiet() {
         .collect();
     assert!(changed.is_empty(), "writes in steady state: {changed:?}");
     eprintln!("steady state: 0 writes to {} objects in 30 s", before.len());
+
+    // Reconciles that find nothing to do send nothing either (not even a
+    // no-op apply, which changes no resourceVersion): counted in the
+    // apiserver's audit log of writes.
+    let patches = || {
+        let log = std::fs::read_to_string(support::control_plane().dir.join("logs/audit.log"))
+            .unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains(&format!("\"namespace\":\"{}\"", r.ns)))
+            .filter(|l| l.contains("\"verb\":\"patch\""))
+            .filter(|l| {
+                !l.contains("\"resource\":\"webrtcpbxes\"") && !l.contains("\"resource\":\"pods\"")
+            })
+            .filter(|l| {
+                !l.contains("\"resource\":\"leases\"") && !l.contains("\"resource\":\"events\"")
+            })
+            .count()
+    };
+    let before = patches();
+    for i in 0..3 {
+        Api::<WebRtcPbx>::namespaced(r.client.clone(), &r.ns)
+            .patch(
+                "acme",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"annotations": {"test/poke": i.to_string()}}})),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        patches(),
+        before,
+        "children patched by reconciles with nothing to do"
+    );
     r.stop().await;
 }
 

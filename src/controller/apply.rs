@@ -31,6 +31,28 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
     }
 }
 
+/// The first path where `live` does not hold what `desired` asks for (the
+/// log says why an object was written).
+pub fn difference(live: &Value, desired: &Value) -> Option<String> {
+    match (live, desired) {
+        (Value::Object(l), Value::Object(d)) => d.iter().find_map(|(k, dv)| match l.get(k) {
+            Some(lv) => difference(lv, dv).map(|p| format!(".{k}{p}")),
+            None if dv.is_null() => None,
+            None => Some(format!(".{k} (missing)")),
+        }),
+        (Value::Array(l), Value::Array(d)) if l.len() == d.len() => l
+            .iter()
+            .zip(d)
+            .enumerate()
+            .find_map(|(i, (lv, dv))| difference(lv, dv).map(|p| format!("[{i}]{p}"))),
+        (Value::Array(l), Value::Array(d)) => {
+            Some(format!(" ({} items, want {})", l.len(), d.len()))
+        }
+        (l, d) if l == d => None,
+        (l, d) => Some(format!(" ({l} != {d})")),
+    }
+}
+
 /// The cert-manager Certificate resource.
 pub fn certificate_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(
@@ -66,8 +88,10 @@ where
             None => None,
         },
     };
-    if live.is_some_and(|live| contains(&live, &desired)) {
-        return Ok(Applied::Unchanged);
+    match &live {
+        Some(live) if contains(live, &desired) => return Ok(Applied::Unchanged),
+        Some(live) => tracing::debug!(object = %name, at = ?difference(live, &desired), "drifted"),
+        None => {}
     }
     api.patch(
         &name,
@@ -231,6 +255,17 @@ mod tests {
             "status": {}
         });
         assert!(contains(&live, &desired));
+    }
+
+    #[test]
+    fn the_log_names_the_first_difference() {
+        let desired = json!({"spec": {"template": {"mounts": [{"name": "a"}, {"name": "b", "readOnly": false}]}}});
+        let live = json!({"spec": {"template": {"mounts": [{"name": "a"}, {"name": "b"}]}}});
+        assert_eq!(
+            difference(&live, &desired).as_deref(),
+            Some(".spec.template.mounts[1].readOnly (missing)")
+        );
+        assert_eq!(difference(&desired, &desired), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -89,6 +89,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Every PBX the controller watches (for port conflicts), set by each [`run`].
     pub pbxes: std::sync::RwLock<Option<Store<WebRtcPbx>>>,
+    /// The watched children without generated state, set by each [`run`].
+    pub children: std::sync::RwLock<Option<ChildStores>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per PBX, for the backoff.
@@ -127,11 +129,34 @@ impl Context {
             client,
             clock,
             pbxes: std::sync::RwLock::new(None),
+            children: std::sync::RwLock::new(None),
             prober: Arc::new(probes::Prober::new(probe_concurrency, metrics.clone())),
             metrics,
             failures: std::sync::Mutex::new(std::collections::HashMap::new()),
             flap_threshold: status::DEFAULT_FLAP_THRESHOLD,
         }
+    }
+}
+
+/// The children read from watch caches instead of GETs: those holding no
+/// generated state. The operator's Secrets (passwords, the CA) are always
+/// read from the apiserver: a cache that has not seen a Secret yet must
+/// never make the operator generate it again.
+#[derive(Clone)]
+pub struct ChildStores {
+    config_maps: Store<ConfigMap>,
+    services: Store<Service>,
+    stateful_sets: Store<StatefulSet>,
+    pods: Store<Pod>,
+}
+
+impl ChildStores {
+    fn json<K>(store: &Store<K>, ns: &str, name: &str) -> Option<serde_json::Value>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::Serialize + 'static,
+    {
+        let object = store.get(&ObjectRef::new(name).within(ns))?;
+        serde_json::to_value(&*object).ok()
     }
 }
 
@@ -168,7 +193,24 @@ pub async fn run(
     // and ConfigMaps stay out of the operator's memory.
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
-    let controller = Controller::new(scoped::<WebRtcPbx>(&client, ns), watcher::Config::default());
+    // Bounded: 500 PBXs created at once must not mean 500 reconciles
+    // holding their objects at the same time.
+    let controller = Controller::new(scoped::<WebRtcPbx>(&client, ns), watcher::Config::default())
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+        );
+    let (config_maps, config_maps_writer) = reflector::store::<ConfigMap>();
+    let (services, services_writer) = reflector::store::<Service>();
+    let (stateful_sets, stateful_sets_writer) = reflector::store::<StatefulSet>();
+    let (pods, pods_writer) = reflector::store::<Pod>();
+    if let Ok(mut children) = ctx.children.write() {
+        *children = Some(ChildStores {
+            config_maps,
+            services,
+            stateful_sets,
+            pods,
+        });
+    }
     if let Ok(mut pbxes) = ctx.pbxes.write() {
         *pbxes = Some(controller.store());
     }
@@ -202,9 +244,10 @@ pub async fn run(
             Duration::from_secs(10),
         ))
         .reconcile_on(finished)
-        // Metadata only: the mappers need names and owners, and the
-        // reconcile reads what it needs; object data (certificates, config
-        // files, every Secret in the cluster) stays out of memory.
+        // The operator's Secrets: metadata only (the reconcile reads them
+        // from the apiserver). The other children: cached whole, and read
+        // from the caches instead of GETs. Users' Secrets and ConfigMaps
+        // below: metadata only, so no other Secret's data is held.
         .owns_stream(
             watcher(
                 scoped::<PartialObjectMeta<Secret>>(&client, ns),
@@ -213,21 +256,26 @@ pub async fn run(
             .touched_objects(),
         )
         .owns_stream(
-            watcher(
-                scoped::<PartialObjectMeta<ConfigMap>>(&client, ns),
-                owned.clone(),
-            )
-            .touched_objects(),
+            watcher(scoped::<ConfigMap>(&client, ns), owned.clone())
+                .reflect(config_maps_writer)
+                .touched_objects(),
         )
         .owns_stream(
-            watcher(
-                scoped::<PartialObjectMeta<Service>>(&client, ns),
-                owned.clone(),
-            )
-            .touched_objects(),
+            watcher(scoped::<Service>(&client, ns), owned.clone())
+                .reflect(services_writer)
+                .touched_objects(),
         )
         .owns_stream(
-            watcher(scoped::<PartialObjectMeta<StatefulSet>>(&client, ns), owned).touched_objects(),
+            watcher(scoped::<StatefulSet>(&client, ns), owned.clone())
+                .reflect(stateful_sets_writer)
+                .touched_objects(),
+        )
+        // Pods are owned by the StatefulSet, so they trigger nothing; the
+        // watch keeps the cache the scheduler verdicts are read from.
+        .owns_stream(
+            watcher(scoped::<Pod>(&client, ns), owned)
+                .reflect(pods_writer)
+                .touched_objects(),
         )
         .watches_stream(
             watcher(
@@ -347,6 +395,9 @@ fn stale_pending_pod(pod: Option<&Pod>, sts: Option<&StatefulSet>) -> bool {
     unschedulable(pod).is_some() && revision.is_some() && update.is_some() && revision != update
 }
 
+/// Reconciles running at once.
+const RECONCILE_CONCURRENCY: u16 = 16;
+
 /// How often a PBX whose pod is not ready is looked at again.
 const WORKLOAD_RECHECK: Duration = Duration::from_secs(10);
 
@@ -358,13 +409,21 @@ struct Fetched {
     ca_secret: Option<Secret>,
     /// The names the three Secrets above were read under.
     secret_names: [String; 3],
+    /// The caches the other children are read from.
+    stores: Option<ChildStores>,
+    namespace: String,
     stateful_set: Option<StatefulSet>,
     /// The PBX's pod (a StatefulSet of one).
     pod: Option<Pod>,
     certificate: Option<DynamicObject>,
 }
 
-async fn dereference(client: &Client, ns: &str, pbx: &WebRtcPbx) -> Result<Fetched, Error> {
+async fn dereference(
+    client: &Client,
+    stores: Option<&ChildStores>,
+    ns: &str,
+    pbx: &WebRtcPbx,
+) -> Result<Fetched, Error> {
     let secrets = Api::<Secret>::namespaced(client.clone(), ns);
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), ns);
     let name = pbx.name_any();
@@ -406,12 +465,30 @@ async fn dereference(client: &Client, ns: &str, pbx: &WebRtcPbx) -> Result<Fetch
         tls_secret: secrets.get_opt(&secret_names[1]).await?,
         ca_secret: secrets.get_opt(&secret_names[2]).await?,
         secret_names,
-        pod: Api::<Pod>::namespaced(client.clone(), ns)
-            .get_opt(&format!("{name}-0"))
-            .await?,
-        stateful_set: Api::<StatefulSet>::namespaced(client.clone(), ns)
-            .get_opt(&name)
-            .await?,
+        pod: match stores {
+            Some(s) => s
+                .pods
+                .get(&ObjectRef::new(&format!("{name}-0")).within(ns))
+                .map(|p| (*p).clone()),
+            None => {
+                Api::<Pod>::namespaced(client.clone(), ns)
+                    .get_opt(&format!("{name}-0"))
+                    .await?
+            }
+        },
+        stateful_set: match stores {
+            Some(s) => s
+                .stateful_sets
+                .get(&ObjectRef::new(&name).within(ns))
+                .map(|s| (*s).clone()),
+            None => {
+                Api::<StatefulSet>::namespaced(client.clone(), ns)
+                    .get_opt(&name)
+                    .await?
+            }
+        },
+        stores: stores.cloned(),
+        namespace: ns.to_string(),
         certificate,
     })
 }
@@ -436,7 +513,21 @@ impl Fetched {
                 Some(json(found.as_ref()))
             }
             Object::StatefulSet(_) => Some(json(self.stateful_set.as_ref())),
-            _ => None,
+            Object::ConfigMap(c) => {
+                let stores = self.stores.as_ref()?;
+                let name = c.metadata.name.as_deref()?;
+                Some(ChildStores::json(
+                    &stores.config_maps,
+                    &self.namespace,
+                    name,
+                ))
+            }
+            Object::Service(c) => {
+                let stores = self.stores.as_ref()?;
+                let name = c.metadata.name.as_deref()?;
+                Some(ChildStores::json(&stores.services, &self.namespace, name))
+            }
+            Object::Certificate(_) => None,
         }
     }
 }
@@ -764,7 +855,8 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
     let name = pbx.name_any();
     let now = ctx.clock.now();
     let client = &ctx.client;
-    let fetched = dereference(client, &ns, &pbx).await?;
+    let stores = ctx.children.read().ok().and_then(|s| s.clone());
+    let fetched = dereference(client, stores.as_ref(), &ns, &pbx).await?;
     let stored = objects::generated_from_secret(fetched.own_secret.as_ref());
     let generated = validate::fill_generated(&pbx.spec, stored, &mut rand::rng());
 
@@ -824,10 +916,10 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
             // Certificates first: the StatefulSet mounts them.
             let mut desired = cert.objects;
             desired.extend(rendered.objects);
-            let mut writes = 0;
+            let mut written = Vec::new();
             for object in &desired {
                 match apply::apply(client, &ns, object, fetched.known(object)).await {
-                    Ok(apply::Applied::Written) => writes += 1,
+                    Ok(apply::Applied::Written) => written.push(object.describe()),
                     Ok(apply::Applied::Unchanged) => {}
                     // No cert-manager: reported through CertificateReady.
                     Err(e)
@@ -845,8 +937,8 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
                     .delete(&format!("{name}-0"), &Default::default())
                     .await?;
             }
-            if writes + pruned > 0 {
-                info!(pbx = %name, namespace = %ns, writes, pruned, "applied");
+            if !written.is_empty() || pruned > 0 {
+                info!(pbx = %name, namespace = %ns, written = ?written, pruned, "applied");
             }
             components.push((
                 Verdict::new(

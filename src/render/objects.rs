@@ -351,7 +351,9 @@ fn mount(name: &str, path: String, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),
         mount_path: path,
-        read_only: Some(read_only),
+        // The apiserver drops `readOnly: false`: writing it would make the
+        // live object differ from the desired one forever (a write per reconcile).
+        read_only: read_only.then_some(true),
         ..VolumeMount::default()
     }
 }
