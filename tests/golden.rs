@@ -5,12 +5,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod support;
+
 use webrtc_pbx_operator::cli;
 use webrtc_pbx_operator::render;
 use webrtc_pbx_operator::validate::{self, Generated, Referenced};
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    support::repo()
 }
 
 fn updating() -> bool {

@@ -275,16 +275,6 @@ async fn a_frozen_pbx_times_out_in_the_phase_it_froze() {
     let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
     let mut asterisk = support::Asterisk::start(&etc);
     asterisk.wait_wss(port, DOMAIN, &ca, Instant::now()).await;
-    let pid = asterisk.pid().to_string();
-    let signal = |sig: &str| {
-        assert!(
-            Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .unwrap()
-                .success()
-        )
-    };
     let mut target = support::target(port, "/ws", DOMAIN, &ca);
     target.timeout = std::time::Duration::from_secs(1);
     let account = webrtc_pbx_operator::probe::register::Account {
@@ -297,7 +287,7 @@ async fn a_frozen_pbx_times_out_in_the_phase_it_froze() {
     let (mut ws, _, _) = webrtc_pbx_operator::probe::transport::connect(&target)
         .await
         .unwrap();
-    signal("-STOP");
+    asterisk.freeze();
     let r = webrtc_pbx_operator::probe::register::probe(&mut ws, &account, target.timeout).await;
     assert_eq!(
         r.outcome,
@@ -311,7 +301,7 @@ async fn a_frozen_pbx_times_out_in_the_phase_it_froze() {
         echo: None,
     })
     .await;
-    signal("-CONT");
+    asterisk.thaw();
     assert_eq!(report.wss.reason, "ConnectTimeout", "{report:?}");
     assert_eq!(
         report.failed_phase,

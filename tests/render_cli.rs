@@ -4,13 +4,15 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+mod support;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_webrtc-pbx-operator"))
 }
 
 /// `deploy/examples/*/pbx.yaml`.
 fn examples() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
+    let dir = support::repo().join("deploy/examples");
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path().join("pbx.yaml"))
@@ -49,8 +51,7 @@ fn config_dir_writes_asterisk_files_with_secret_modes() {
     use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(format!("wpbx-render-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let file =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/host-network-nat/pbx.yaml");
+    let file = support::repo().join("deploy/examples/host-network-nat/pbx.yaml");
     let out = bin()
         .arg("render")
         .arg(&file)

@@ -21,7 +21,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -99,7 +99,12 @@ pub struct Context {
     pub prober: Arc<probes::Prober>,
     /// Failed probe runs in a row before a True probe condition turns False.
     pub flap_threshold: u32,
+    /// Per PBX, the (uid, generation) this process last pruned children for.
+    pub pruned: std::sync::Mutex<std::collections::HashMap<ObjectRef<WebRtcPbx>, PruneMark>>,
 }
+
+/// A PBX's uid and generation, as last pruned.
+pub type PruneMark = (Option<String>, Option<i64>);
 
 impl Context {
     /// A context with the system clock.
@@ -133,6 +138,7 @@ impl Context {
             prober: Arc::new(probes::Prober::new(probe_concurrency, metrics.clone())),
             metrics,
             failures: std::sync::Mutex::new(std::collections::HashMap::new()),
+            pruned: std::sync::Mutex::new(std::collections::HashMap::new()),
             flap_threshold: status::DEFAULT_FLAP_THRESHOLD,
         }
     }
@@ -161,6 +167,24 @@ impl ChildStores {
 }
 
 impl Context {
+    fn pruned_at(&self, key: &ObjectRef<WebRtcPbx>) -> Option<PruneMark> {
+        self.pruned.lock().ok()?.get(key).cloned()
+    }
+
+    fn set_pruned(&self, key: ObjectRef<WebRtcPbx>, mark: PruneMark) {
+        let Ok(mut pruned) = self.pruned.lock() else {
+            return;
+        };
+        pruned.insert(key, mark);
+        // Forget deleted PBXs now and then, so the map stays the store's size.
+        let store = self.pbxes.read().ok().and_then(|s| s.clone());
+        if let Some(store) = store
+            && pruned.len() > 2 * store.state().len() + 64
+        {
+            pruned.retain(|k, _| store.get(k).is_some());
+        }
+    }
+
     /// Whether a PBX is still in the watch store (for the probe schedules).
     fn exists(&self) -> probes::Exists {
         match self.pbxes.read().ok().and_then(|s| s.clone()) {
@@ -193,12 +217,23 @@ pub async fn run(
     // and ConfigMaps stay out of the operator's memory.
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    // Only spec (generation), label and annotation changes of a PBX trigger
+    // a reconcile: not status updates, most of them the operator's own.
+    let (pbx_store, pbx_writer) = reflector::store::<WebRtcPbx>();
+    let pbx_changes = watcher(scoped::<WebRtcPbx>(&client, ns), watcher::Config::default())
+        .reflect(pbx_writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation
+                .combine(predicates::labels)
+                .combine(predicates::annotations),
+            Default::default(),
+        );
     // Bounded: 500 PBXs created at once must not mean 500 reconciles
     // holding their objects at the same time.
-    let controller = Controller::new(scoped::<WebRtcPbx>(&client, ns), watcher::Config::default())
-        .with_config(
-            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
-        );
+    let controller = Controller::for_stream(pbx_changes, pbx_store).with_config(
+        kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+    );
     let (config_maps, config_maps_writer) = reflector::store::<ConfigMap>();
     let (services, services_writer) = reflector::store::<Service>();
     let (stateful_sets, stateful_sets_writer) = reflector::store::<StatefulSet>();
@@ -928,8 +963,18 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
                     Err(e) => return Err(e.into()),
                 }
             }
-            let uid = pbx.metadata.uid.clone().unwrap_or_default();
-            let pruned = apply::prune(client, &ns, &name, &uid, &desired).await?;
+            // The desired set follows the spec, so a child can become an
+            // orphan only with a new generation (or a new operator, whose
+            // first reconcile of each PBX prunes): list once per generation.
+            let mark: PruneMark = (pbx.metadata.uid.clone(), pbx.metadata.generation);
+            let pruned = if ctx.pruned_at(&key) == Some(mark.clone()) {
+                0
+            } else {
+                let uid = mark.0.clone().unwrap_or_default();
+                let n = apply::prune(client, &ns, &name, &uid, &desired).await?;
+                ctx.set_pruned(key.clone(), mark);
+                n
+            };
             if stale_pending_pod(fetched.pod.as_ref(), fetched.stateful_set.as_ref()) {
                 // Not running, so nothing is lost; the StatefulSet recreates it.
                 info!(pbx = %name, "replacing the unschedulable pod of an outdated revision");

@@ -21,9 +21,12 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use webrtc_pbx_operator::probe::transport::{self, Target, Wss, WssFailure};
 
-/// The repository root.
+/// The repository root, as cargo tells the running test. Not `env!`: one
+/// target dir serves every checkout, and cargo may reuse a test binary built
+/// in another clone, whose compile-time path would lead there.
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
 fn ground_script() -> PathBuf {
@@ -533,6 +536,44 @@ impl Asterisk {
     /// The process ID (the script execs into Asterisk).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stops Asterisk (SIGSTOP) and returns once every thread is stopped. The
+    /// kernel starts a group stop only when one thread takes the signal, so
+    /// on a busy machine the other threads could otherwise still answer.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+        let tasks = format!("/proc/{}/task", self.pid());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let states: Vec<char> = std::fs::read_dir(&tasks)
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+                // The state follows the command name in parentheses.
+                .filter_map(|stat| stat.rsplit_once(") ")?.1.chars().next())
+                .collect();
+            if !states.is_empty() && states.iter().all(|c| *c == 'T' || *c == 't') {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Asterisk threads not stopped: {states:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Resumes Asterisk after [`Asterisk::freeze`].
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {}", self.pid());
     }
 
     /// What Asterisk printed so far.
