@@ -295,24 +295,43 @@ fn peak_rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
-/// The operator's API requests by method, from its own counter.
-fn api_requests(port: u16) -> std::collections::BTreeMap<String, u64> {
+/// The operator's API requests by (method, resource), from its own counter.
+type Requests = std::collections::BTreeMap<(String, String), u64>;
+
+fn api_requests(port: u16) -> Requests {
     support::http_get(port, "/metrics")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.strip_prefix("webrtc_pbx_api_requests_total{method=\""))
         .filter_map(|l| {
             let (method, rest) = l.split_once('"')?;
-            Some((method.to_string(), rest.rsplit(' ').next()?.parse().ok()?))
+            let resource = rest.strip_prefix(",resource=\"")?.split('"').next()?;
+            let count = rest.rsplit(' ').next()?.parse().ok()?;
+            Some(((method.to_string(), resource.to_string()), count))
         })
         .collect()
 }
 
-fn writes(requests: &std::collections::BTreeMap<String, u64>) -> u64 {
-    ["POST", "PATCH", "PUT", "DELETE"]
-        .iter()
-        .filter_map(|m| requests.get(*m))
-        .sum()
+/// What was requested between two readings, matching `keep`, by method.
+fn requested_since(
+    before: &Requests,
+    after: &Requests,
+    keep: impl Fn(&str, &str) -> bool,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut by_method = std::collections::BTreeMap::new();
+    for ((method, resource), n) in after {
+        let was = before
+            .get(&(method.clone(), resource.clone()))
+            .unwrap_or(&0);
+        if keep(method, resource) && n > was {
+            *by_method.entry(method.clone()).or_insert(0) += n - was;
+        }
+    }
+    by_method
+}
+
+fn is_write(method: &str) -> bool {
+    ["POST", "PATCH", "PUT", "DELETE"].contains(&method)
 }
 
 async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
@@ -374,7 +393,8 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
     let took = t0.elapsed();
     let rss = peak_rss_mib(pid);
     let after = api_requests(port);
-    let total: u64 = after.values().sum::<u64>() - before.values().sum::<u64>();
+    let by_method = requested_since(&before, &after, |_, _| true);
+    let total: u64 = by_method.values().sum();
     row(
         rows,
         &format!(
@@ -396,9 +416,8 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
         rows,
         "scale: operator API requests until then",
         format!(
-            "{total} ({:.1} per PBX; {:?})",
+            "{total} ({:.1} per PBX; {by_method:?})",
             total as f64 / N as f64,
-            after
         ),
         "",
         None,
@@ -433,8 +452,14 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
     let start = api_requests(port);
     tokio::time::sleep(churn).await;
     let end = api_requests(port);
-    let written = writes(&end) - writes(&start);
-    let reads: u64 = end.values().sum::<u64>() - start.values().sum::<u64>() - written;
+    // The leader's Lease renewals are writes too, but to its own Lease,
+    // not to anything it manages: counted apart.
+    let sum = |keep: &dyn Fn(&str, &str) -> bool| -> u64 {
+        requested_since(&start, &end, keep).values().sum()
+    };
+    let written = sum(&|m, r| is_write(m) && r != "leases");
+    let reads = sum(&|m, r| !is_write(m) && r != "leases");
+    let lease = sum(&|_, r| r == "leases");
     row(
         rows,
         &format!(
@@ -445,6 +470,13 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
         format!("{written} (and {reads} reads)"),
         "0",
         Some(written == 0),
+    );
+    row(
+        rows,
+        "churn: leader Lease requests in the same window (renewals)",
+        lease.to_string(),
+        "",
+        None,
     );
     row(
         rows,

@@ -27,6 +27,31 @@ pub struct FailureLabels {
 pub struct RequestLabels {
     /// GET, WATCH (a GET with watch=true), POST, PATCH, PUT or DELETE.
     pub method: String,
+    /// The resource, with its subresource: `secrets`, `leases`,
+    /// `webrtcpbxes/status` ...
+    pub resource: String,
+}
+
+/// The resource a request path addresses (`/api/v1/namespaces/NS/secrets/X`
+/// is `secrets`; a status write is `webrtcpbxes/status`).
+pub fn resource_of(path: &str) -> String {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // After /api/VERSION or /apis/GROUP/VERSION, and after namespaces/NS
+    // unless the namespaces themselves are addressed.
+    let mut rest = match segments.first() {
+        Some(&"api") => segments.get(2..),
+        Some(&"apis") => segments.get(3..),
+        _ => None,
+    }
+    .unwrap_or_default();
+    if rest.first() == Some(&"namespaces") && rest.len() > 2 {
+        rest = &rest[2..];
+    }
+    match rest {
+        [resource, _, sub, ..] => format!("{resource}/{sub}"),
+        [resource, ..] => (*resource).to_string(),
+        [] => "other".to_string(),
+    }
 }
 
 /// A client (kubeconfig or in-cluster) that counts its requests into
@@ -47,9 +72,10 @@ pub async fn counted_client(metrics: Arc<Metrics>) -> Result<kube::Client, kube:
             } else {
                 request.method().as_str().to_string()
             };
+            let resource = resource_of(request.uri().path());
             metrics
                 .api_requests
-                .get_or_create(&RequestLabels { method })
+                .get_or_create(&RequestLabels { method, resource })
                 .inc();
             request
         });
@@ -488,6 +514,29 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_counted_by_resource() {
+        let cases = [
+            ("/api/v1/namespaces/pbx/secrets/a-ca", "secrets"),
+            ("/api/v1/namespaces/pbx/secrets", "secrets"),
+            ("/api/v1/secrets", "secrets"),
+            ("/api/v1/namespaces/pbx", "namespaces"),
+            (
+                "/apis/coordination.k8s.io/v1/namespaces/ops/leases/wpbx",
+                "leases",
+            ),
+            (
+                "/apis/pbx.webrtc.io/v1alpha1/namespaces/pbx/webrtcpbxes/a/status",
+                "webrtcpbxes/status",
+            ),
+            ("/apis/events.k8s.io/v1/namespaces/pbx/events", "events"),
+            ("/version", "other"),
+        ];
+        for (path, resource) in cases {
+            assert_eq!(resource_of(path), resource, "{path}");
+        }
+    }
 
     #[test]
     fn probe_series_follow_the_last_run_and_go_with_the_pbx() {

@@ -963,3 +963,56 @@ async fn convergence_time_from_apply_to_all_children() {
     assert_eq!(times.len(), 20);
     r.stop().await;
 }
+
+/// The operator reads its own Secrets from a watch cache, which can lag
+/// behind its last write. A Secret derived from a stale copy (passwords
+/// generated again, a certificate issued again) must be refused by the
+/// apiserver rather than replace the newer one.
+#[tokio::test]
+async fn a_secret_derived_from_a_stale_copy_is_refused() {
+    use webrtc_pbx_operator::controller::apply::{self, Applied};
+    use webrtc_pbx_operator::render::Object;
+    let client = support::client().await;
+    let ns = support::namespace(&client, "stale").await;
+    let operator = support::operator_client(&ns).await;
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    let secret = |password: &str| {
+        let mut s: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "pbx-asterisk", "namespace": ns,
+                         "labels": {"app.kubernetes.io/managed-by": "webrtc-pbx-operator"}},
+            "stringData": {"probe-password": password}
+        }))
+        .unwrap();
+        // As rendered: data, not stringData.
+        s.data = s.string_data.take().map(|d| {
+            d.into_iter()
+                .map(|(k, v)| (k, k8s_openapi::ByteString(v.into_bytes())))
+                .collect()
+        });
+        Object::Secret(s)
+    };
+    let live = || async {
+        let s = secrets.get("pbx-asterisk").await.unwrap();
+        (
+            serde_json::to_value(&s).unwrap(),
+            String::from_utf8(s.data.unwrap()["probe-password"].0.clone()).unwrap(),
+        )
+    };
+
+    let first = apply::apply(&operator, &ns, &secret("one"), Some(None))
+        .await
+        .unwrap();
+    assert_eq!(first, Applied::Written);
+    let (stale, _) = live().await;
+    // A reconcile that read the current version writes.
+    let second = apply::apply(&operator, &ns, &secret("two"), Some(Some(stale.clone())))
+        .await
+        .unwrap();
+    assert_eq!(second, Applied::Written);
+    assert_eq!(live().await.1, "two");
+    // One still holding the old copy is refused, and "two" stays.
+    let third = apply::apply(&operator, &ns, &secret("three"), Some(Some(stale))).await;
+    let error = third.expect_err("a write from a stale copy must be refused");
+    assert!(apply::is_conflict(&error), "{error}");
+    assert_eq!(live().await.1, "two");
+}

@@ -103,7 +103,10 @@ where
 }
 
 /// Applies one object in `namespace`; `known` saves the GET when the
-/// dereference step already read it.
+/// dereference step already read it. A Secret is written only over the
+/// version it was derived from (its generated passwords and certificates
+/// come from the live copy): if that copy was stale, the apiserver answers
+/// 409 ([`is_conflict`]) and nothing is replaced.
 pub async fn apply(
     client: &Client,
     namespace: &str,
@@ -112,9 +115,14 @@ pub async fn apply(
 ) -> Result<Applied, kube::Error> {
     match object {
         Object::Secret(o) => {
+            let mut o = o.clone();
+            o.metadata.resource_version = known
+                .as_ref()
+                .and_then(|live| live.as_ref()?["metadata"]["resourceVersion"].as_str())
+                .map(str::to_string);
             apply_typed(
                 Api::<Secret>::namespaced(client.clone(), namespace),
-                o,
+                &o,
                 known,
             )
             .await
@@ -152,6 +160,12 @@ pub async fn apply(
             apply_typed(api, o, known).await
         }
     }
+}
+
+/// True when the apiserver refused a write because the object changed since
+/// the resourceVersion it carried.
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
 /// True when the error says the resource type does not exist (a CRD that

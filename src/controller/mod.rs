@@ -144,12 +144,14 @@ impl Context {
     }
 }
 
-/// The children read from watch caches instead of GETs: those holding no
-/// generated state. The operator's Secrets (passwords, the CA) are always
-/// read from the apiserver: a cache that has not seen a Secret yet must
-/// never make the operator generate it again.
+/// The children, read from watch caches instead of GETs. A cache can lag:
+/// an operator Secret missing from it is looked up with a GET before
+/// anything is generated, and a Secret written from what the cache held
+/// carries that resourceVersion, so a stale copy gets a conflict instead of
+/// replacing passwords or certificates ([`apply::apply`]).
 #[derive(Clone)]
 pub struct ChildStores {
+    secrets: Store<Secret>,
     config_maps: Store<ConfigMap>,
     services: Store<Service>,
     stateful_sets: Store<StatefulSet>,
@@ -221,6 +223,7 @@ pub async fn run(
     // a reconcile: not status updates, most of them the operator's own.
     let (pbx_store, pbx_writer) = reflector::store::<WebRtcPbx>();
     let pbx_changes = watcher(scoped::<WebRtcPbx>(&client, ns), watcher::Config::default())
+        .modify(slim)
         .reflect(pbx_writer)
         .applied_objects()
         .predicate_filter(
@@ -234,12 +237,14 @@ pub async fn run(
     let controller = Controller::for_stream(pbx_changes, pbx_store).with_config(
         kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
     );
+    let (secrets, secrets_writer) = reflector::store::<Secret>();
     let (config_maps, config_maps_writer) = reflector::store::<ConfigMap>();
     let (services, services_writer) = reflector::store::<Service>();
     let (stateful_sets, stateful_sets_writer) = reflector::store::<StatefulSet>();
     let (pods, pods_writer) = reflector::store::<Pod>();
     if let Ok(mut children) = ctx.children.write() {
         *children = Some(ChildStores {
+            secrets,
             config_maps,
             services,
             stateful_sets,
@@ -279,29 +284,30 @@ pub async fn run(
             Duration::from_secs(10),
         ))
         .reconcile_on(finished)
-        // The operator's Secrets: metadata only (the reconcile reads them
-        // from the apiserver). The other children: cached whole, and read
-        // from the caches instead of GETs. Users' Secrets and ConfigMaps
-        // below: metadata only, so no other Secret's data is held.
+        // The children: cached whole (only the operator's, by label), and
+        // read from the caches instead of GETs. Users' Secrets and
+        // ConfigMaps below: metadata only, so no other Secret's data is held.
         .owns_stream(
-            watcher(
-                scoped::<PartialObjectMeta<Secret>>(&client, ns),
-                owned.clone(),
-            )
-            .touched_objects(),
+            watcher(scoped::<Secret>(&client, ns), owned.clone())
+                .modify(slim)
+                .reflect(secrets_writer)
+                .touched_objects(),
         )
         .owns_stream(
             watcher(scoped::<ConfigMap>(&client, ns), owned.clone())
+                .modify(slim)
                 .reflect(config_maps_writer)
                 .touched_objects(),
         )
         .owns_stream(
             watcher(scoped::<Service>(&client, ns), owned.clone())
+                .modify(slim)
                 .reflect(services_writer)
                 .touched_objects(),
         )
         .owns_stream(
             watcher(scoped::<StatefulSet>(&client, ns), owned.clone())
+                .modify(slim)
                 .reflect(stateful_sets_writer)
                 .touched_objects(),
         )
@@ -309,6 +315,11 @@ pub async fn run(
         // watch keeps the cache the scheduler verdicts are read from.
         .owns_stream(
             watcher(scoped::<Pod>(&client, ns), owned)
+                .modify(|pod: &mut Pod| {
+                    slim(pod);
+                    // Only labels and status are read (scheduling verdicts).
+                    pod.spec = None;
+                })
                 .reflect(pods_writer)
                 .touched_objects(),
         )
@@ -339,6 +350,12 @@ pub async fn run(
         .await;
     // Leadership lost or shutting down: the next leader probes.
     prober.stop_all();
+}
+
+/// Drops what the caches never read: managedFields (a JSON tree per field
+/// manager, often larger than the object's own fields).
+fn slim<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 /// Backoff of the watch streams, which all share one: 200 ms doubling to
@@ -430,6 +447,9 @@ fn stale_pending_pod(pod: Option<&Pod>, sts: Option<&StatefulSet>) -> bool {
     unschedulable(pod).is_some() && revision.is_some() && update.is_some() && revision != update
 }
 
+/// How soon a reconcile that met a write conflict looks again.
+const CONFLICT_RETRY: Duration = Duration::from_millis(500);
+
 /// Reconciles running at once.
 const RECONCILE_CONCURRENCY: u16 = 16;
 
@@ -494,11 +514,28 @@ async fn dereference(
         validate::tls_secret_name(&name, spec),
         objects::ca_secret_name(&name),
     ];
+    // From the cache when it has them; a miss is confirmed by the apiserver.
+    let own = |name: &String| {
+        let cached = stores.and_then(|s| s.secrets.get(&ObjectRef::new(name).within(ns)));
+        let secrets = secrets.clone();
+        let name = name.clone();
+        async move {
+            match cached {
+                Some(s) => Ok(Some((*s).clone())),
+                None => secrets.get_opt(&name).await,
+            }
+        }
+    };
+    let (own_secret, tls_secret, ca_secret) = futures::try_join!(
+        own(&secret_names[0]),
+        own(&secret_names[1]),
+        own(&secret_names[2])
+    )?;
     Ok(Fetched {
         referenced: Referenced::from_objects(found, cms),
-        own_secret: secrets.get_opt(&secret_names[0]).await?,
-        tls_secret: secrets.get_opt(&secret_names[1]).await?,
-        ca_secret: secrets.get_opt(&secret_names[2]).await?,
+        own_secret,
+        tls_secret,
+        ca_secret,
         secret_names,
         pod: match stores {
             Some(s) => s
@@ -956,6 +993,12 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
                 match apply::apply(client, &ns, object, fetched.known(object)).await {
                     Ok(apply::Applied::Written) => written.push(object.describe()),
                     Ok(apply::Applied::Unchanged) => {}
+                    // Our Secret changed since the cache saw it (usually our
+                    // own write on its way): look again once it has.
+                    Err(e) if apply::is_conflict(&e) => {
+                        tracing::debug!(pbx = %name, object = %object.describe(), "cache behind; retrying");
+                        return Ok(Action::requeue(CONFLICT_RETRY));
+                    }
                     // No cert-manager: reported through CertificateReady.
                     Err(e)
                         if matches!(object, Object::Certificate(_))
