@@ -117,6 +117,56 @@ fn children(name: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// What `webrtc-pbx-operator render` prints for PBX `name` in `ns` (the
+/// input file is written to `dir`), as YAML text.
+fn render_pbx(dir: &std::path::Path, name: &str, ns: &str) -> Vec<u8> {
+    let input = dir.join(format!("{name}.yaml"));
+    let pbx =
+        serde_json::to_string(&manifest(name, ns, spec(&format!("{name}.bench.test")))).unwrap();
+    std::fs::write(&input, pbx).unwrap();
+    let rendered = Command::new(support::operator_exe())
+        .arg("render")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(rendered.status.success());
+    rendered.stdout
+}
+
+/// Server-side applies one rendered object, as field manager "bench".
+async fn ssa(client: &Client, ns: &str, doc: &Value) {
+    let name = doc["metadata"]["name"].as_str().unwrap();
+    let params = kube::api::PatchParams::apply("bench").force();
+    let patch = kube::api::Patch::Apply(doc);
+    let c = client.clone();
+    match doc["kind"].as_str().unwrap() {
+        "Secret" => drop(
+            Api::<Secret>::namespaced(c, ns)
+                .patch(name, &params, &patch)
+                .await
+                .unwrap(),
+        ),
+        "ConfigMap" => drop(
+            Api::<ConfigMap>::namespaced(c, ns)
+                .patch(name, &params, &patch)
+                .await
+                .unwrap(),
+        ),
+        "Service" => drop(
+            Api::<Service>::namespaced(c, ns)
+                .patch(name, &params, &patch)
+                .await
+                .unwrap(),
+        ),
+        _ => drop(
+            Api::<StatefulSet>::namespaced(c, ns)
+                .patch(name, &params, &patch)
+                .await
+                .unwrap(),
+        ),
+    }
+}
+
 async fn convergence(rows: &mut Vec<Row>) {
     println!("convergence (20 runs each)");
     let client = support::client().await;
@@ -157,17 +207,7 @@ async fn convergence(rows: &mut Vec<Row>) {
     let mut kubectl_ms = Vec::new();
     for i in 0..20 {
         let name = format!("r{i}");
-        let input = dir.join(format!("{name}.yaml"));
-        let pbx =
-            serde_json::to_string(&manifest(&name, &raw, spec(&format!("{name}.bench.test"))))
-                .unwrap();
-        std::fs::write(&input, pbx).unwrap();
-        let rendered = Command::new(support::operator_exe())
-            .arg("render")
-            .arg(&input)
-            .output()
-            .unwrap();
-        assert!(rendered.status.success());
+        let rendered = render_pbx(&dir, &name, &raw);
         let t0 = Instant::now();
         let mut apply = Command::new(support::ground_env("KUBECTL"))
             .arg("--kubeconfig")
@@ -177,12 +217,7 @@ async fn convergence(rows: &mut Vec<Row>) {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        apply
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&rendered.stdout)
-            .unwrap();
+        apply.stdin.take().unwrap().write_all(&rendered).unwrap();
         assert!(apply.wait().unwrap().success());
         let names: Vec<(&str, String)> = children(&name)
             .into_iter()
@@ -198,49 +233,12 @@ async fn convergence(rows: &mut Vec<Row>) {
     let mut ssa_ms = Vec::new();
     for i in 0..20 {
         let name = format!("q{i}");
-        let input = dir.join(format!("{name}.yaml"));
-        let pbx =
-            serde_json::to_string(&manifest(&name, &raw, spec(&format!("{name}.bench.test"))))
-                .unwrap();
-        std::fs::write(&input, pbx).unwrap();
-        let rendered = Command::new(support::operator_exe())
-            .arg("render")
-            .arg(&input)
-            .output()
-            .unwrap();
+        let rendered = render_pbx(&dir, &name, &raw);
         let docs: Vec<Value> =
-            serde_saphyr::from_multiple(&String::from_utf8_lossy(&rendered.stdout)).unwrap();
-        let params = kube::api::PatchParams::apply("bench").force();
+            serde_saphyr::from_multiple(&String::from_utf8_lossy(&rendered)).unwrap();
         let t0 = Instant::now();
         for doc in &docs {
-            let name = doc["metadata"]["name"].as_str().unwrap();
-            let patch = kube::api::Patch::Apply(doc);
-            match doc["kind"].as_str().unwrap() {
-                "Secret" => drop(
-                    Api::<Secret>::namespaced(client.clone(), &raw)
-                        .patch(name, &params, &patch)
-                        .await
-                        .unwrap(),
-                ),
-                "ConfigMap" => drop(
-                    Api::<ConfigMap>::namespaced(client.clone(), &raw)
-                        .patch(name, &params, &patch)
-                        .await
-                        .unwrap(),
-                ),
-                "Service" => drop(
-                    Api::<Service>::namespaced(client.clone(), &raw)
-                        .patch(name, &params, &patch)
-                        .await
-                        .unwrap(),
-                ),
-                _ => drop(
-                    Api::<StatefulSet>::namespaced(client.clone(), &raw)
-                        .patch(name, &params, &patch)
-                        .await
-                        .unwrap(),
-                ),
-            }
+            ssa(&client, &raw, doc).await;
         }
         ssa_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
@@ -486,6 +484,89 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
         None,
     );
     drop(operator);
+    let floor = scale_floor(&client, N).await;
+    row(
+        rows,
+        &format!(
+            "scale baseline: the same writes for {N} PBXs (create, 7 objects, status) sent straight from a warm client, {RECONCILES} at a time"
+        ),
+        format!("{:.1} s", floor.as_secs_f64()),
+        "",
+        None,
+    );
+    row(
+        rows,
+        "scale ratio operator / baseline",
+        format!("{:.2}", took.as_secs_f64() / floor.as_secs_f64()),
+        "",
+        None,
+    );
+}
+
+/// The operator's reconcile concurrency, which the scale baseline matches.
+const RECONCILES: usize = 16;
+
+/// The physical limit of the scale run on this machine, measured in the same
+/// run: per PBX the create, render's 5 objects and two certificate-sized
+/// Secrets (sent together, the StatefulSet last, as the operator does), then
+/// a ConfigRendered status, for `n` PBXs, [`RECONCILES`] at a time.
+async fn scale_floor(client: &Client, n: usize) -> Duration {
+    let ns = support::namespace(client, "bench-scale-raw").await;
+    let dir = support::scratch_dir("bench-scale-render");
+    let work: Vec<(String, Vec<Value>)> = (0..n)
+        .map(|i| {
+            let name = format!("b{i:03}");
+            let rendered = render_pbx(&dir, &name, &ns);
+            let mut docs: Vec<Value> =
+                serde_saphyr::from_multiple(&String::from_utf8_lossy(&rendered)).unwrap();
+            for suffix in ["ca", "tls"] {
+                docs.push(json!({"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": format!("{name}-{suffix}"), "namespace": ns},
+                    "stringData": {"tls.crt": "c".repeat(1200), "tls.key": "k".repeat(300)}}));
+            }
+            (name, docs)
+        })
+        .collect();
+    let pbxes = Api::<WebRtcPbx>::namespaced(client.clone(), &ns);
+    let t0 = Instant::now();
+    futures::stream::iter(&work)
+        .map(|(name, docs)| {
+            let (pbxes, ns) = (pbxes.clone(), ns.clone());
+            async move {
+                pbxes
+                    .create(
+                        &PostParams::default(),
+                        &manifest(name, &ns, spec(&format!("{name}.bench.test"))),
+                    )
+                    .await
+                    .unwrap();
+                let (mounted, workload): (Vec<&Value>, Vec<&Value>) =
+                    docs.iter().partition(|d| d["kind"] != "StatefulSet");
+                futures::future::join_all(mounted.into_iter().map(|d| ssa(client, &ns, d))).await;
+                for d in workload {
+                    ssa(client, &ns, d).await;
+                }
+                let status = json!({"apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
+                    "status": {"observedGeneration": 1, "conditions": [{
+                        "type": "ConfigRendered", "status": "True", "reason": "Rendered",
+                        "message": "7 objects rendered", "observedGeneration": 1,
+                        "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+                pbxes
+                    .patch_status(
+                        name,
+                        &kube::api::PatchParams::apply("bench").force(),
+                        &kube::api::Patch::Apply(&status),
+                    )
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(RECONCILES)
+        .collect::<Vec<_>>()
+        .await;
+    let took = t0.elapsed();
+    support::remove_dir(&dir);
+    took
 }
 
 /// WSS connect + REGISTER without the probe engine: TLS, the WebSocket

@@ -1,6 +1,7 @@
 //! The apply step: server-side apply of the desired objects in their fixed
 //! order, skipping any object the cluster already holds as desired, and the
-//! pruning of children the spec no longer asks for (found by label).
+//! pruning of children the spec no longer asks for (found by label and
+//! controller reference, in the watch caches or by a LIST).
 
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -174,91 +175,186 @@ pub fn is_missing_type(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-async fn prune_kind<K>(
+/// A child of a PBX found by its labels and controller owner reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Child {
+    /// Kind, as [`Object::kind`] names it.
+    pub kind: &'static str,
+    /// Name.
+    pub name: String,
+}
+
+/// True when `meta` is a live child controlled by the PBX with `owner_uid`.
+pub fn is_child(meta: &kube::core::ObjectMeta, owner_uid: &str) -> bool {
+    meta.deletion_timestamp.is_none()
+        && meta
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.uid == owner_uid && r.controller == Some(true))
+}
+
+/// The children `found` that are not among `desired`: the ones to delete.
+pub fn orphans(found: Vec<Child>, desired: &[Object]) -> Vec<Child> {
+    found
+        .into_iter()
+        .filter(|c| {
+            !desired
+                .iter()
+                .any(|o| o.kind() == c.kind && o.name() == c.name)
+        })
+        .collect()
+}
+
+/// The label selector of PBX `pbx`'s children.
+pub fn selector(pbx: &str) -> String {
+    format!("{INSTANCE_LABEL}={pbx},app.kubernetes.io/managed-by={FIELD_MANAGER}")
+}
+
+async fn list_kind<K>(
     api: Api<K>,
-    selector: &str,
+    kind: &'static str,
+    pbx: &str,
     owner_uid: &str,
-    keep: &[String],
-) -> Result<usize, kube::Error>
+) -> Result<Vec<Child>, kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let mut deleted = 0;
-    for item in api.list(&ListParams::default().labels(selector)).await? {
-        let owned = item
-            .owner_references()
-            .iter()
-            .any(|r| r.uid == owner_uid && r.controller == Some(true));
-        let name = item.name_any();
-        if owned && !keep.contains(&name) && item.meta().deletion_timestamp.is_none() {
-            api.delete(&name, &DeleteParams::background()).await?;
-            deleted += 1;
-        }
-    }
-    Ok(deleted)
+    let items = api
+        .list(&ListParams::default().labels(&selector(pbx)))
+        .await?;
+    Ok(items
+        .into_iter()
+        .filter(|item| is_child(item.meta(), owner_uid))
+        .map(|item| Child {
+            kind,
+            name: item.name_any(),
+        })
+        .collect())
 }
 
-/// Deletes the children of PBX `pbx` (owner `owner_uid`) that are not among
-/// `desired`, e.g. the RTP Service after a switch to HostNetwork. Returns
-/// how many were deleted.
-pub async fn prune(
+/// PBX `pbx`'s cert-manager Certificates, listed from the apiserver (they
+/// are not watched): none when cert-manager is not installed.
+pub async fn list_certificates(
     client: &Client,
     namespace: &str,
     pbx: &str,
     owner_uid: &str,
-    desired: &[Object],
-) -> Result<usize, kube::Error> {
-    let selector = format!("{INSTANCE_LABEL}={pbx},app.kubernetes.io/managed-by={FIELD_MANAGER}");
-    let names = |kind: &str| -> Vec<String> {
-        desired
-            .iter()
-            .filter(|o| o.kind() == kind)
-            .map(|o| o.name().to_string())
-            .collect()
-    };
-    let c = client.clone();
-    let mut deleted = 0;
-    deleted += prune_kind(
-        Api::<Secret>::namespaced(c.clone(), namespace),
-        &selector,
-        owner_uid,
-        &names("Secret"),
-    )
-    .await?;
-    deleted += prune_kind(
-        Api::<ConfigMap>::namespaced(c.clone(), namespace),
-        &selector,
-        owner_uid,
-        &names("ConfigMap"),
-    )
-    .await?;
-    deleted += prune_kind(
-        Api::<Service>::namespaced(c.clone(), namespace),
-        &selector,
-        owner_uid,
-        &names("Service"),
-    )
-    .await?;
-    deleted += prune_kind(
-        Api::<StatefulSet>::namespaced(c.clone(), namespace),
-        &selector,
-        owner_uid,
-        &names("StatefulSet"),
-    )
-    .await?;
-    let certs = Api::<DynamicObject>::namespaced_with(c, namespace, &certificate_resource());
-    match prune_kind(certs, &selector, owner_uid, &names("Certificate")).await {
-        Ok(n) => deleted += n,
-        Err(e) if is_missing_type(&e) => {}
-        Err(e) => return Err(e),
+) -> Result<Vec<Child>, kube::Error> {
+    let api =
+        Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &certificate_resource());
+    match list_kind(api, "Certificate", pbx, owner_uid).await {
+        Err(e) if is_missing_type(&e) => Ok(vec![]),
+        other => other,
     }
-    Ok(deleted)
+}
+
+/// PBX `pbx`'s Secrets, ConfigMaps, Services and StatefulSets, listed from
+/// the apiserver (when no watch caches run).
+pub async fn list_children(
+    client: &Client,
+    namespace: &str,
+    pbx: &str,
+    owner_uid: &str,
+) -> Result<Vec<Child>, kube::Error> {
+    let c = || client.clone();
+    let mut found = list_kind(
+        Api::<Secret>::namespaced(c(), namespace),
+        "Secret",
+        pbx,
+        owner_uid,
+    )
+    .await?;
+    found.extend(
+        list_kind(
+            Api::<ConfigMap>::namespaced(c(), namespace),
+            "ConfigMap",
+            pbx,
+            owner_uid,
+        )
+        .await?,
+    );
+    found.extend(
+        list_kind(
+            Api::<Service>::namespaced(c(), namespace),
+            "Service",
+            pbx,
+            owner_uid,
+        )
+        .await?,
+    );
+    found.extend(
+        list_kind(
+            Api::<StatefulSet>::namespaced(c(), namespace),
+            "StatefulSet",
+            pbx,
+            owner_uid,
+        )
+        .await?,
+    );
+    Ok(found)
+}
+
+/// Deletes one child; true when it was there to delete (a cache may still
+/// list a child that is already gone).
+pub async fn delete(client: &Client, namespace: &str, child: &Child) -> Result<bool, kube::Error> {
+    let params = DeleteParams::background();
+    let c = client.clone();
+    let result = match child.kind {
+        "Secret" => Api::<Secret>::namespaced(c, namespace)
+            .delete(&child.name, &params)
+            .await
+            .map(|_| ()),
+        "ConfigMap" => Api::<ConfigMap>::namespaced(c, namespace)
+            .delete(&child.name, &params)
+            .await
+            .map(|_| ()),
+        "Service" => Api::<Service>::namespaced(c, namespace)
+            .delete(&child.name, &params)
+            .await
+            .map(|_| ()),
+        "StatefulSet" => Api::<StatefulSet>::namespaced(c, namespace)
+            .delete(&child.name, &params)
+            .await
+            .map(|_| ()),
+        _ => Api::<DynamicObject>::namespaced_with(c, namespace, &certificate_resource())
+            .delete(&child.name, &params)
+            .await
+            .map(|_| ()),
+    };
+    match result {
+        Ok(()) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn orphans_are_the_children_not_desired() {
+        let desired: Vec<Object> = serde_json::from_value::<k8s_openapi::api::core::v1::Service>(
+            json!({"metadata": {"name": "a-wss"}}),
+        )
+        .map(|s| vec![Object::Service(s)])
+        .unwrap();
+        let child = |kind, name: &str| Child {
+            kind,
+            name: name.into(),
+        };
+        let found = vec![
+            child("Service", "a-wss"),
+            child("Service", "a-rtp"),
+            child("ConfigMap", "a-wss"),
+        ];
+        assert_eq!(
+            orphans(found, &desired),
+            vec![child("Service", "a-rtp"), child("ConfigMap", "a-wss")]
+        );
+    }
 
     #[test]
     fn live_with_server_defaults_contains_desired() {

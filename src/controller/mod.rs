@@ -99,12 +99,12 @@ pub struct Context {
     pub prober: Arc<probes::Prober>,
     /// Failed probe runs in a row before a True probe condition turns False.
     pub flap_threshold: u32,
-    /// Per PBX, the (uid, generation) this process last pruned children for.
-    pub pruned: std::sync::Mutex<std::collections::HashMap<ObjectRef<WebRtcPbx>, PruneMark>>,
+    /// Per PBX, the (uid, generation) this process last listed Certificates for.
+    pub listed: std::sync::Mutex<std::collections::HashMap<ObjectRef<WebRtcPbx>, ListMark>>,
 }
 
-/// A PBX's uid and generation, as last pruned.
-pub type PruneMark = (Option<String>, Option<i64>);
+/// A PBX's uid and generation, as last listed.
+pub type ListMark = (Option<String>, Option<i64>);
 
 impl Context {
     /// A context with the system clock.
@@ -138,7 +138,7 @@ impl Context {
             prober: Arc::new(probes::Prober::new(probe_concurrency, metrics.clone())),
             metrics,
             failures: std::sync::Mutex::new(std::collections::HashMap::new()),
-            pruned: std::sync::Mutex::new(std::collections::HashMap::new()),
+            listed: std::sync::Mutex::new(std::collections::HashMap::new()),
             flap_threshold: status::DEFAULT_FLAP_THRESHOLD,
         }
     }
@@ -159,6 +159,36 @@ pub struct ChildStores {
 }
 
 impl ChildStores {
+    /// PBX `pbx`'s children in the caches (no request).
+    fn children_of(&self, ns: &str, pbx: &str, owner_uid: &str) -> Vec<apply::Child> {
+        fn of<K: Resource<DynamicType = ()> + Clone + 'static>(
+            store: &Store<K>,
+            kind: &'static str,
+            ns: &str,
+            pbx: &str,
+            owner_uid: &str,
+        ) -> Vec<apply::Child> {
+            store
+                .state()
+                .iter()
+                .filter(|o| {
+                    o.meta().namespace.as_deref() == Some(ns)
+                        && o.labels().get(objects::INSTANCE_LABEL).map(String::as_str) == Some(pbx)
+                        && apply::is_child(o.meta(), owner_uid)
+                })
+                .map(|o| apply::Child {
+                    kind,
+                    name: o.name_any(),
+                })
+                .collect()
+        }
+        let mut found = of(&self.secrets, "Secret", ns, pbx, owner_uid);
+        found.extend(of(&self.config_maps, "ConfigMap", ns, pbx, owner_uid));
+        found.extend(of(&self.services, "Service", ns, pbx, owner_uid));
+        found.extend(of(&self.stateful_sets, "StatefulSet", ns, pbx, owner_uid));
+        found
+    }
+
     fn json<K>(store: &Store<K>, ns: &str, name: &str) -> Option<serde_json::Value>
     where
         K: Resource<DynamicType = ()> + Clone + serde::Serialize + 'static,
@@ -169,21 +199,21 @@ impl ChildStores {
 }
 
 impl Context {
-    fn pruned_at(&self, key: &ObjectRef<WebRtcPbx>) -> Option<PruneMark> {
-        self.pruned.lock().ok()?.get(key).cloned()
+    fn listed_at(&self, key: &ObjectRef<WebRtcPbx>) -> Option<ListMark> {
+        self.listed.lock().ok()?.get(key).cloned()
     }
 
-    fn set_pruned(&self, key: ObjectRef<WebRtcPbx>, mark: PruneMark) {
-        let Ok(mut pruned) = self.pruned.lock() else {
+    fn set_listed(&self, key: ObjectRef<WebRtcPbx>, mark: ListMark) {
+        let Ok(mut listed) = self.listed.lock() else {
             return;
         };
-        pruned.insert(key, mark);
+        listed.insert(key, mark);
         // Forget deleted PBXs now and then, so the map stays the store's size.
         let store = self.pbxes.read().ok().and_then(|s| s.clone());
         if let Some(store) = store
-            && pruned.len() > 2 * store.state().len() + 64
+            && listed.len() > 2 * store.state().len() + 64
         {
-            pruned.retain(|k, _| store.get(k).is_some());
+            listed.retain(|k, _| store.get(k).is_some());
         }
     }
 
@@ -985,39 +1015,63 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
         Ok(validated) => {
             let rendered = render::render(&validated);
             let cert = certificate_step(&validated, &fetched, now)?;
-            // Certificates first: the StatefulSet mounts them.
+            // Certificates first, the StatefulSet last: it mounts them.
             let mut desired = cert.objects;
             desired.extend(rendered.objects);
             let mut written = Vec::new();
-            for object in &desired {
-                match apply::apply(client, &ns, object, fetched.known(object)).await {
-                    Ok(apply::Applied::Written) => written.push(object.describe()),
-                    Ok(apply::Applied::Unchanged) => {}
-                    // Our Secret changed since the cache saw it (usually our
-                    // own write on its way): look again once it has.
-                    Err(e) if apply::is_conflict(&e) => {
-                        tracing::debug!(pbx = %name, object = %object.describe(), "cache behind; retrying");
-                        return Ok(Action::requeue(CONFLICT_RETRY));
+            // Two stages: what the pod mounts (sent together), then the
+            // StatefulSet.
+            let (mounted, workload): (Vec<&Object>, Vec<&Object>) = desired
+                .iter()
+                .partition(|o| !matches!(o, Object::StatefulSet(_)));
+            for stage in [mounted, workload] {
+                let (ns, fetched) = (&ns, &fetched);
+                let sent = stage.into_iter().map(|object| async move {
+                    let result = apply::apply(client, ns, object, fetched.known(object)).await;
+                    (object, result)
+                });
+                for (object, result) in futures::future::join_all(sent).await {
+                    match result {
+                        Ok(apply::Applied::Written) => written.push(object.describe()),
+                        Ok(apply::Applied::Unchanged) => {}
+                        // Our Secret changed since the cache saw it (usually our
+                        // own write on its way): look again once it has.
+                        Err(e) if apply::is_conflict(&e) => {
+                            tracing::debug!(pbx = %name, object = %object.describe(), "cache behind; retrying");
+                            return Ok(Action::requeue(CONFLICT_RETRY));
+                        }
+                        // No cert-manager: reported through CertificateReady.
+                        Err(e)
+                            if matches!(object, Object::Certificate(_))
+                                && apply::is_missing_type(&e) => {}
+                        Err(e) => return Err(e.into()),
                     }
-                    // No cert-manager: reported through CertificateReady.
-                    Err(e)
-                        if matches!(object, Object::Certificate(_))
-                            && apply::is_missing_type(&e) => {}
-                    Err(e) => return Err(e.into()),
                 }
             }
-            // The desired set follows the spec, so a child can become an
-            // orphan only with a new generation (or a new operator, whose
-            // first reconcile of each PBX prunes): list once per generation.
-            let mark: PruneMark = (pbx.metadata.uid.clone(), pbx.metadata.generation);
-            let pruned = if ctx.pruned_at(&key) == Some(mark.clone()) {
-                0
-            } else {
-                let uid = mark.0.clone().unwrap_or_default();
-                let n = apply::prune(client, &ns, &name, &uid, &desired).await?;
-                ctx.set_pruned(key.clone(), mark);
-                n
+            // Orphans: the children in the caches, every time (a child
+            // the cache learns of late triggers a reconcile of its own).
+            // Certificates are not watched: listed once per generation, as
+            // the desired set follows the spec (a new operator's first
+            // reconcile of each PBX lists them too).
+            let uid = pbx.metadata.uid.clone().unwrap_or_default();
+            let mut found = match &stores {
+                Some(s) => s.children_of(&ns, &name, &uid),
+                None => apply::list_children(client, &ns, &name, &uid).await?,
             };
+            let mark: ListMark = (pbx.metadata.uid.clone(), pbx.metadata.generation);
+            let listed = ctx.listed_at(&key) == Some(mark.clone());
+            if !listed {
+                found.extend(apply::list_certificates(client, &ns, &name, &uid).await?);
+            }
+            let mut pruned = 0;
+            for orphan in apply::orphans(found, &desired) {
+                if apply::delete(client, &ns, &orphan).await? {
+                    pruned += 1;
+                }
+            }
+            if !listed {
+                ctx.set_listed(key.clone(), mark);
+            }
             if stale_pending_pod(fetched.pod.as_ref(), fetched.stateful_set.as_ref()) {
                 // Not running, so nothing is lost; the StatefulSet recreates it.
                 info!(pbx = %name, "replacing the unschedulable pod of an outdated revision");
