@@ -332,6 +332,32 @@ fn is_write(method: &str) -> bool {
     ["POST", "PATCH", "PUT", "DELETE"].contains(&method)
 }
 
+/// Waits until all `n` PBXs have condition `type_` True; fails at `deadline`.
+async fn wait_all(pbxes: &Api<WebRtcPbx>, n: usize, type_: &str, deadline: Instant) {
+    loop {
+        let list = pbxes.list(&ListParams::default()).await.unwrap();
+        let done = list
+            .items
+            .iter()
+            .filter(|p| {
+                p.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == type_ && c.status == "True")
+                })
+            })
+            .count();
+        if done == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done}/{n} {type_} at the deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
     const N: usize = 500;
     println!("scale: {N} WebRtcPbx at once, probes off");
@@ -366,28 +392,7 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
         .collect::<Vec<_>>()
         .await;
     let created = t0.elapsed();
-    loop {
-        let list = pbxes.list(&ListParams::default()).await.unwrap();
-        let rendered = list
-            .items
-            .iter()
-            .filter(|p| {
-                p.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "ConfigRendered" && c.status == "True")
-                })
-            })
-            .count();
-        if rendered == N {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(600),
-            "{rendered}/{N} rendered after 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_all(&pbxes, N, "ConfigRendered", t0 + Duration::from_secs(600)).await;
     let took = t0.elapsed();
     let rss = peak_rss_mib(pid);
     let after = api_requests(port);
@@ -423,28 +428,7 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
 
     // Churn: let everything settle (pods Ready), then count writes.
     println!("churn: waiting for the {N} to settle, then counting writes for {churn:?}");
-    loop {
-        let list = pbxes.list(&ListParams::default()).await.unwrap();
-        let ready = list
-            .items
-            .iter()
-            .filter(|p| {
-                p.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
-            })
-            .count();
-        if ready == N {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(900),
-            "{ready}/{N} Ready after 15 minutes"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    wait_all(&pbxes, N, "Ready", t0 + Duration::from_secs(900)).await;
     let settled = t0.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let start = api_requests(port);
