@@ -889,8 +889,45 @@ async fn killed_mid_reconcile_the_binary_restarts_to_the_same_state() {
     // A second kill and restart once settled changes nothing.
     operator.kill().unwrap();
     operator.wait().unwrap();
-    let mut operator = support::operator_binary(&ns, support::free_port(), None);
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    let port = support::free_port();
+    let mut operator = support::operator_binary(&ns, port, None);
+    // It leads once the killed one's Lease expires, then reconciles all.
+    let metric = |name: &str| -> Vec<String> {
+        support::http_get(port, "/metrics")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .map(str::to_string)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reconciles = metric("webrtc_pbx_reconciles_total ")
+            .first()
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        if reconciles >= names.len() as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted operator did not reconcile"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Nothing written: not even a re-apply of what its caches had not
+    // loaded yet when the first reconciles ran.
+    let writes: Vec<String> = metric("webrtc_pbx_api_requests_total{")
+        .into_iter()
+        .filter(|l| {
+            ["POST", "PATCH", "PUT", "DELETE"]
+                .iter()
+                .any(|m| l.contains(&format!("method=\"{m}\"")))
+                && !l.contains("resource=\"leases\"")
+        })
+        .collect();
+    assert!(writes.is_empty(), "a restart wrote: {writes:?}");
     let after: Vec<_> = futures::future::join_all(names.iter().map(|n| passwords(&r, n))).await;
     assert_eq!(before, after, "generated passwords must survive restarts");
     let certs_after = versions(&r).await;

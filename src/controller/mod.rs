@@ -156,9 +156,39 @@ pub struct ChildStores {
     services: Store<Service>,
     stateful_sets: Store<StatefulSet>,
     pods: Store<Pod>,
+    /// True once every cache above holds its initial list.
+    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ChildStores {
+    /// Waits until every cache holds its initial list: before that, a
+    /// missing child would look deleted (and be applied again), e.g. for
+    /// every PBX right after a restart. False when a watch ended for good.
+    async fn ready(&self) -> bool {
+        self.ready.clone().wait_for(|r| *r).await.is_ok()
+    }
+
+    /// Publishes the caches' readiness to [`ChildStores::ready`]. One task
+    /// waits on the stores: a store's own readiness future wakes only the
+    /// task that polled it last, so concurrent reconciles waiting on it
+    /// directly would hang (seen in the restart test).
+    fn watch_ready(&self) -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let stores = self.clone();
+        tokio::spawn(async move {
+            let ready = futures::try_join!(
+                stores.secrets.wait_until_ready(),
+                stores.config_maps.wait_until_ready(),
+                stores.services.wait_until_ready(),
+                stores.stateful_sets.wait_until_ready(),
+                stores.pods.wait_until_ready(),
+            )
+            .is_ok();
+            let _ = tx.send(ready);
+        });
+        rx
+    }
+
     /// PBX `pbx`'s children in the caches (no request).
     fn children_of(&self, ns: &str, pbx: &str, owner_uid: &str) -> Vec<apply::Child> {
         fn of<K: Resource<DynamicType = ()> + Clone + 'static>(
@@ -247,21 +277,27 @@ pub async fn run(
     let ns = namespace.as_deref();
     // Children are watched by our label only: the cluster's other Secrets
     // and ConfigMaps stay out of the operator's memory.
-    let owned =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    // Pages of 100: a restart lists every child at once, and a page is held
+    // as text and objects together while it is read.
+    let owned = watcher::Config::default()
+        .labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"))
+        .page_size(LIST_PAGE);
     // Only spec (generation), label and annotation changes of a PBX trigger
     // a reconcile: not status updates, most of them the operator's own.
     let (pbx_store, pbx_writer) = reflector::store::<WebRtcPbx>();
-    let pbx_changes = watcher(scoped::<WebRtcPbx>(&client, ns), watcher::Config::default())
-        .modify(slim)
-        .reflect(pbx_writer)
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation
-                .combine(predicates::labels)
-                .combine(predicates::annotations),
-            Default::default(),
-        );
+    let pbx_changes = watcher(
+        scoped::<WebRtcPbx>(&client, ns),
+        watcher::Config::default().page_size(LIST_PAGE),
+    )
+    .modify(slim)
+    .reflect(pbx_writer)
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation
+            .combine(predicates::labels)
+            .combine(predicates::annotations),
+        Default::default(),
+    );
     // Bounded: 500 PBXs created at once must not mean 500 reconciles
     // holding their objects at the same time.
     let controller = Controller::for_stream(pbx_changes, pbx_store).with_config(
@@ -273,13 +309,16 @@ pub async fn run(
     let (stateful_sets, stateful_sets_writer) = reflector::store::<StatefulSet>();
     let (pods, pods_writer) = reflector::store::<Pod>();
     if let Ok(mut children) = ctx.children.write() {
-        *children = Some(ChildStores {
+        let mut stores = ChildStores {
             secrets,
             config_maps,
             services,
             stateful_sets,
             pods,
-        });
+            ready: tokio::sync::watch::channel(false).1,
+        };
+        stores.ready = stores.watch_ready();
+        *children = Some(stores);
     }
     if let Ok(mut pbxes) = ctx.pbxes.write() {
         *pbxes = Some(controller.store());
@@ -356,7 +395,7 @@ pub async fn run(
         .watches_stream(
             watcher(
                 scoped::<PartialObjectMeta<Secret>>(&client, ns),
-                watcher::Config::default(),
+                watcher::Config::default().page_size(LIST_PAGE),
             )
             .touched_objects(),
             secret_users,
@@ -364,7 +403,7 @@ pub async fn run(
         .watches_stream(
             watcher(
                 scoped::<PartialObjectMeta<ConfigMap>>(&client, ns),
-                watcher::Config::default(),
+                watcher::Config::default().page_size(LIST_PAGE),
             )
             .touched_objects(),
             config_map_users,
@@ -476,6 +515,9 @@ fn stale_pending_pod(pod: Option<&Pod>, sts: Option<&StatefulSet>) -> bool {
     let update = sts.and_then(|s| s.status.as_ref()?.update_revision.clone());
     unschedulable(pod).is_some() && revision.is_some() && update.is_some() && revision != update
 }
+
+/// Objects per LIST page of the watches.
+const LIST_PAGE: u32 = 100;
 
 /// How soon a reconcile that met a write conflict looks again.
 const CONFLICT_RETRY: Duration = Duration::from_millis(500);
@@ -958,6 +1000,10 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
     let now = ctx.clock.now();
     let client = &ctx.client;
     let stores = ctx.children.read().ok().and_then(|s| s.clone());
+    let stores = match stores {
+        Some(s) if s.ready().await => Some(s),
+        _ => None,
+    };
     let fetched = dereference(client, stores.as_ref(), &ns, &pbx).await?;
     let stored = objects::generated_from_secret(fetched.own_secret.as_ref());
     let generated = validate::fill_generated(&pbx.spec, stored, &mut rand::rng());
