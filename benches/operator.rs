@@ -68,6 +68,17 @@ fn spec(domain: &str) -> Value {
            "rtp": {"portRange": {"start": 20000, "end": 20003}}, "probes": {"enabled": false}})
 }
 
+/// Creates bench PBX `name` (domain `NAME.bench.test`, probes off).
+async fn create(pbxes: &Api<WebRtcPbx>, name: &str, ns: &str) {
+    pbxes
+        .create(
+            &PostParams::default(),
+            &manifest(name, ns, spec(&format!("{name}.bench.test"))),
+        )
+        .await
+        .unwrap();
+}
+
 fn manifest(name: &str, ns: &str, spec: Value) -> WebRtcPbx {
     serde_json::from_value(json!({
         "apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
@@ -178,13 +189,7 @@ async fn convergence(rows: &mut Vec<Row>) {
     for i in 0..20 {
         let name = format!("c{i}");
         let t0 = Instant::now();
-        pbxes
-            .create(
-                &PostParams::default(),
-                &manifest(&name, &ns, spec(&format!("{name}.bench.test"))),
-            )
-            .await
-            .unwrap();
+        create(&pbxes, &name, &ns).await;
         let names = children(&name);
         loop {
             let observed = pbxes
@@ -389,13 +394,7 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
             let ns = ns.clone();
             async move {
                 let name = format!("s{i:03}");
-                pbxes
-                    .create(
-                        &PostParams::default(),
-                        &manifest(&name, &ns, spec(&format!("{name}.bench.test"))),
-                    )
-                    .await
-                    .unwrap();
+                create(&pbxes, &name, &ns).await;
             }
         })
         .buffer_unordered(32)
@@ -572,13 +571,7 @@ async fn scale_floor(client: &Client, n: usize) -> Duration {
         .map(|(name, docs)| {
             let (pbxes, ns) = (pbxes.clone(), ns.clone());
             async move {
-                pbxes
-                    .create(
-                        &PostParams::default(),
-                        &manifest(name, &ns, spec(&format!("{name}.bench.test"))),
-                    )
-                    .await
-                    .unwrap();
+                create(&pbxes, name, &ns).await;
                 let (mounted, workload): (Vec<&Value>, Vec<&Value>) =
                     docs.iter().partition(|d| d["kind"] != "StatefulSet");
                 futures::future::join_all(mounted.into_iter().map(|d| ssa(client, &ns, d))).await;
