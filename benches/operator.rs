@@ -30,6 +30,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
+use support::{Requests, api_requests, reconciles};
 use tokio_tungstenite::tungstenite::Message;
 use webrtc_pbx_operator::api::WebRtcPbx;
 use webrtc_pbx_operator::probe::{self, digest, register, transport};
@@ -298,23 +299,6 @@ fn peak_rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
-/// The operator's API requests by (method, resource), from its own counter.
-type Requests = std::collections::BTreeMap<(String, String), u64>;
-
-fn api_requests(port: u16) -> Requests {
-    support::http_get(port, "/metrics")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_prefix("webrtc_pbx_api_requests_total{method=\""))
-        .filter_map(|l| {
-            let (method, rest) = l.split_once('"')?;
-            let resource = rest.strip_prefix(",resource=\"")?.split('"').next()?;
-            let count = rest.rsplit(' ').next()?.parse().ok()?;
-            Some(((method.to_string(), resource.to_string()), count))
-        })
-        .collect()
-}
-
 /// What was requested between two readings, matching `keep`, by method.
 fn requested_since(
     before: &Requests,
@@ -331,16 +315,6 @@ fn requested_since(
         }
     }
     by_method
-}
-
-/// Reconciles the operator started, from its own counter.
-fn reconciles(port: u16) -> u64 {
-    support::http_get(port, "/metrics")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("webrtc_pbx_reconciles_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn is_write(method: &str) -> bool {

@@ -892,23 +892,8 @@ async fn killed_mid_reconcile_the_binary_restarts_to_the_same_state() {
     let port = support::free_port();
     let mut operator = support::operator_binary(&ns, port, None);
     // It leads once the killed one's Lease expires, then reconciles all.
-    let metric = |name: &str| -> Vec<String> {
-        support::http_get(port, "/metrics")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.starts_with(name))
-            .map(str::to_string)
-            .collect()
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let reconciles = metric("webrtc_pbx_reconciles_total ")
-            .first()
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0);
-        if reconciles >= names.len() as u64 {
-            break;
-        }
+    while support::reconciles(port) < names.len() as u64 {
         assert!(
             Instant::now() < deadline,
             "the restarted operator did not reconcile"
@@ -918,13 +903,10 @@ async fn killed_mid_reconcile_the_binary_restarts_to_the_same_state() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Nothing written: not even a re-apply of what its caches had not
     // loaded yet when the first reconciles ran.
-    let writes: Vec<String> = metric("webrtc_pbx_api_requests_total{")
+    let writes: Vec<_> = support::api_requests(port)
         .into_iter()
-        .filter(|l| {
-            ["POST", "PATCH", "PUT", "DELETE"]
-                .iter()
-                .any(|m| l.contains(&format!("method=\"{m}\"")))
-                && !l.contains("resource=\"leases\"")
+        .filter(|((method, resource), _)| {
+            ["POST", "PATCH", "PUT", "DELETE"].contains(&method.as_str()) && resource != "leases"
         })
         .collect();
     assert!(writes.is_empty(), "a restart wrote: {writes:?}");

@@ -207,19 +207,29 @@ pub fn orphans(found: Vec<Child>, desired: &[Object]) -> Vec<Child> {
 }
 
 /// The label selector of PBX `pbx`'s children.
-pub fn selector(pbx: &str) -> String {
+fn selector(pbx: &str) -> String {
     format!("{INSTANCE_LABEL}={pbx},app.kubernetes.io/managed-by={FIELD_MANAGER}")
 }
 
-async fn list_kind<K>(
-    api: Api<K>,
+/// The API resource of a child kind, as [`Object::kind`] names it.
+fn resource(kind: &str) -> ApiResource {
+    match kind {
+        "Secret" => ApiResource::erase::<Secret>(&()),
+        "ConfigMap" => ApiResource::erase::<ConfigMap>(&()),
+        "Service" => ApiResource::erase::<Service>(&()),
+        "StatefulSet" => ApiResource::erase::<StatefulSet>(&()),
+        _ => certificate_resource(),
+    }
+}
+
+async fn list_kind(
+    client: &Client,
+    namespace: &str,
     kind: &'static str,
     pbx: &str,
     owner_uid: &str,
-) -> Result<Vec<Child>, kube::Error>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
+) -> Result<Vec<Child>, kube::Error> {
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource(kind));
     let items = api
         .list(&ListParams::default().labels(&selector(pbx)))
         .await?;
@@ -241,9 +251,7 @@ pub async fn list_certificates(
     pbx: &str,
     owner_uid: &str,
 ) -> Result<Vec<Child>, kube::Error> {
-    let api =
-        Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &certificate_resource());
-    match list_kind(api, "Certificate", pbx, owner_uid).await {
+    match list_kind(client, namespace, "Certificate", pbx, owner_uid).await {
         Err(e) if is_missing_type(&e) => Ok(vec![]),
         other => other,
     }
@@ -257,73 +265,20 @@ pub async fn list_children(
     pbx: &str,
     owner_uid: &str,
 ) -> Result<Vec<Child>, kube::Error> {
-    let c = || client.clone();
-    let mut found = list_kind(
-        Api::<Secret>::namespaced(c(), namespace),
-        "Secret",
-        pbx,
-        owner_uid,
-    )
-    .await?;
-    found.extend(
-        list_kind(
-            Api::<ConfigMap>::namespaced(c(), namespace),
-            "ConfigMap",
-            pbx,
-            owner_uid,
-        )
-        .await?,
-    );
-    found.extend(
-        list_kind(
-            Api::<Service>::namespaced(c(), namespace),
-            "Service",
-            pbx,
-            owner_uid,
-        )
-        .await?,
-    );
-    found.extend(
-        list_kind(
-            Api::<StatefulSet>::namespaced(c(), namespace),
-            "StatefulSet",
-            pbx,
-            owner_uid,
-        )
-        .await?,
-    );
+    let mut found = Vec::new();
+    for kind in ["Secret", "ConfigMap", "Service", "StatefulSet"] {
+        found.extend(list_kind(client, namespace, kind, pbx, owner_uid).await?);
+    }
     Ok(found)
 }
 
 /// Deletes one child; true when it was there to delete (a cache may still
 /// list a child that is already gone).
 pub async fn delete(client: &Client, namespace: &str, child: &Child) -> Result<bool, kube::Error> {
-    let params = DeleteParams::background();
-    let c = client.clone();
-    let result = match child.kind {
-        "Secret" => Api::<Secret>::namespaced(c, namespace)
-            .delete(&child.name, &params)
-            .await
-            .map(|_| ()),
-        "ConfigMap" => Api::<ConfigMap>::namespaced(c, namespace)
-            .delete(&child.name, &params)
-            .await
-            .map(|_| ()),
-        "Service" => Api::<Service>::namespaced(c, namespace)
-            .delete(&child.name, &params)
-            .await
-            .map(|_| ()),
-        "StatefulSet" => Api::<StatefulSet>::namespaced(c, namespace)
-            .delete(&child.name, &params)
-            .await
-            .map(|_| ()),
-        _ => Api::<DynamicObject>::namespaced_with(c, namespace, &certificate_resource())
-            .delete(&child.name, &params)
-            .await
-            .map(|_| ()),
-    };
-    match result {
-        Ok(()) => Ok(true),
+    let api =
+        Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource(child.kind));
+    match api.delete(&child.name, &DeleteParams::background()).await {
+        Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
         Err(e) => Err(e),
     }

@@ -168,25 +168,39 @@ impl ChildStores {
         self.ready.clone().wait_for(|r| *r).await.is_ok()
     }
 
-    /// Publishes the caches' readiness to [`ChildStores::ready`]. One task
-    /// waits on the stores: a store's own readiness future wakes only the
-    /// task that polled it last, so concurrent reconciles waiting on it
-    /// directly would hang (seen in the restart test).
-    fn watch_ready(&self) -> tokio::sync::watch::Receiver<bool> {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let stores = self.clone();
+    /// The caches, with their readiness published to [`ChildStores::ready`].
+    /// One task waits on the stores: a store's own readiness future wakes
+    /// only the task that polled it last, so concurrent reconciles waiting
+    /// on it directly would hang (seen in the restart test).
+    fn new(
+        secrets: Store<Secret>,
+        config_maps: Store<ConfigMap>,
+        services: Store<Service>,
+        stateful_sets: Store<StatefulSet>,
+        pods: Store<Pod>,
+    ) -> Self {
+        let (tx, ready) = tokio::sync::watch::channel(false);
+        let stores = Self {
+            secrets,
+            config_maps,
+            services,
+            stateful_sets,
+            pods,
+            ready,
+        };
+        let waiting = stores.clone();
         tokio::spawn(async move {
             let ready = futures::try_join!(
-                stores.secrets.wait_until_ready(),
-                stores.config_maps.wait_until_ready(),
-                stores.services.wait_until_ready(),
-                stores.stateful_sets.wait_until_ready(),
-                stores.pods.wait_until_ready(),
+                waiting.secrets.wait_until_ready(),
+                waiting.config_maps.wait_until_ready(),
+                waiting.services.wait_until_ready(),
+                waiting.stateful_sets.wait_until_ready(),
+                waiting.pods.wait_until_ready(),
             )
             .is_ok();
             let _ = tx.send(ready);
         });
-        rx
+        stores
     }
 
     /// PBX `pbx`'s children in the caches (no request).
@@ -309,16 +323,13 @@ pub async fn run(
     let (stateful_sets, stateful_sets_writer) = reflector::store::<StatefulSet>();
     let (pods, pods_writer) = reflector::store::<Pod>();
     if let Ok(mut children) = ctx.children.write() {
-        let mut stores = ChildStores {
+        *children = Some(ChildStores::new(
             secrets,
             config_maps,
             services,
             stateful_sets,
             pods,
-            ready: tokio::sync::watch::channel(false).1,
-        };
-        stores.ready = stores.watch_ready();
-        *children = Some(stores);
+        ));
     }
     if let Ok(mut pbxes) = ctx.pbxes.write() {
         *pbxes = Some(controller.store());

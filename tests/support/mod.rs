@@ -350,6 +350,34 @@ impl Drop for Operator {
     }
 }
 
+/// The operator's API requests by (method, resource), from its own counter.
+pub type Requests = std::collections::BTreeMap<(String, String), u64>;
+
+/// [`Requests`] as the operator's metrics endpoint on `port` reports them.
+pub fn api_requests(port: u16) -> Requests {
+    http_get(port, "/metrics")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("webrtc_pbx_api_requests_total{method=\""))
+        .filter_map(|l| {
+            let (method, rest) = l.split_once('"')?;
+            let resource = rest.strip_prefix(",resource=\"")?.split('"').next()?;
+            let count = rest.rsplit(' ').next()?.parse().ok()?;
+            Some(((method.to_string(), resource.to_string()), count))
+        })
+        .collect()
+}
+
+/// Reconciles the operator on `port` started, from its own counter.
+pub fn reconciles(port: u16) -> u64 {
+    http_get(port, "/metrics")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("webrtc_pbx_reconciles_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// GET http://127.0.0.1:`port``path` (the operator's metrics endpoint).
 pub fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
