@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 /// The API group of every resource this operator defines.
 pub const GROUP: &str = "pbx.webrtc.io";
 /// The default Asterisk image (see `deploy/images/asterisk`).
-pub const DEFAULT_IMAGE: &str = "ghcr.io/webrtc-pbx-operator/asterisk:22";
+pub const DEFAULT_IMAGE: &str = concat!(
+    "ghcr.io/webrtc-pbx-operator/asterisk:",
+    env!("CARGO_PKG_VERSION")
+);
 
 /// A browser-reachable Asterisk PBX: WSS signalling, WebRTC media, users, and
 /// continuous probes that prove a browser can register and hear audio.

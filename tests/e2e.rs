@@ -1,23 +1,25 @@
-//! End to end, real everything: the operator binary against the real
-//! control plane; the harness plays kubelet and runs real Asterisk 22 on the
-//! ConfigMap and Secrets the operator wrote, unmodified, in a test host
-//! linked to this one by a veth pair; the operator's probes register and
-//! place WebRTC echo calls against it and write what they found into status.
-//! Then faults, one at a time, each named by its condition; and a real
-//! browser (headless Chromium with JsSIP) calls the echo extension as a user.
+//! End to end on real pods, real everything: the ground's real node
+//! (kubelet, containerd, runc, CNI, kube-proxy, CoreDNS) runs the project's
+//! own images, imported, never pulled. The operator is installed by the Helm
+//! chart with its default values (two replicas, leader election, the chart's
+//! ServiceAccount and RBAC) and probes the PBX from its pod through the
+//! `NAME-wss` Service and cluster DNS, as in a user's cluster. The PBX is
+//! `deploy/examples/minimal`; the kubelet starts the StatefulSet's pod as
+//! rendered (config-reloader sidecar, startup probe, nested mounts, host
+//! network). Then faults, one at a time, each named by its condition; and a
+//! real browser (headless Chromium with JsSIP) calls the echo extension.
 mod support;
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::kubelet::Kubelet;
 use webrtc_pbx_operator::api::WebRtcPbx;
 use webrtc_pbx_operator::probe::{register, transport};
 
@@ -26,15 +28,31 @@ const DOMAIN: &str = "pbx.demo.example";
 const WSS_PORT: u16 = 8089;
 /// The probe interval of the test (the minimum the API allows).
 const INTERVAL: Duration = Duration::from_secs(5);
+/// Where the chart is installed.
+const OPERATOR_NS: &str = "webrtc-pbx-system";
+const RELEASE: &str = "webrtc-pbx-operator";
+
+/// The chart, installed once per test binary, as a user installs it.
+fn operator() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| support::install_chart(RELEASE, OPERATOR_NS, &[]));
+}
 
 struct Ground {
     client: Client,
     ns: String,
-    metrics_port: u16,
-    log: std::path::PathBuf,
+    node: &'static support::Node,
 }
 
 impl Ground {
+    async fn new(prefix: &str) -> Ground {
+        let node = support::real_node();
+        let client = support::client().await;
+        operator();
+        let ns = support::namespace(&client, prefix).await;
+        Ground { client, ns, node }
+    }
+
     async fn pbx(&self) -> Option<WebRtcPbx> {
         Api::<WebRtcPbx>::namespaced(self.client.clone(), &self.ns)
             .get_opt(NAME)
@@ -47,11 +65,30 @@ impl Ground {
         support::condition(&self.client, &self.ns, NAME, type_).await
     }
 
-    /// Waits (while playing kubelet) until `type_` has `status` and, if
-    /// given, `reason`; returns the time it took.
+    async fn pod(&self) -> Option<Pod> {
+        Api::<Pod>::namespaced(self.client.clone(), &self.ns)
+            .get_opt(&format!("{NAME}-0"))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The asterisk container's containerd ID and restart count.
+    async fn asterisk_container(&self) -> Option<(String, i32)> {
+        let pod = self.pod().await?;
+        let c = pod
+            .status?
+            .container_statuses?
+            .into_iter()
+            .find(|c| c.name == "asterisk")?;
+        let id = c.container_id?.strip_prefix("containerd://")?.to_string();
+        Some((id, c.restart_count))
+    }
+
+    /// Waits until `type_` has `status` and, if given, `reason`; returns the
+    /// time it took.
     async fn wait(
         &self,
-        kubelet: &mut Kubelet,
         type_: &str,
         status: &str,
         reason: Option<&str>,
@@ -59,7 +96,6 @@ impl Ground {
     ) -> Duration {
         let start = Instant::now();
         loop {
-            kubelet.sync().await;
             let seen = self.condition(type_).await;
             if let Some((s, r, _)) = &seen
                 && s == status
@@ -70,32 +106,59 @@ impl Ground {
             assert!(
                 start.elapsed() < limit,
                 "{type_} did not become {status} ({reason:?}) within {limit:?}; now {seen:?}\n\
-                 status: {:#?}\noperator log (tail):\n{}\nAsterisk:\n{}",
+                 status: {:#?}\n{}",
                 self.pbx().await.and_then(|p| p.status),
-                tail(&self.log, 30),
-                kubelet.asterisk_output()
+                self.diagnostics()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    fn metrics(&self) -> String {
-        support::http_get(self.metrics_port, "/metrics").unwrap_or_default()
+    /// Pods, the operator's and Asterisk's logs (tails), for failure messages.
+    fn diagnostics(&self) -> String {
+        let logs = |args: &[&str]| {
+            Command::new(support::ground_env("KUBECTL"))
+                .arg("--kubeconfig")
+                .arg(&support::control_plane().kubeconfig)
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+                .unwrap_or_default()
+        };
+        format!(
+            "pods:\n{}\noperator:\n{}\nasterisk:\n{}",
+            logs(&["get", "pods", "-A", "-o", "wide"]),
+            logs(&["logs", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=webrtc-pbx-operator", "--tail", "20", "--prefix"]),
+            logs(&["logs", "-n", &self.ns, &format!("{NAME}-0"), "--all-containers", "--tail", "30", "--prefix"]),
+        )
     }
 
-    fn probe_runs(&self) -> u64 {
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix("webrtc_pbx_probe_runs_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+    /// The metrics of the leading operator pod (the one that probes), read
+    /// from the pod's own address.
+    async fn metrics(&self) -> String {
+        let pods = Api::<Pod>::namespaced(self.client.clone(), OPERATOR_NS)
+            .list(&ListParams::default().labels("app.kubernetes.io/name=webrtc-pbx-operator"))
+            .await
+            .unwrap();
+        pods.items
+            .iter()
+            .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+            .filter_map(|ip| support::http_get_at(&format!("{ip}:8080"), "/metrics"))
+            .max_by_key(|m| probe_runs(m))
+            .unwrap_or_default()
+    }
+
+    async fn probe_runs(&self) -> u64 {
+        probe_runs(&self.metrics().await)
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+fn probe_runs(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("webrtc_pbx_probe_runs_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Two probe intervals, plus the time limit of the run that sees the change.
@@ -103,30 +166,27 @@ fn two_intervals() -> Duration {
     INTERVAL * 2 + Duration::from_secs(3)
 }
 
+/// SHA-256 fingerprint of the certificate served on `ip`:8089 for DOMAIN.
+fn served_certificate(ip: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {ip}:{WSS_PORT} -servername {DOMAIN} </dev/null 2>/dev/null \
+             | openssl x509 -noout -fingerprint -sha256"
+        ))
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[tokio::test]
 async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
-    let client = support::client().await;
-    support::install_project_crds(&client).await;
-    let ns = support::namespace(&client, "e2e").await;
-    let dir = support::scratch_dir("e2e");
-    let netns = support::Netns::linked("e2e");
-    let inside = netns.link.as_ref().unwrap().inside.clone();
-    let metrics_port = support::free_port();
-    let log = dir.join("operator.log");
-    let mut operator = support::operator_binary(&ns, metrics_port, Some(&log));
-    let g = Ground {
-        client: client.clone(),
-        ns: ns.clone(),
-        metrics_port,
-        log,
-    };
+    let g = Ground::new("e2e").await;
+    let (client, ns, node) = (g.client.clone(), g.ns.clone(), g.node);
 
-    // Apply the example; the harness starts Asterisk on what the operator wrote.
-    // The minimal example, with the probes aimed at the test host every 5 s.
+    // The minimal example with the probes every 5 s; they dial the Service.
     let (pbx, users) = support::minimal_example(json!({
-        "interval": "5s", "timeout": "3s",
-        "connectAddress": format!("{inside}:{WSS_PORT}"),
-        "echoCall": {"duration": "2s"},
+        "interval": "5s", "timeout": "3s", "echoCall": {"duration": "2s"},
     }));
     let applied = Instant::now();
     Api::<Secret>::namespaced(client.clone(), &ns)
@@ -137,23 +197,37 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         .create(&PostParams::default(), &pbx)
         .await
         .unwrap();
-    let mut kubelet = Kubelet::start(client.clone(), &ns, NAME, netns, &dir).await;
-    let asterisk_up = applied.elapsed();
 
-    // Ready, with every probe condition True, within two probe intervals.
-    g.wait(&mut kubelet, "Ready", "True", None, INTERVAL * 2)
-        .await;
+    // Ready, with every probe condition True.
+    g.wait("Ready", "True", None, Duration::from_secs(90)).await;
     let to_ready = applied.elapsed();
-    for type_ in ["WssReachable", "SipRegistered", "EchoCallHealthy"] {
+    for type_ in ["WssReachable", "SipRegistered", "EchoCallHealthy", "WorkloadReady"] {
         let (s, reason, message) = g.condition(type_).await.unwrap();
         assert_eq!(s, "True", "{type_}: {reason}: {message}");
     }
+    // On the real node, in containers containerd started.
+    let pod = g.pod().await.unwrap();
+    assert_eq!(pod.spec.as_ref().unwrap().node_name.as_deref(), Some(node.name.as_str()));
+    let statuses = pod.status.as_ref().unwrap().container_statuses.clone().unwrap();
+    for c in &statuses {
+        assert!(
+            c.container_id.as_deref().is_some_and(|id| id.starts_with("containerd://")),
+            "{}: {:?}",
+            c.name,
+            c.container_id
+        );
+        assert!(c.ready, "{} not ready", c.name);
+    }
+    eprintln!(
+        "{}",
+        support::kubectl(&["get", "pod", "-n", &ns, "-o", "wide"])
+            + &support::kubectl(&["get", "wpbx", "-n", &ns])
+    );
     let status = g.pbx().await.unwrap().status.unwrap();
     let figures = status.probes.clone().unwrap();
     eprintln!(
-        "apply -> Ready=True {:.2} s (Asterisk up after {:.2} s); probe: connect {:?} ms, tls {:?} ms, upgrade {:?} ms, REGISTER {:?} ms, echo rtt {:?} ms, loss {:?} %, jitter {:?} ms",
+        "apply -> Ready=True {:.2} s on real pods; probe from the operator pod: connect {:?} ms, tls {:?} ms, upgrade {:?} ms, REGISTER {:?} ms, echo rtt {:?} ms, loss {:?} %, jitter {:?} ms",
         to_ready.as_secs_f64(),
-        asterisk_up.as_secs_f64(),
         figures.connect_ms,
         figures.tls_ms,
         figures.upgrade_ms,
@@ -164,20 +238,9 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     );
     assert!(figures.echo_round_trip_ms.is_some() && figures.register_ms.is_some());
     assert_eq!(figures.loss_percent, Some(0.0));
-    let out = Command::new(support::ground_env("KUBECTL"))
-        .arg("--kubeconfig")
-        .arg(&support::control_plane().kubeconfig)
-        .args(["wait", "--for=condition=Ready", &format!("wpbx/{NAME}")])
-        .args(["-n", &ns, "--timeout=10s"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl wait: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Blackbox-style metrics, labelled by PBX.
-    let metrics = g.metrics();
+    support::kubectl(&["wait", "--for=condition=Ready", &format!("wpbx/{NAME}"), "-n", &ns, "--timeout=10s"]);
+    // Blackbox-style metrics, labelled by PBX, from the leader's pod.
+    let metrics = g.metrics().await;
     let labels = format!("namespace=\"{ns}\",name=\"{NAME}\"");
     for line in [
         format!("probe_success{{{labels}}} 1"),
@@ -195,53 +258,59 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     }
 
     // A real browser registers as a user and hears the echo.
-    browser_check(&g, &kubelet, &inside).await;
+    browser_check(&g).await;
 
-    // Asterisk stops: WssReachable=False (ConnectionRefused) and Ready=False.
-    kubelet.stop_asterisk();
-    let flip = g
-        .wait(
-            &mut kubelet,
-            "WssReachable",
-            "False",
-            Some("ConnectionRefused"),
-            two_intervals(),
-        )
-        .await;
+    // The Asterisk container is killed (and again each time the kubelet
+    // restarts it): WssReachable=False (ConnectionRefused), then recovery.
+    let (_, restarts_before) = g.asterisk_container().await.unwrap();
+    let killed = Instant::now();
+    loop {
+        if let Some((id, _)) = g.asterisk_container().await {
+            let _ = Command::new(support::ground_env("CTR"))
+                .arg("--address")
+                .arg(&node.containerd_sock)
+                .args(["-n", "k8s.io", "task", "kill", "-s", "SIGKILL", &id])
+                .output();
+        }
+        if let Some((s, r, _)) = g.condition("WssReachable").await
+            && s == "False"
+        {
+            assert_eq!(r, "ConnectionRefused", "{}", g.diagnostics());
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(60), "WssReachable stayed True:\n{}", g.diagnostics());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let flip = killed.elapsed();
     let (ready, _, ready_message) = g.condition("Ready").await.unwrap();
     assert_eq!(ready, "False");
-    assert!(
-        ready_message.contains("ConnectionRefused"),
-        "{ready_message}"
-    );
+    assert!(ready_message.contains("ConnectionRefused"), "{ready_message}");
     let (_, _, wss_message) = g.condition("WssReachable").await.unwrap();
     assert!(wss_message.contains("2 probes in a row"), "{wss_message}");
-    eprintln!(
-        "Asterisk stopped -> WssReachable=False {:.2} s",
-        flip.as_secs_f64()
-    );
     let events = Api::<Event>::namespaced(client.clone(), &ns)
         .list(&ListParams::default())
         .await
         .unwrap();
     assert!(
-        events
-            .items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("ConnectionRefused")),
+        events.items.iter().any(|e| e.reason.as_deref() == Some("ConnectionRefused")),
         "an Event names the fault"
     );
-    kubelet.start_asterisk();
-    let back = g
-        .wait(&mut kubelet, "Ready", "True", None, two_intervals())
-        .await;
+    // The kubelet restarts it (after its crash-loop back-off).
+    let back = g.wait("Ready", "True", None, Duration::from_secs(120)).await;
+    let (_, restarts_after) = g.asterisk_container().await.unwrap();
+    assert!(restarts_after > restarts_before, "the kubelet restarted the container");
     eprintln!(
-        "Asterisk restarted -> Ready=True {:.2} s",
+        "Asterisk container killed -> WssReachable=False (ConnectionRefused) {:.2} s; kubelet restarted it ({} restarts) -> Ready=True {:.2} s later",
+        flip.as_secs_f64(),
+        restarts_after - restarts_before,
         back.as_secs_f64()
     );
 
-    // A user's password changes: the config follows, the PBX stays Ready.
+    // A user's password changes: the operator re-renders the Secret, the
+    // kubelet updates the volume, the config-reloader reloads Asterisk; the
+    // new password registers, the pod is not restarted, Ready never flips.
     let ready_since = ready_transition(&g).await;
+    let (container, restarts) = g.asterisk_container().await.unwrap();
     Api::<Secret>::namespaced(client.clone(), &ns)
         .patch(
             "demo-users",
@@ -251,48 +320,70 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         .await
         .unwrap();
     let changed = Instant::now();
-    loop {
-        kubelet.sync().await;
-        let auth = std::fs::read_to_string(kubelet.etc.join("secrets/pjsip_auth.conf"))
-            .unwrap_or_default();
-        if auth.contains("new-pw-alice") {
-            break;
-        }
+    while register_as(&node.ip, "1001", "new-pw-alice").await != "Registered" {
         assert!(
-            changed.elapsed() < Duration::from_secs(20),
-            "password not rendered"
+            changed.elapsed() < Duration::from_secs(90),
+            "the new password was not accepted:\n{}",
+            g.diagnostics()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let reload = changed.elapsed();
+    assert_eq!(register_as(&node.ip, "1001", "change-me-alice").await, "AuthenticationFailed");
+    assert_eq!(
+        g.asterisk_container().await.unwrap(),
+        (container.clone(), restarts),
+        "no container restart for a password change"
+    );
     eprintln!(
-        "password Secret changed -> mounted config updated {:.2} s",
-        changed.elapsed().as_secs_f64()
+        "password Secret changed -> new password accepted by the real pod {:.2} s (kubelet volume sync + config-reloader), no restart",
+        reload.as_secs_f64()
     );
-    assert_eq!(
-        register_as(&inside, "1001", "new-pw-alice").await,
-        "Registered"
-    );
-    assert_eq!(
-        register_as(&inside, "1001", "change-me-alice").await,
-        "AuthenticationFailed"
-    );
-    let runs = g.probe_runs();
+    let runs = g.probe_runs().await;
     support::wait_until(two_intervals(), "one more probe run", || async {
-        (g.probe_runs() > runs).then_some(())
+        (g.probe_runs().await > runs).then_some(())
     })
     .await;
     assert_eq!(g.condition("Ready").await.unwrap().0, "True");
-    assert_eq!(
-        ready_transition(&g).await,
-        ready_since,
-        "Ready never flipped"
-    );
+    assert_eq!(ready_transition(&g).await, ready_since, "Ready never flipped");
 
-    // RTP blocked in the test host: the call fails on ICE, REGISTER still works.
-    kubelet.netns.drop_udp("10000-20000");
+    // The certificate is re-issued (its Secret deleted; the operator issues a
+    // new one from its CA): the served certificate changes, no restart.
+    let before = served_certificate(&node.ip);
+    assert!(before.contains("Fingerprint"), "a certificate is served: {before}");
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .delete(&format!("{NAME}-tls"), &DeleteParams::default())
+        .await
+        .unwrap();
+    let rotated = Instant::now();
+    loop {
+        let now = served_certificate(&node.ip);
+        if now.contains("Fingerprint") && now != before {
+            break;
+        }
+        assert!(
+            rotated.elapsed() < Duration::from_secs(90),
+            "the served certificate did not change:\n{}",
+            g.diagnostics()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let rotation = rotated.elapsed();
+    assert_eq!(
+        g.asterisk_container().await.unwrap(),
+        (container, restarts),
+        "no container restart for a new certificate"
+    );
+    eprintln!(
+        "certificate re-issued -> served by the real pod {:.2} s, no restart",
+        rotation.as_secs_f64()
+    );
+    g.wait("Ready", "True", None, two_intervals()).await;
+
+    // RTP blocked at the node: the call fails on ICE, REGISTER still works.
+    node.drop_udp("10000-20000");
     let flip = g
         .wait(
-            &mut kubelet,
             "EchoCallHealthy",
             "False",
             Some("IceFailed"),
@@ -300,24 +391,15 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
             two_intervals() + Duration::from_secs(6),
         )
         .await;
-    eprintln!(
-        "RTP blocked -> EchoCallHealthy=False (IceFailed) {:.2} s",
-        flip.as_secs_f64()
-    );
+    eprintln!("RTP blocked -> EchoCallHealthy=False (IceFailed) {:.2} s", flip.as_secs_f64());
     assert_eq!(g.condition("SipRegistered").await.unwrap().0, "True");
     assert_eq!(g.condition("WssReachable").await.unwrap().0, "True");
     assert_eq!(g.condition("Ready").await.unwrap().0, "False");
-    kubelet.netns.allow_all();
-    g.wait(
-        &mut kubelet,
-        "EchoCallHealthy",
-        "True",
-        None,
-        two_intervals(),
-    )
-    .await;
+    node.allow_all();
+    g.wait("EchoCallHealthy", "True", None, two_intervals()).await;
 
-    // The certificate Secret is replaced by one for another hostname.
+    // The certificate Secret is replaced by one for another hostname (a new
+    // Secret name: the pod is replaced with the new volume).
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -348,13 +430,7 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         .await
         .unwrap();
     let flip = g
-        .wait(
-            &mut kubelet,
-            "WssReachable",
-            "False",
-            Some("CertificateHostnameMismatch"),
-            two_intervals(),
-        )
+        .wait("WssReachable", "False", Some("CertificateHostnameMismatch"), Duration::from_secs(90))
         .await;
     eprintln!(
         "certificate for another hostname -> WssReachable=False (CertificateHostnameMismatch) {:.2} s",
@@ -363,16 +439,14 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     let (_, reason, _) = g.condition("CertificateReady").await.unwrap();
     assert_eq!(reason, "DomainNotCovered");
 
-    // Deleted: probes stop, children are garbage-collected.
+    // Deleted: probes stop, the pod and every child are gone.
     Api::<WebRtcPbx>::namespaced(client.clone(), &ns)
         .delete(NAME, &DeleteParams::default())
         .await
         .unwrap();
-    support::wait_until(Duration::from_secs(30), "children collected", || async {
-        let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
-            .get_opt(NAME)
-            .await
-            .ok()?;
+    let deleted = Instant::now();
+    support::wait_until(Duration::from_secs(60), "pod and children collected", || async {
+        let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns).get_opt(NAME).await.ok()?;
         let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
             .get_opt(&format!("{NAME}-asterisk"))
             .await
@@ -381,42 +455,98 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
             .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={NAME}")))
             .await
             .ok()?;
-        (sts.is_none() && cm.is_none() && secrets.items.is_empty()).then_some(())
+        let pod = g.pod().await;
+        (sts.is_none() && cm.is_none() && secrets.items.is_empty() && pod.is_none()).then_some(())
     })
     .await;
+    eprintln!("deleted -> pod and children gone {:.2} s", deleted.elapsed().as_secs_f64());
     // A run in flight may still finish; none starts afterwards.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let runs = g.probe_runs();
+    let runs = g.probe_runs().await;
     tokio::time::sleep(INTERVAL * 2).await;
-    assert_eq!(g.probe_runs(), runs, "no probe runs after the PBX is gone");
+    assert_eq!(g.probe_runs().await, runs, "no probe runs after the PBX is gone");
     assert!(
-        !g.metrics().contains(&format!("probe_success{{{labels}}}")),
+        !g.metrics().await.contains(&format!("probe_success{{{labels}}}")),
         "the PBX's probe series are dropped"
     );
+}
 
-    let _ = operator.kill();
-    let _ = operator.wait();
-    kubelet.stop_asterisk();
-    std::fs::remove_dir_all(&dir).unwrap();
+/// Service mode on real pods: the PBX in the pod network (no host network),
+/// WSS through its ClusterIP Service (kube-proxy) and cluster DNS, the RTP
+/// range as a Service with an endpoint per port; Ready=True with the probes
+/// passing from the operator's pod.
+#[tokio::test]
+async fn a_service_mode_pbx_runs_in_the_pod_network() {
+    let g = Ground::new("e2e-svc").await;
+    let (client, ns) = (g.client.clone(), g.ns.clone());
+    let users: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "demo-users"}, "stringData": {"200": "change-me-reception"}
+    }))
+    .unwrap();
+    let pbx: WebRtcPbx = serde_json::from_value(json!({
+        "apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
+        "metadata": {"name": NAME},
+        "spec": {
+            "domain": DOMAIN,
+            "network": {"mode": "Service"},
+            "wss": {"port": WSS_PORT},
+            "rtp": {"portRange": {"start": 20000, "end": 20009}},
+            "users": [{"extension": "200", "passwordSecretRef": {"name": "demo-users", "key": "200"}}],
+            "probes": {"interval": "5s", "timeout": "3s", "echoCall": {"duration": "2s"}}
+        }
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &users)
+        .await
+        .unwrap();
+    let applied = Instant::now();
+    Api::<WebRtcPbx>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &pbx)
+        .await
+        .unwrap();
+    g.wait("Ready", "True", None, Duration::from_secs(90)).await;
+    let to_ready = applied.elapsed();
+    let pod = g.pod().await.unwrap();
+    assert_ne!(pod.spec.as_ref().unwrap().host_network, Some(true));
+    let pod_ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+    assert!(pod_ip.starts_with("10.244."), "a pod-network address: {pod_ip}");
+    assert_ne!(pod_ip, g.node.ip);
+    // The RTP Service selects the pod on every port of the range.
+    let slices = support::kubectl(&[
+        "get", "endpointslices", "-n", &ns, "-l", &format!("kubernetes.io/service-name={NAME}-rtp"),
+        "-o", "jsonpath={.items[*].endpoints[*].addresses[*]} {.items[*].ports[*].port}",
+    ]);
+    assert!(slices.contains(&pod_ip), "RTP Service endpoints: {slices}");
+    assert_eq!(slices.split_whitespace().count(), 11, "10 RTP ports and the pod: {slices}");
+    let figures = g.pbx().await.unwrap().status.unwrap().probes.unwrap();
+    assert_eq!(figures.loss_percent, Some(0.0));
+    eprintln!(
+        "Service mode: apply -> Ready=True {:.2} s, pod {pod_ip}, probe through the ClusterIP Service: REGISTER {:?} ms, echo rtt {:?} ms",
+        to_ready.as_secs_f64(),
+        figures.register_ms,
+        figures.echo_round_trip_ms
+    );
+    Api::<WebRtcPbx>::namespaced(client.clone(), &ns)
+        .delete(NAME, &DeleteParams::default())
+        .await
+        .unwrap();
 }
 
 /// Ready's lastTransitionTime.
 async fn ready_transition(g: &Ground) -> String {
     let status = g.pbx().await.unwrap().status.unwrap();
-    let c = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let c = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     format!("{:?}", c.last_transition_time)
 }
 
-/// REGISTERs as `user` through the probe engine; returns the outcome's reason.
-async fn register_as(inside: &str, user: &str, password: &str) -> String {
+/// REGISTERs as `user` at the node's address through the probe engine;
+/// returns the outcome's reason.
+async fn register_as(ip: &str, user: &str, password: &str) -> String {
     let pbx = webrtc_pbx_operator::probe::Request {
         target: transport::Target {
             url: url::Url::parse(&format!("wss://{DOMAIN}:{WSS_PORT}/ws")).unwrap(),
-            connect_to: Some(format!("{inside}:{WSS_PORT}")),
+            connect_to: Some(format!("{ip}:{WSS_PORT}")),
             ca_pem: None,
             insecure: true,
             timeout: Duration::from_secs(5),
@@ -429,16 +559,14 @@ async fn register_as(inside: &str, user: &str, password: &str) -> String {
         echo: None,
     };
     let report = webrtc_pbx_operator::probe::run(&pbx).await;
-    report
-        .register
-        .map(|c| c.reason)
-        .unwrap_or(report.wss.reason)
+    report.register.map(|c| c.reason).unwrap_or(report.wss.reason)
 }
-
-/// Headless Chromium with JsSIP, in the test host (it has no route out),
-/// registers as user 1001 with the password from the example and calls the
-/// echo extension with a fake microphone.
-async fn browser_check(g: &Ground, kubelet: &Kubelet, inside: &str) {
+/// Headless Chromium with JsSIP, in the node's network namespace (it has no
+/// route off the machine), registers as user 1001 with the password from the
+/// example at the pod's host address and calls the echo extension with a
+/// fake microphone.
+async fn browser_check(g: &Ground) {
+    let inside = g.node.ip.as_str();
     let dir = support::scratch_dir("browser");
     std::fs::copy(
         support::repo().join("tests/browser/echo.html"),
@@ -472,8 +600,8 @@ async fn browser_check(g: &Ground, kubelet: &Kubelet, inside: &str) {
     .collect::<Vec<_>>()
     .join("&");
     let started = Instant::now();
-    let mut chromium = kubelet
-        .netns
+    let mut chromium = g
+        .node
         .command(support::ground_env("CHROMIUM"))
         .args([
             "--headless=new",
@@ -524,10 +652,7 @@ async fn browser_check(g: &Ground, kubelet: &Kubelet, inside: &str) {
     let _ = chromium.wait();
     let json = match result {
         Ok(Ok(json)) => json,
-        other => panic!(
-            "no result from the browser: {other:?}\nAsterisk:\n{}",
-            kubelet.asterisk_output()
-        ),
+        other => panic!("no result from the browser: {other:?}\n{}", g.diagnostics()),
     };
     let r: Value =
         serde_json::from_str(&json.replace("\\\"", "\"")).unwrap_or_else(|e| panic!("{e}: {json}"));

@@ -5,8 +5,6 @@
 //! a panic or a kill leaks neither processes nor mounts.
 #![allow(dead_code)]
 
-pub mod kubelet;
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -65,24 +63,98 @@ pub struct ControlPlane {
     pub dir: PathBuf,
     /// Admin kubeconfig.
     pub kubeconfig: PathBuf,
+    /// The real node, when this binary asked for one ([`real_node`]).
+    pub node: Option<Node>,
+}
+
+/// The ground's real node: kubelet, containerd, kube-proxy and CoreDNS in
+/// a test host (network namespace) of their own (`scripts/ground up`).
+pub struct Node {
+    /// The Node object's name.
+    pub name: String,
+    /// Its network namespace: host-network pods live here.
+    pub netns: String,
+    /// Its InternalIP (the node's end of its link to this host).
+    pub ip: String,
+    /// This host's end of the link (where the apiserver listens).
+    pub host_ip: String,
+    /// containerd's socket (for `ctr`).
+    pub containerd_sock: PathBuf,
+}
+
+impl Node {
+    /// `ctr -n k8s.io ARGS` against the node's containerd; its stdout.
+    pub fn ctr(&self, args: &[&str]) -> String {
+        let out = Command::new(ground_env("CTR"))
+            .arg("--address")
+            .arg(&self.containerd_sock)
+            .args(["-n", "k8s.io"])
+            .args(args)
+            .output()
+            .expect("run ctr");
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A command run in the node's network namespace (where host-network
+    /// pods listen), e.g. `nft` or a browser.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.netns]).arg(program);
+        c
+    }
+
+    /// Drops UDP to `ports` (e.g. "10000-20000") arriving at the node: closed
+    /// RTP ports, as a firewall in front of a host-network PBX has them.
+    pub fn drop_udp(&self, ports: &str) {
+        nft_drop_udp(|| self.command("nft"), ports);
+    }
+
+    /// Removes what [`Node::drop_udp`] added.
+    pub fn allow_all(&self) {
+        nft_allow_all(|| self.command("nft"));
+    }
 }
 
 static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
+static WITH_NODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The real node of this test binary's ground: the ground is started with
+/// one (and no kwok nodes) when this is called before anything else.
+pub fn real_node() -> &'static Node {
+    WITH_NODE.store(true, Ordering::SeqCst);
+    control_plane()
+        .node
+        .as_ref()
+        .expect("this binary's ground was started without a real node (call real_node() first)")
+}
 
 /// The control plane of this test binary, started on first use and torn down
-/// by a watchdog when the binary exits.
+/// by a watchdog when the binary exits. Without [`real_node`], kwok nodes
+/// only (fast, for the operator's own tests and the benchmarks).
 pub fn control_plane() -> &'static ControlPlane {
     CONTROL_PLANE.get_or_init(|| {
         require_provisioned();
+        let with_node = WITH_NODE.load(Ordering::SeqCst);
         let dir =
             std::env::temp_dir().join(format!("webrtc-pbx-ground.test-{}", std::process::id()));
-        let out = Command::new(ground_script())
-            .args(["up", "--dir"])
+        let mut up = Command::new(ground_script());
+        up.args(["up", "--dir"])
             .arg(&dir)
-            .args(["--watch-pid", &std::process::id().to_string()])
+            .args(["--watch-pid", &std::process::id().to_string()]);
+        if with_node {
+            // The real node runs what the chart and the operator name.
+            require_image("operator");
+        } else {
             // Several nodes: HostNetwork PBXs of concurrent tests each need a
             // node of their own for their host ports.
-            .args(["--nodes", "8"])
+            up.args(["--no-node", "--nodes", "8"]);
+        }
+        let out = up
             .stderr(Stdio::inherit())
             .output()
             .expect("run scripts/ground up");
@@ -94,8 +166,97 @@ pub fn control_plane() -> &'static ControlPlane {
             .and_then(|l| l.strip_prefix("export KUBECONFIG="))
             .map(PathBuf::from)
             .unwrap_or_else(|| panic!("scripts/ground up did not print KUBECONFIG: {stdout}"));
-        ControlPlane { dir, kubeconfig }
+        let node = with_node.then(|| {
+            let env = std::fs::read_to_string(dir.join("node/env")).expect("the node's env file");
+            let get = |key: &str| {
+                env.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                    .unwrap_or_else(|| panic!("node/env has no {key}"))
+                    .to_string()
+            };
+            Node {
+                name: get("NODE_NAME"),
+                netns: get("NODE_NETNS"),
+                ip: get("NODE_IP"),
+                host_ip: get("HOST_IP"),
+                containerd_sock: PathBuf::from(get("CONTAINERD_SOCK")),
+            }
+        });
+        ControlPlane {
+            dir,
+            kubeconfig,
+            node,
+        }
     })
+}
+
+/// Fails unless image `name` has been built (`scripts/images build NAME`).
+pub fn require_image(name: &str) {
+    let tar = PathBuf::from(ground_env("IMAGES_DIR")).join(format!("{name}.tar"));
+    assert!(
+        tar.exists(),
+        "{} is missing: this test runs the project's own images on the real node.\n\
+         Build it with: scripts/images build {name}   (scripts/test does this before the tests)",
+        tar.display()
+    );
+}
+
+/// `kubectl ARGS` as the ground's admin; fails the test on a non-zero exit.
+pub fn kubectl(args: &[&str]) -> String {
+    let out = Command::new(ground_env("KUBECTL"))
+        .arg("--kubeconfig")
+        .arg(&control_plane().kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `helm install` of the chart, with its default values and the ground's
+/// imported images, into `ns` as release `release`; waits until the
+/// operator's pods are Ready. As a user installs it.
+pub fn install_chart(release: &str, ns: &str, extra: &[&str]) {
+    let started = Instant::now();
+    let out = Command::new(ground_env("HELM"))
+        .arg("--kubeconfig")
+        .arg(&control_plane().kubeconfig)
+        .args(["install", release])
+        .arg(repo().join("charts/webrtc-pbx-operator"))
+        .args(["--namespace", ns, "--create-namespace", "--wait", "--timeout", "180s"])
+        .args(extra)
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm install: {}{}\npods:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        kubectl(&["get", "pods", "-A", "-o", "wide"])
+    );
+    eprintln!(
+        "helm install {release} (the chart, default values) -> operator pods Ready {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// GET http://`addr``path` (an operator pod's metrics endpoint).
+pub fn http_get_at(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    Some(body)
 }
 
 /// Kills one component of this binary's control plane (`etcd`,
@@ -380,17 +541,7 @@ pub fn reconciles(port: u16) -> u64 {
 
 /// GET http://127.0.0.1:`port``path` (the operator's metrics endpoint).
 pub fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
-    Some(body)
+    http_get_at(&format!("127.0.0.1:{port}"), path)
 }
 
 /// A condition of WebRtcPbx `name`: (status, reason, message).
@@ -813,45 +964,12 @@ impl Netns {
     /// Drops UDP packets to `ports` (e.g. "10000-20000") inside the
     /// namespace: closed RTP ports, as a firewall would have them.
     pub fn drop_udp(&self, ports: &str) {
-        let nft = |args: &[&str]| {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &self.name, "nft"])
-                .args(args)
-                .output()
-                .expect("run nft");
-            assert!(
-                out.status.success(),
-                "nft {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        nft(&["add", "table", "inet", "wpbx"]);
-        nft(&[
-            "add",
-            "chain",
-            "inet",
-            "wpbx",
-            "input",
-            "{ type filter hook input priority 0; }",
-        ]);
-        nft(&[
-            "add", "rule", "inet", "wpbx", "input", "udp", "dport", ports, "drop",
-        ]);
+        nft_drop_udp(|| self.command("nft"), ports);
     }
 
     /// Removes what [`Netns::drop_udp`] added.
     pub fn allow_all(&self) {
-        let out = Command::new("ip")
-            .args([
-                "netns", "exec", &self.name, "nft", "delete", "table", "inet", "wpbx",
-            ])
-            .output()
-            .expect("run nft");
-        assert!(
-            out.status.success(),
-            "nft: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        nft_allow_all(|| self.command("nft"));
     }
 
     /// A command run inside the namespace.
@@ -868,6 +986,44 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// Adds table `inet wpbx` dropping UDP to `ports` on input, with the `nft`
+/// commands `nft` makes (in some network namespace).
+fn nft_drop_udp(nft: impl Fn() -> Command, ports: &str) {
+    let run = |args: &[&str]| {
+        let out = nft().args(args).output().expect("run nft");
+        assert!(
+            out.status.success(),
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["add", "table", "inet", "wpbx"]);
+    run(&[
+        "add",
+        "chain",
+        "inet",
+        "wpbx",
+        "input",
+        "{ type filter hook input priority 0; }",
+    ]);
+    run(&[
+        "add", "rule", "inet", "wpbx", "input", "udp", "dport", ports, "drop",
+    ]);
+}
+
+/// Removes what [`nft_drop_udp`] added.
+fn nft_allow_all(nft: impl Fn() -> Command) {
+    let out = nft()
+        .args(["delete", "table", "inet", "wpbx"])
+        .output()
+        .expect("run nft");
+    assert!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A probe target for Asterisk on 127.0.0.1:`port`, checking the
