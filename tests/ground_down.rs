@@ -23,7 +23,7 @@ fn machine_state() -> BTreeSet<String> {
     let components = [
         "containerd", "containerd-shim", "kubelet", "kube-proxy", "coredns", "etcd",
         "kube-apiserver", "kube-controller", "kube-scheduler", "kwok", "pause", "asterisk",
-        "sleep", "unshare",
+        "unshare",
     ];
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
@@ -95,6 +95,17 @@ fn ground_down_leaves_the_machine_as_it_was() {
     let before = machine_state();
     let dir = std::env::temp_dir().join(format!("webrtc-pbx-ground.down-{}", std::process::id()));
     let ground = support::repo().join("scripts/ground");
+    // Down even when an assertion below fails.
+    struct Down(std::path::PathBuf);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = Command::new(support::repo().join("scripts/ground"))
+                .args(["down", "--dir"])
+                .arg(&self.0)
+                .output();
+        }
+    }
+    let _guard = Down(dir.clone());
     let started = Instant::now();
     let up = Command::new(&ground)
         .args(["up", "--dir"])
