@@ -122,14 +122,35 @@ impl Ground {
                 .arg(&support::control_plane().kubeconfig)
                 .args(args)
                 .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout).into_owned()
+                        + &String::from_utf8_lossy(&o.stderr)
+                })
                 .unwrap_or_default()
         };
         format!(
             "pods:\n{}\noperator:\n{}\nasterisk:\n{}",
             logs(&["get", "pods", "-A", "-o", "wide"]),
-            logs(&["logs", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=webrtc-pbx-operator", "--tail", "20", "--prefix"]),
-            logs(&["logs", "-n", &self.ns, &format!("{NAME}-0"), "--all-containers", "--tail", "30", "--prefix"]),
+            logs(&[
+                "logs",
+                "-n",
+                OPERATOR_NS,
+                "-l",
+                "app.kubernetes.io/name=webrtc-pbx-operator",
+                "--tail",
+                "20",
+                "--prefix"
+            ]),
+            logs(&[
+                "logs",
+                "-n",
+                &self.ns,
+                &format!("{NAME}-0"),
+                "--all-containers",
+                "--tail",
+                "30",
+                "--prefix"
+            ]),
         )
     }
 
@@ -201,17 +222,33 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     // Ready, with every probe condition True.
     g.wait("Ready", "True", None, Duration::from_secs(90)).await;
     let to_ready = applied.elapsed();
-    for type_ in ["WssReachable", "SipRegistered", "EchoCallHealthy", "WorkloadReady"] {
+    for type_ in [
+        "WssReachable",
+        "SipRegistered",
+        "EchoCallHealthy",
+        "WorkloadReady",
+    ] {
         let (s, reason, message) = g.condition(type_).await.unwrap();
         assert_eq!(s, "True", "{type_}: {reason}: {message}");
     }
     // On the real node, in containers containerd started.
     let pod = g.pod().await.unwrap();
-    assert_eq!(pod.spec.as_ref().unwrap().node_name.as_deref(), Some(node.name.as_str()));
-    let statuses = pod.status.as_ref().unwrap().container_statuses.clone().unwrap();
+    assert_eq!(
+        pod.spec.as_ref().unwrap().node_name.as_deref(),
+        Some(node.name.as_str())
+    );
+    let statuses = pod
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .clone()
+        .unwrap();
     for c in &statuses {
         assert!(
-            c.container_id.as_deref().is_some_and(|id| id.starts_with("containerd://")),
+            c.container_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("containerd://")),
             "{}: {:?}",
             c.name,
             c.container_id
@@ -238,7 +275,14 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     );
     assert!(figures.echo_round_trip_ms.is_some() && figures.register_ms.is_some());
     assert_eq!(figures.loss_percent, Some(0.0));
-    support::kubectl(&["wait", "--for=condition=Ready", &format!("wpbx/{NAME}"), "-n", &ns, "--timeout=10s"]);
+    support::kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("wpbx/{NAME}"),
+        "-n",
+        &ns,
+        "--timeout=10s",
+    ]);
     // Blackbox-style metrics, labelled by PBX, from the leader's pod.
     let metrics = g.metrics().await;
     let labels = format!("namespace=\"{ns}\",name=\"{NAME}\"");
@@ -278,13 +322,20 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
             assert_eq!(r, "ConnectionRefused", "{}", g.diagnostics());
             break;
         }
-        assert!(killed.elapsed() < Duration::from_secs(60), "WssReachable stayed True:\n{}", g.diagnostics());
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "WssReachable stayed True:\n{}",
+            g.diagnostics()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let flip = killed.elapsed();
     let (ready, _, ready_message) = g.condition("Ready").await.unwrap();
     assert_eq!(ready, "False");
-    assert!(ready_message.contains("ConnectionRefused"), "{ready_message}");
+    assert!(
+        ready_message.contains("ConnectionRefused"),
+        "{ready_message}"
+    );
     let (_, _, wss_message) = g.condition("WssReachable").await.unwrap();
     assert!(wss_message.contains("2 probes in a row"), "{wss_message}");
     let events = Api::<Event>::namespaced(client.clone(), &ns)
@@ -292,13 +343,21 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         .await
         .unwrap();
     assert!(
-        events.items.iter().any(|e| e.reason.as_deref() == Some("ConnectionRefused")),
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ConnectionRefused")),
         "an Event names the fault"
     );
     // The kubelet restarts it (after its crash-loop back-off).
-    let back = g.wait("Ready", "True", None, Duration::from_secs(120)).await;
+    let back = g
+        .wait("Ready", "True", None, Duration::from_secs(120))
+        .await;
     let (_, restarts_after) = g.asterisk_container().await.unwrap();
-    assert!(restarts_after > restarts_before, "the kubelet restarted the container");
+    assert!(
+        restarts_after > restarts_before,
+        "the kubelet restarted the container"
+    );
     eprintln!(
         "Asterisk container killed -> WssReachable=False (ConnectionRefused) {:.2} s; kubelet restarted it ({} restarts) -> Ready=True {:.2} s later",
         flip.as_secs_f64(),
@@ -329,7 +388,10 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let reload = changed.elapsed();
-    assert_eq!(register_as(&node.ip, "1001", "change-me-alice").await, "AuthenticationFailed");
+    assert_eq!(
+        register_as(&node.ip, "1001", "change-me-alice").await,
+        "AuthenticationFailed"
+    );
     assert_eq!(
         g.asterisk_container().await.unwrap(),
         (container.clone(), restarts),
@@ -345,12 +407,19 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     })
     .await;
     assert_eq!(g.condition("Ready").await.unwrap().0, "True");
-    assert_eq!(ready_transition(&g).await, ready_since, "Ready never flipped");
+    assert_eq!(
+        ready_transition(&g).await,
+        ready_since,
+        "Ready never flipped"
+    );
 
     // The certificate is re-issued (its Secret deleted; the operator issues a
     // new one from its CA): the served certificate changes, no restart.
     let before = served_certificate(&node.ip);
-    assert!(before.contains("Fingerprint"), "a certificate is served: {before}");
+    assert!(
+        before.contains("Fingerprint"),
+        "a certificate is served: {before}"
+    );
     Api::<Secret>::namespaced(client.clone(), &ns)
         .delete(&format!("{NAME}-tls"), &DeleteParams::default())
         .await
@@ -391,12 +460,16 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
             two_intervals() + Duration::from_secs(6),
         )
         .await;
-    eprintln!("RTP blocked -> EchoCallHealthy=False (IceFailed) {:.2} s", flip.as_secs_f64());
+    eprintln!(
+        "RTP blocked -> EchoCallHealthy=False (IceFailed) {:.2} s",
+        flip.as_secs_f64()
+    );
     assert_eq!(g.condition("SipRegistered").await.unwrap().0, "True");
     assert_eq!(g.condition("WssReachable").await.unwrap().0, "True");
     assert_eq!(g.condition("Ready").await.unwrap().0, "False");
     node.allow_all();
-    g.wait("EchoCallHealthy", "True", None, two_intervals()).await;
+    g.wait("EchoCallHealthy", "True", None, two_intervals())
+        .await;
 
     // The certificate Secret is replaced by one for another hostname (a new
     // Secret name: the pod is replaced with the new volume).
@@ -430,7 +503,12 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         .await
         .unwrap();
     let flip = g
-        .wait("WssReachable", "False", Some("CertificateHostnameMismatch"), Duration::from_secs(90))
+        .wait(
+            "WssReachable",
+            "False",
+            Some("CertificateHostnameMismatch"),
+            Duration::from_secs(90),
+        )
         .await;
     eprintln!(
         "certificate for another hostname -> WssReachable=False (CertificateHostnameMismatch) {:.2} s",
@@ -445,28 +523,45 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         .await
         .unwrap();
     let deleted = Instant::now();
-    support::wait_until(Duration::from_secs(60), "pod and children collected", || async {
-        let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns).get_opt(NAME).await.ok()?;
-        let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
-            .get_opt(&format!("{NAME}-asterisk"))
-            .await
-            .ok()?;
-        let secrets = Api::<Secret>::namespaced(client.clone(), &ns)
-            .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={NAME}")))
-            .await
-            .ok()?;
-        let pod = g.pod().await;
-        (sts.is_none() && cm.is_none() && secrets.items.is_empty() && pod.is_none()).then_some(())
-    })
+    support::wait_until(
+        Duration::from_secs(60),
+        "pod and children collected",
+        || async {
+            let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
+                .get_opt(NAME)
+                .await
+                .ok()?;
+            let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                .get_opt(&format!("{NAME}-asterisk"))
+                .await
+                .ok()?;
+            let secrets = Api::<Secret>::namespaced(client.clone(), &ns)
+                .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={NAME}")))
+                .await
+                .ok()?;
+            let pod = g.pod().await;
+            (sts.is_none() && cm.is_none() && secrets.items.is_empty() && pod.is_none())
+                .then_some(())
+        },
+    )
     .await;
-    eprintln!("deleted -> pod and children gone {:.2} s", deleted.elapsed().as_secs_f64());
+    eprintln!(
+        "deleted -> pod and children gone {:.2} s",
+        deleted.elapsed().as_secs_f64()
+    );
     // A run in flight may still finish; none starts afterwards.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let runs = g.probe_runs().await;
     tokio::time::sleep(INTERVAL * 2).await;
-    assert_eq!(g.probe_runs().await, runs, "no probe runs after the PBX is gone");
+    assert_eq!(
+        g.probe_runs().await,
+        runs,
+        "no probe runs after the PBX is gone"
+    );
     assert!(
-        !g.metrics().await.contains(&format!("probe_success{{{labels}}}")),
+        !g.metrics()
+            .await
+            .contains(&format!("probe_success{{{labels}}}")),
         "the PBX's probe series are dropped"
     );
 }
@@ -510,15 +605,28 @@ async fn a_service_mode_pbx_runs_in_the_pod_network() {
     let pod = g.pod().await.unwrap();
     assert_ne!(pod.spec.as_ref().unwrap().host_network, Some(true));
     let pod_ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
-    assert!(pod_ip.starts_with("10.244."), "a pod-network address: {pod_ip}");
+    assert!(
+        pod_ip.starts_with("10.244."),
+        "a pod-network address: {pod_ip}"
+    );
     assert_ne!(pod_ip, g.node.ip);
     // The RTP Service selects the pod on every port of the range.
     let slices = support::kubectl(&[
-        "get", "endpointslices", "-n", &ns, "-l", &format!("kubernetes.io/service-name={NAME}-rtp"),
-        "-o", "jsonpath={.items[*].endpoints[*].addresses[*]} {.items[*].ports[*].port}",
+        "get",
+        "endpointslices",
+        "-n",
+        &ns,
+        "-l",
+        &format!("kubernetes.io/service-name={NAME}-rtp"),
+        "-o",
+        "jsonpath={.items[*].endpoints[*].addresses[*]} {.items[*].ports[*].port}",
     ]);
     assert!(slices.contains(&pod_ip), "RTP Service endpoints: {slices}");
-    assert_eq!(slices.split_whitespace().count(), 11, "10 RTP ports and the pod: {slices}");
+    assert_eq!(
+        slices.split_whitespace().count(),
+        11,
+        "10 RTP ports and the pod: {slices}"
+    );
     let figures = g.pbx().await.unwrap().status.unwrap().probes.unwrap();
     assert_eq!(figures.loss_percent, Some(0.0));
     eprintln!(
@@ -536,7 +644,11 @@ async fn a_service_mode_pbx_runs_in_the_pod_network() {
 /// Ready's lastTransitionTime.
 async fn ready_transition(g: &Ground) -> String {
     let status = g.pbx().await.unwrap().status.unwrap();
-    let c = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
     format!("{:?}", c.last_transition_time)
 }
 
@@ -559,7 +671,10 @@ async fn register_as(ip: &str, user: &str, password: &str) -> String {
         echo: None,
     };
     let report = webrtc_pbx_operator::probe::run(&pbx).await;
-    report.register.map(|c| c.reason).unwrap_or(report.wss.reason)
+    report
+        .register
+        .map(|c| c.reason)
+        .unwrap_or(report.wss.reason)
 }
 /// Headless Chromium with JsSIP, in the node's network namespace (it has no
 /// route off the machine), registers as user 1001 with the password from the

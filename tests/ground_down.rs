@@ -21,8 +21,18 @@ fn run(program: &str, args: &[&str]) -> String {
 fn machine_state() -> BTreeSet<String> {
     let mut state = BTreeSet::new();
     let components = [
-        "containerd", "containerd-shim", "kubelet", "kube-proxy", "coredns", "etcd",
-        "kube-apiserver", "kube-controller", "kube-scheduler", "kwok", "pause", "asterisk",
+        "containerd",
+        "containerd-shim",
+        "kubelet",
+        "kube-proxy",
+        "coredns",
+        "etcd",
+        "kube-apiserver",
+        "kube-controller",
+        "kube-scheduler",
+        "kwok",
+        "pause",
+        "asterisk",
         "unshare",
     ];
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -34,14 +44,20 @@ fn machine_state() -> BTreeSet<String> {
             state.insert(format!("process {comm}"));
         }
     }
-    for line in std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines() {
+    for line in std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+    {
         if let Some(point) = line.split_whitespace().nth(4) {
             state.insert(format!("mount {point}"));
         }
     }
     for line in run("ip", &["-o", "link"]).lines() {
         if let Some(name) = line.split(':').nth(1) {
-            state.insert(format!("link {}", name.trim().split('@').next().unwrap_or("")));
+            state.insert(format!(
+                "link {}",
+                name.trim().split('@').next().unwrap_or("")
+            ));
         }
     }
     for line in run("ip", &["route"]).lines() {
@@ -53,8 +69,14 @@ fn machine_state() -> BTreeSet<String> {
     for line in run("nft", &["list", "ruleset"]).lines() {
         state.insert(format!("nft {line}"));
     }
-    for line in run("iptables-save", &[]).lines().filter(|l| !l.starts_with('#')) {
-        state.insert(format!("iptables {}", line.split(" [").next().unwrap_or(line)));
+    for line in run("iptables-save", &[])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+    {
+        state.insert(format!(
+            "iptables {}",
+            line.split(" [").next().unwrap_or(line)
+        ));
     }
     for key in [
         "vm.overcommit_memory",
@@ -63,10 +85,17 @@ fn machine_state() -> BTreeSet<String> {
         "net.ipv4.ip_forward",
         "net.bridge.bridge-nf-call-iptables",
     ] {
-        state.insert(format!("sysctl {key}={}", run("sysctl", &["-n", key]).trim()));
+        state.insert(format!(
+            "sysctl {key}={}",
+            run("sysctl", &["-n", key]).trim()
+        ));
     }
     for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        for c in std::fs::read_dir(hierarchy.path()).into_iter().flatten().flatten() {
+        for c in std::fs::read_dir(hierarchy.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if c.file_name().to_string_lossy().starts_with("wpbx-node") {
                 state.insert(format!("cgroup {}", c.path().display()));
             }
@@ -154,7 +183,10 @@ fn ground_down_leaves_the_machine_as_it_was() {
         "--timeout=120s",
     ]);
     let pods = kubectl(&["get", "pods", "-o", "wide"]);
-    eprintln!("ground up with a real node {:.1} s; pods:\n{pods}", up_time.as_secs_f64());
+    eprintln!(
+        "ground up with a real node {:.1} s; pods:\n{pods}",
+        up_time.as_secs_f64()
+    );
     let during = machine_state();
     assert!(
         during.iter().any(|s| s == "process kubelet"),
@@ -166,7 +198,11 @@ fn ground_down_leaves_the_machine_as_it_was() {
         .arg(&dir)
         .output()
         .expect("scripts/ground down");
-    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
     // Killed processes take a moment to be reaped.
     let mut after = machine_state();
     while after != before && down_started.elapsed() < Duration::from_secs(10) {

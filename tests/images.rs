@@ -73,7 +73,10 @@ fn read_image(path: &Path) -> Image {
     let files = tar_files(path);
     let blob = |digest: &str| {
         files
-            .get(&format!("blobs/sha256/{}", digest.trim_start_matches("sha256:")))
+            .get(&format!(
+                "blobs/sha256/{}",
+                digest.trim_start_matches("sha256:")
+            ))
             .unwrap_or_else(|| panic!("blob {digest} missing"))
             .clone()
     };
@@ -170,7 +173,9 @@ fn images_are_reproducible_labelled_and_hold_what_the_pods_run() {
         let layer_size: u64 = image.entries.values().map(|e| e.3).sum();
         eprintln!(
             "image {n}: {} {}, {:.1} MB compressed archive, {:.1} MB unpacked, {} files",
-            std::fs::read_to_string(first.join(format!("{n}.ref"))).unwrap().trim(),
+            std::fs::read_to_string(first.join(format!("{n}.ref")))
+                .unwrap()
+                .trim(),
             a[n],
             image.compressed as f64 / 1e6,
             layer_size as f64 / 1e6,
@@ -186,7 +191,8 @@ fn images_are_reproducible_labelled_and_hold_what_the_pods_run() {
                 "usr/share/locale/",
             ] {
                 assert!(
-                    !path.starts_with(banned) || path.trim_end_matches('/') == banned.trim_end_matches('/'),
+                    !path.starts_with(banned)
+                        || path.trim_end_matches('/') == banned.trim_end_matches('/'),
                     "{n}: {path} should not be in the image"
                 );
             }
@@ -230,7 +236,9 @@ fn images_are_reproducible_labelled_and_hold_what_the_pods_run() {
         "etc/ssl/certs/ca-certificates.crt",
     ] {
         let found = asterisk.entries.contains_key(path)
-            || asterisk.entries.contains_key(&path.replacen("bin/", "usr/bin/", 1));
+            || asterisk
+                .entries
+                .contains_key(&path.replacen("bin/", "usr/bin/", 1));
         assert!(found, "asterisk image lacks {path}");
     }
     assert!(
@@ -243,12 +251,20 @@ fn images_are_reproducible_labelled_and_hold_what_the_pods_run() {
     let passwd = String::from_utf8(asterisk.file("etc/passwd")).unwrap();
     assert!(passwd.contains("\nasterisk:x:1000:1000:"), "{passwd}");
     let spool = &asterisk.entries["var/spool/asterisk"];
-    assert_eq!((spool.1, spool.2), (1000, 1000), "spool owned by asterisk (1000)");
+    assert_eq!(
+        (spool.1, spool.2),
+        (1000, 1000),
+        "spool owned by asterisk (1000)"
+    );
 
     // The operator: the binary, CA roots, non-root, no shell.
     let operator = read_image(&first.join("operator.tar"));
     assert_eq!(operator.config["config"]["User"], "65532:65532");
-    assert!(operator.entries.contains_key("usr/local/bin/webrtc-pbx-operator"));
+    assert!(
+        operator
+            .entries
+            .contains_key("usr/local/bin/webrtc-pbx-operator")
+    );
     assert!(operator.entries["etc/ssl/certs/ca-certificates.crt"].3 > 100_000);
     for shell in ["bin/sh", "usr/bin/sh", "bin/bash", "usr/bin/bash"] {
         assert!(!operator.entries.contains_key(shell), "no shell: {shell}");
@@ -260,9 +276,17 @@ fn images_are_reproducible_labelled_and_hold_what_the_pods_run() {
 #[test]
 fn the_versions_come_from_the_crate() {
     let version = env!("CARGO_PKG_VERSION");
-    let chart = std::fs::read_to_string(support::repo().join("charts/webrtc-pbx-operator/Chart.yaml")).unwrap();
-    assert!(chart.contains(&format!("\nversion: {version}\n")), "Chart.yaml version");
-    assert!(chart.contains(&format!("\nappVersion: \"{version}\"\n")), "Chart.yaml appVersion");
+    let chart =
+        std::fs::read_to_string(support::repo().join("charts/webrtc-pbx-operator/Chart.yaml"))
+            .unwrap();
+    assert!(
+        chart.contains(&format!("\nversion: {version}\n")),
+        "Chart.yaml version"
+    );
+    assert!(
+        chart.contains(&format!("\nappVersion: \"{version}\"\n")),
+        "Chart.yaml appVersion"
+    );
     assert_eq!(
         webrtc_pbx_operator::api::DEFAULT_IMAGE,
         format!("ghcr.io/webrtc-pbx-operator/asterisk:{version}")

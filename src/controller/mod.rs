@@ -1154,10 +1154,14 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
                 conflict.clone(),
                 unschedulable(fetched.pod.as_ref()),
             );
-            // Probe a PBX whose pod is ready; a new plan probes at once.
+            // Probing starts when the pod is ready; a new plan probes at
+            // once. A PBX already probed stays probed while its pod is not
+            // ready (a crashed container): the probes then name what a
+            // client sees (ConnectionRefused), not a stale True.
             waiting_for_workload = workload.0.status != Tri::True;
+            let probing = ctx.prober.current(&key).is_some();
             let plan = probes::plan(&validated, cert.ca_pem.clone())
-                .filter(|_| !waiting_for_workload)
+                .filter(|_| !waiting_for_workload || probing)
                 .map(|p| probes::Plan {
                     generation: pbx.metadata.generation,
                     ..p

@@ -368,8 +368,12 @@ fn empty_dir(name: &str) -> Volume {
 
 /// Reloads Asterisk when a mounted file changes (ConfigMap, Secret and
 /// certificate updates reach the pod without a restart; `core reload` keeps
-/// calls up). Restart-only files are covered by the pod-template hash.
-const RELOADER_SCRIPT: &str = r#"old=""
+/// calls up). Restart-only files are covered by the pod-template hash. As
+/// PID 1 of its container the shell ignores SIGTERM unless trapped, and a
+/// foreground `sleep` defers the trap: without both, every pod deletion or
+/// rollout waited out the whole grace period (seen on a real kubelet).
+const RELOADER_SCRIPT: &str = r#"trap 'exit 0' TERM
+old=""
 while true; do
   new=$(cat /etc/asterisk/*.conf /etc/asterisk/secrets/* /etc/asterisk/keys/* 2>/dev/null | md5sum)
   if [ -n "$old" ] && [ "$new" != "$old" ]; then
@@ -377,7 +381,7 @@ while true; do
   else
     old=$new
   fi
-  sleep 10
+  sleep 2 & wait $!
 done"#;
 
 /// Maps the pod's address to the public one for ICE (known only at start),

@@ -227,7 +227,14 @@ pub fn install_chart(release: &str, ns: &str, extra: &[&str]) {
         .arg(&control_plane().kubeconfig)
         .args(["install", release])
         .arg(repo().join("charts/webrtc-pbx-operator"))
-        .args(["--namespace", ns, "--create-namespace", "--wait", "--timeout", "180s"])
+        .args([
+            "--namespace",
+            ns,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
         .args(extra)
         .output()
         .expect("run helm");
