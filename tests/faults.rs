@@ -380,6 +380,38 @@ async fn operations(client: Client, ns: String) {
     }
 }
 
+/// The PBXs of `ns` that are not Ready for their generation, with their
+/// conditions that are not True (for a failure message).
+async fn unsettled(client: &Client, ns: &str) -> String {
+    let pbxes = Api::<WebRtcPbx>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let mut out = format!("{} PBXs; ", pbxes.items.len());
+    for p in &pbxes.items {
+        let status = p.status.clone().unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        if !ready || status.observed_generation != p.metadata.generation {
+            let bad: Vec<String> = status
+                .conditions
+                .iter()
+                .filter(|c| c.status != "True")
+                .map(|c| format!("{}={}/{}: {}", c.type_, c.status, c.reason, c.message))
+                .collect();
+            out.push_str(&format!(
+                "\n{} (generation {:?}, observed {:?}): {bad:?}",
+                p.name_any(),
+                p.metadata.generation,
+                status.observed_generation
+            ));
+        }
+    }
+    out
+}
+
 /// All 80 remaining PBXs Ready for their generation, and no child of a
 /// deleted one left.
 async fn settled(client: &Client, ns: &str) -> Option<()> {
@@ -451,10 +483,15 @@ async fn killed_at_20_random_moments_the_end_state_equals_a_clean_run() {
         operator = support::operator_binary(&killed, port, None);
     }
     driver.await.unwrap();
-    support::wait_until(Duration::from_secs(240), "the killed run settled", || {
-        settled(&client, &killed)
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while settled(&client, &killed).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the killed run did not settle: {}",
+            unsettled(&client, &killed).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let killed_took = started.elapsed();
 
     let a = children(&client, &clean).await;
