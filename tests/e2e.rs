@@ -35,7 +35,7 @@ const RELEASE: &str = "webrtc-pbx-operator";
 /// The chart, installed once per test binary, as a user installs it.
 fn operator() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| support::install_chart(RELEASE, OPERATOR_NS, &[]));
+    INSTALLED.get_or_init(|| support::install_chart(RELEASE, OPERATOR_NS));
 }
 
 struct Ground {
@@ -111,6 +111,27 @@ impl Ground {
                 self.diagnostics()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls `check` until it returns `Some`, failing the test after `limit`
+    /// with `what` and the diagnostics; returns the value and the time taken.
+    async fn until<T, F, Fut>(&self, limit: Duration, what: &str, mut check: F) -> (T, Duration)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = check().await {
+                return (v, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < limit,
+                "not {what} within {limit:?}:\n{}",
+                self.diagnostics()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -307,29 +328,20 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     // The Asterisk container is killed (and again each time the kubelet
     // restarts it): WssReachable=False (ConnectionRefused), then recovery.
     let (_, restarts_before) = g.asterisk_container().await.unwrap();
-    let killed = Instant::now();
-    loop {
-        if let Some((id, _)) = g.asterisk_container().await {
-            let _ = Command::new(support::ground_env("CTR"))
-                .arg("--address")
-                .arg(&node.containerd_sock)
-                .args(["-n", "k8s.io", "task", "kill", "-s", "SIGKILL", &id])
-                .output();
-        }
-        if let Some((s, r, _)) = g.condition("WssReachable").await
-            && s == "False"
-        {
-            assert_eq!(r, "ConnectionRefused", "{}", g.diagnostics());
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(60),
-            "WssReachable stayed True:\n{}",
-            g.diagnostics()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let flip = killed.elapsed();
+    let (reason, flip) = g
+        .until(Duration::from_secs(60), "WssReachable=False", || async {
+            if let Some((id, _)) = g.asterisk_container().await {
+                // It may be gone already: a failed kill is no failure.
+                let _ = node
+                    .ctr()
+                    .args(["task", "kill", "-s", "SIGKILL", &id])
+                    .output();
+            }
+            let (s, r, _) = g.condition("WssReachable").await?;
+            (s == "False").then_some(r)
+        })
+        .await;
+    assert_eq!(reason, "ConnectionRefused", "{}", g.diagnostics());
     let (ready, _, ready_message) = g.condition("Ready").await.unwrap();
     assert_eq!(ready, "False");
     assert!(
@@ -378,16 +390,15 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         )
         .await
         .unwrap();
-    let changed = Instant::now();
-    while register_as(&node.ip, "1001", "new-pw-alice").await != "Registered" {
-        assert!(
-            changed.elapsed() < Duration::from_secs(90),
-            "the new password was not accepted:\n{}",
-            g.diagnostics()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let reload = changed.elapsed();
+    let ((), reload) = g
+        .until(
+            Duration::from_secs(90),
+            "the new password accepted",
+            || async {
+                (register_as(&node.ip, "1001", "new-pw-alice").await == "Registered").then_some(())
+            },
+        )
+        .await;
     assert_eq!(
         register_as(&node.ip, "1001", "change-me-alice").await,
         "AuthenticationFailed"
@@ -424,20 +435,16 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         .delete(&format!("{NAME}-tls"), &DeleteParams::default())
         .await
         .unwrap();
-    let rotated = Instant::now();
-    loop {
-        let now = served_certificate(&node.ip);
-        if now.contains("Fingerprint") && now != before {
-            break;
-        }
-        assert!(
-            rotated.elapsed() < Duration::from_secs(90),
-            "the served certificate did not change:\n{}",
-            g.diagnostics()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let rotation = rotated.elapsed();
+    let ((), rotation) = g
+        .until(
+            Duration::from_secs(90),
+            "the served certificate changed",
+            || async {
+                let now = served_certificate(&node.ip);
+                (now.contains("Fingerprint") && now != before).then_some(())
+            },
+        )
+        .await;
     assert_eq!(
         g.asterisk_container().await.unwrap(),
         (container, restarts),

@@ -155,20 +155,8 @@ fn ground_down_leaves_the_machine_as_it_was() {
         String::from_utf8_lossy(&up.stderr)
     );
     let up_time = started.elapsed();
-    let kubectl = |args: &[&str]| {
-        let out = Command::new(support::ground_env("KUBECTL"))
-            .arg("--kubeconfig")
-            .arg(dir.join("kubeconfig"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let kubeconfig = dir.join("kubeconfig");
+    let kubectl = |args: &[&str]| support::kubectl_at(&kubeconfig, args);
     let image = webrtc_pbx_operator::api::DEFAULT_IMAGE;
     let manifest = format!(
         r#"{{"apiVersion": "v1", "kind": "List", "items": [

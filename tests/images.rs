@@ -45,13 +45,6 @@ fn pipe(input: &[u8], args: &[&str]) -> Vec<u8> {
 }
 
 fn tar_files(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let out = Command::new("tar")
-        .arg("-xOf")
-        .arg(path)
-        .arg("index.json")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{} is no OCI archive", path.display());
     let listing = Command::new("tar").arg("-tf").arg(path).output().unwrap();
     String::from_utf8_lossy(&listing.stdout)
         .lines()
@@ -71,6 +64,11 @@ fn tar_files(path: &Path) -> BTreeMap<String, Vec<u8>> {
 
 fn read_image(path: &Path) -> Image {
     let files = tar_files(path);
+    assert!(
+        files.contains_key("index.json"),
+        "{} is no OCI archive",
+        path.display()
+    );
     let blob = |digest: &str| {
         files
             .get(&format!(
@@ -122,14 +120,11 @@ fn read_image(path: &Path) -> Image {
 }
 
 fn build(out: &Path, names: &[&str]) -> BTreeMap<String, String> {
-    let binary = PathBuf::from(support::ground_env("IMAGES_DIR"))
-        .parent()
-        .unwrap()
-        .join("target/release/webrtc-pbx-operator");
+    // The release binary where scripts/images itself would build it.
     let binary = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|d| PathBuf::from(d).join("release/webrtc-pbx-operator"))
-        .filter(|p| p.exists())
-        .unwrap_or(binary);
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(support::ground_env("WEBRTC_PBX_CACHE")).join("target"))
+        .join("release/webrtc-pbx-operator");
     assert!(
         binary.exists(),
         "{} is missing; build it with: cargo build --release (scripts/test does)",

@@ -76,36 +76,24 @@ pub struct Node {
     pub netns: String,
     /// Its InternalIP (the node's end of its link to this host).
     pub ip: String,
-    /// This host's end of the link (where the apiserver listens).
-    pub host_ip: String,
     /// containerd's socket (for `ctr`).
     pub containerd_sock: PathBuf,
 }
 
 impl Node {
-    /// `ctr -n k8s.io ARGS` against the node's containerd; its stdout.
-    pub fn ctr(&self, args: &[&str]) -> String {
-        let out = Command::new(ground_env("CTR"))
-            .arg("--address")
+    /// `ctr -n k8s.io` against the node's containerd (arguments to add).
+    pub fn ctr(&self) -> Command {
+        let mut c = Command::new(ground_env("CTR"));
+        c.arg("--address")
             .arg(&self.containerd_sock)
-            .args(["-n", "k8s.io"])
-            .args(args)
-            .output()
-            .expect("run ctr");
-        assert!(
-            out.status.success(),
-            "ctr {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+            .args(["-n", "k8s.io"]);
+        c
     }
 
     /// A command run in the node's network namespace (where host-network
     /// pods listen), e.g. `nft` or a browser.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.netns]).arg(program);
-        c
+        netns_command(&self.netns, program)
     }
 
     /// Drops UDP to `ports` (e.g. "10000-20000") arriving at the node: closed
@@ -178,7 +166,6 @@ pub fn control_plane() -> &'static ControlPlane {
                 name: get("NODE_NAME"),
                 netns: get("NODE_NETNS"),
                 ip: get("NODE_IP"),
-                host_ip: get("HOST_IP"),
                 containerd_sock: PathBuf::from(get("CONTAINERD_SOCK")),
             }
         });
@@ -201,11 +188,18 @@ pub fn require_image(name: &str) {
     );
 }
 
-/// `kubectl ARGS` as the ground's admin; fails the test on a non-zero exit.
+/// `kubectl ARGS` as this binary's ground admin; fails the test on a
+/// non-zero exit.
 pub fn kubectl(args: &[&str]) -> String {
+    kubectl_at(&control_plane().kubeconfig, args)
+}
+
+/// `kubectl ARGS` with `kubeconfig` (another ground's); fails the test on a
+/// non-zero exit.
+pub fn kubectl_at(kubeconfig: &Path, args: &[&str]) -> String {
     let out = Command::new(ground_env("KUBECTL"))
         .arg("--kubeconfig")
-        .arg(&control_plane().kubeconfig)
+        .arg(kubeconfig)
         .args(args)
         .output()
         .expect("run kubectl");
@@ -220,7 +214,7 @@ pub fn kubectl(args: &[&str]) -> String {
 /// `helm install` of the chart, with its default values and the ground's
 /// imported images, into `ns` as release `release`; waits until the
 /// operator's pods are Ready. As a user installs it.
-pub fn install_chart(release: &str, ns: &str, extra: &[&str]) {
+pub fn install_chart(release: &str, ns: &str) {
     let started = Instant::now();
     let out = Command::new(ground_env("HELM"))
         .arg("--kubeconfig")
@@ -235,7 +229,6 @@ pub fn install_chart(release: &str, ns: &str, extra: &[&str]) {
             "--timeout",
             "180s",
         ])
-        .args(extra)
         .output()
         .expect("run helm");
     assert!(
@@ -981,9 +974,7 @@ impl Netns {
 
     /// A command run inside the namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program);
-        c
+        netns_command(&self.name, program)
     }
 }
 
@@ -993,6 +984,13 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// `program` run in network namespace `netns` (`ip netns exec`).
+fn netns_command(netns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", netns]).arg(program);
+    c
 }
 
 /// Adds table `inet wpbx` dropping UDP to `ports` on input, with the `nft`
