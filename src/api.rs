@@ -62,7 +62,11 @@ pub const DEFAULT_IMAGE: &str = concat!(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    validation = Rule::new(r"self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must start with a lowercase letter and hold only lowercase letters, digits and '-' (no '.'): it names the PBX's Services, which must be DNS labels"),
+    validation = Rule::new("size(self.metadata.name) <= 52")
+        .message("metadata.name must be at most 52 characters: the StatefulSet's pods carry a controller-revision-hash label of the name plus 11 characters, and labels are limited to 63")
 )]
 #[x_kube(
     validation = Rule::new("!(self.wss.port >= self.rtp.portRange.start && self.wss.port <= self.rtp.portRange.end)")
@@ -76,7 +80,12 @@ pub const DEFAULT_IMAGE: &str = concat!(
     validation = Rule::new("!self.users.exists(u, u.extension == self.dialplan.echoExtension)")
         .message("dialplan.echoExtension is also a user's extension: pick an echo extension no user has (default *43)"),
     validation = Rule::new("self.probes.timeout == '' || self.probes.interval == '' || duration(self.probes.timeout) < duration(self.probes.interval)")
-        .message("probes.timeout must be shorter than probes.interval")
+        .message("probes.timeout must be shorter than probes.interval"),
+    // A StatefulSet's volumeClaimTemplates cannot change after creation.
+    validation = Rule::new("has(self.storage) == has(oldSelf.storage)")
+        .message("spec.storage cannot be added or removed on an existing WebRtcPbx (a StatefulSet's volume claims are fixed at creation): delete and recreate the WebRtcPbx; with storage.deleteOnRemoval false the claim and its data are kept for a PBX of the same name"),
+    validation = Rule::new("!has(self.storage) || !has(oldSelf.storage) || (self.storage.size == oldSelf.storage.size && (has(self.storage.storageClassName) ? self.storage.storageClassName : '') == (has(oldSelf.storage.storageClassName) ? oldSelf.storage.storageClassName : ''))")
+        .message("spec.storage.size and storageClassName cannot change on an existing WebRtcPbx (a StatefulSet's volume claims are fixed at creation): resize the PersistentVolumeClaim itself (kubectl edit pvc spool-NAME-0) if its StorageClass allows expansion, or delete and recreate the WebRtcPbx")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WebRtcPbxSpec {
@@ -90,7 +99,8 @@ pub struct WebRtcPbxSpec {
     /// Asterisk container image. It must contain Asterisk 22 with chan_pjsip,
     /// res_http_websocket, res_pjsip_transport_websocket, res_srtp and app_echo.
     #[serde(default = "default_image")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new(r"!self.matches('[[:space:][:cntrl:]]')").message("image must be an image reference without spaces or control characters"))]
     pub image: String,
 
     /// Compute resources of the Asterisk container.
@@ -369,9 +379,11 @@ pub struct IceSpec {
 #[x_kube(validation = Rule::new("has(self.credentialsSecretRef)")
     .message("rtp.ice.turnServers entries need credentialsSecretRef: a Secret with the TURN username and password"))]
 pub struct TurnServer {
-    /// `turn:HOST[:PORT]` (UDP/TCP).
-    #[x_kube(validation = Rule::new("self.matches('^turns?:[A-Za-z0-9.-]+(:[0-9]{1,5})?(\\\\?transport=(udp|tcp))?$')")
-        .message("rtp.ice.turnServers url must look like turn:turn.example.net:3478"))]
+    /// `turn:HOST[:PORT]`, optionally with `?transport=udp`. Asterisk relays
+    /// media through TURN over UDP only, so `turns:` and `?transport=tcp`
+    /// are refused rather than silently downgraded.
+    #[x_kube(validation = Rule::new(r"self.matches('^turn:[A-Za-z0-9.-]+(:[0-9]{1,5})?([?]transport=udp)?$')")
+        .message("rtp.ice.turnServers url must look like turn:turn.example.net:3478 (Asterisk relays over UDP only: turns: and ?transport=tcp are not supported)"))]
     #[schemars(length(max = 255))]
     pub url: String,
     /// The Secret holding the TURN username and password.
@@ -388,9 +400,11 @@ pub struct CredentialsSecretRef {
     pub name: String,
     /// Key of the username. Default `username`.
     #[serde(default = "default_username_key")]
+    #[schemars(length(min = 1, max = 253))]
     pub username_key: String,
     /// Key of the password. Default `password`.
     #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253))]
     pub password_key: String,
 }
 
@@ -440,14 +454,18 @@ pub struct TlsSpec {
     /// With mode CertManager: the issuer of the Certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer_ref: Option<IssuerRef>,
-    /// Extra DNS names the certificate covers besides `domain`.
+    /// Extra DNS names the certificate covers besides `domain` (lowercase
+    /// DNS names, optionally `*.` wildcards; IP addresses are not DNS names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
+    #[schemars(inner(length(max = 253)))]
+    #[x_kube(validation = Rule::new(r"self.all(n, n.matches('^([*][.])?([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?[.])*[a-z]([-a-z0-9]{0,61}[a-z0-9])?$'))")
+        .message("tls.extraDnsNames entries must be lowercase DNS names such as sip.example.com or *.example.com (IP addresses are not supported)"))]
     pub extra_dns_names: Vec<String>,
     /// Renew an operator-issued certificate this long before it expires
     /// (Go duration, default 720h = 30 days).
     #[serde(default = "default_renew_before")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("tls.renewBefore must be a duration of at least 1h, such as 720h"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1h') && duration(self) <= duration('1440h')").message("tls.renewBefore must be a duration between 1h and 1440h (two thirds of the 90-day lifetime of operator-issued certificates), such as 720h"))]
     #[schemars(length(max = 32))]
     pub renew_before: String,
 }
@@ -557,7 +575,7 @@ pub struct UserSpec {
     /// The caller name shown to callees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("!self.contains('\"')").message("users[].displayName must not contain a double quote"))]
+    #[x_kube(validation = Rule::new(r#"!self.matches(r'[[:cntrl:]"\\<>]')"#).message("users[].displayName must not contain control characters (such as a newline), double quotes, backslashes or angle brackets"))]
     pub display_name: Option<String>,
     /// The Secret key holding the password. When absent the operator
     /// generates a password and keeps it in its own Secret.
@@ -643,14 +661,14 @@ pub struct ProbesSpec {
     /// EchoCallHealthy are not reported and Ready does not wait for them.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Time between probe runs (Go duration, default 60s, at least 5s).
+    /// Time between probe runs (Go duration, default 60s, 5s to 24h).
     #[serde(default = "default_probe_interval")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('5s')").message("probes.interval must be a duration of at least 5s, such as 60s"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('5s') && duration(self) <= duration('24h')").message("probes.interval must be a duration between 5s and 24h, such as 60s"))]
     #[schemars(length(max = 32))]
     pub interval: String,
-    /// Time limit of each probe step (Go duration, default 10s).
+    /// Time limit of each probe step (Go duration, default 10s, at most 60s).
     #[serde(default = "default_probe_timeout")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("probes.timeout must be a duration of at least 1s, such as 10s"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('60s')").message("probes.timeout must be a duration between 1s and 60s, such as 10s: a stalled PBX holds a probe slot that long"))]
     #[schemars(length(max = 32))]
     pub timeout: String,
     /// Optional `host:port` to dial instead of the in-cluster address, while

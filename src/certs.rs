@@ -5,8 +5,9 @@
 //! in here.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints, PublicKeyData,
+    SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
@@ -93,6 +94,15 @@ pub fn issue_self_signed(
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    // Clients are told to install this CA: it may vouch for the PBX's own
+    // names and nothing else (a leaked ca.key cannot impersonate a bank).
+    ca.name_constraints = Some(NameConstraints {
+        permitted_subtrees: dns_names
+            .iter()
+            .map(|n| GeneralSubtree::DnsName(constraint_base(n).to_string()))
+            .collect(),
+        excluded_subtrees: vec![],
+    });
     ca.not_before = now - time::Duration::minutes(5);
     ca.not_after = now + CA_VALIDITY;
     ca.serial_number = Some(serial(now, ca_key.public_key_raw()));
@@ -107,6 +117,72 @@ pub fn issue_self_signed(
         tls_crt,
         tls_key: server_key.serialize_pem(),
     })
+}
+
+/// The subtree a name constraint needs for `name` (`*.x` lies below `x`).
+fn constraint_base(name: &str) -> &str {
+    name.strip_prefix("*.").unwrap_or(name)
+}
+
+/// The names an operator-issued certificate carries for `domain` and
+/// `extra`: the domain first, lowercase, no repeats, DNS names only (what
+/// rcgen would turn into an IP SAN is left out, so what is issued is what
+/// [`renewal_due`] compares against).
+pub fn server_names(domain: &str, extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for n in std::iter::once(domain).chain(extra.iter().map(String::as_str)) {
+        let n = n.to_ascii_lowercase();
+        if n.parse::<std::net::IpAddr>().is_err() && !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names
+}
+
+/// True when the operator CA in `ca_crt` may sign certificates for every
+/// name in `dns_names`: it parses, and its name constraints (if any; CAs of
+/// earlier versions have none) permit them.
+pub fn ca_permits(ca_crt: &str, dns_names: &[String]) -> bool {
+    let Ok(ders) = parse_chain(ca_crt, CA_CRT) else {
+        return false;
+    };
+    let Ok(ca) = parse(&ders[0]) else {
+        return false;
+    };
+    let permitted: Vec<String> = match ca.name_constraints() {
+        Ok(Some(nc)) => nc
+            .value
+            .permitted_subtrees
+            .iter()
+            .flatten()
+            .filter_map(|t| match &t.base {
+                GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        Ok(None) => return true,
+        Err(_) => return false,
+    };
+    dns_names.iter().all(|n| {
+        let n = constraint_base(n).to_ascii_lowercase();
+        permitted
+            .iter()
+            .any(|p| n == *p || n.ends_with(&format!(".{p}")))
+    })
+}
+
+/// True when the leaf of `tls_crt` is signed by the first certificate of
+/// `ca_crt`. The two live in different Secrets, written side by side: an
+/// operator killed between the writes leaves a leaf of one CA beside another
+/// CA, which no later reconcile may keep.
+pub fn signed_by(tls_crt: &str, ca_crt: &str) -> bool {
+    let (Ok(leaf), Ok(ca)) = (parse_chain(tls_crt, TLS_CRT), parse_chain(ca_crt, CA_CRT)) else {
+        return false;
+    };
+    match (parse(&leaf[0]), parse(&ca[0])) {
+        (Ok(leaf), Ok(ca)) => leaf.verify_signature(Some(ca.public_key())).is_ok(),
+        _ => false,
+    }
 }
 
 /// Issues a new server certificate from an existing operator CA (renewal).
@@ -442,11 +518,16 @@ pub fn renewal_due(
     let Some(facts) = current else {
         return Some("no certificate yet");
     };
-    let mut have = facts.dns_names.clone();
-    have.sort();
-    let mut want = dns_names.to_vec();
-    want.sort();
-    if have != want {
+    let set = |names: &[String]| {
+        names
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    // A window as long as the certificate's life would renew on every
+    // reconcile; validation refuses one, and this keeps it impossible.
+    let renew_before = renew_before.min((facts.not_after - facts.not_before) * 2 / 3);
+    if set(&facts.dns_names) != set(dns_names) {
         Some("DNS names changed")
     } else if now + renew_before >= facts.not_after {
         Some("inside the renewal window")

@@ -1,8 +1,8 @@
 //! webrtc-pbx-operator: turns a `WebRtcPbx` resource into a browser-reachable
 //! Asterisk PBX and proves it works.
 //!
-//! Functional core, imperative shell: [`api`], [`validate`], [`render`] and
-//! [`status`] are pure; the CLI and the controller do the I/O.
+//! Functional core, imperative shell: [`api`], [`validate`], [`policy`],
+//! [`render`] and [`status`] are pure; the CLI and the controller do the I/O.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -11,6 +11,7 @@ pub mod certs;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod policy;
 pub mod ports;
 pub mod probe;
 pub mod render;

@@ -36,6 +36,38 @@ struct RunArgs {
     /// Probe runs in flight at once, across all PBXs.
     #[arg(long, default_value_t = controller::probes::DEFAULT_CONCURRENCY)]
     probe_concurrency: usize,
+    /// Image a PBX may run: a repository (any tag or digest) or a prefix
+    /// ending in `/`; repeatable. Default: the project's images only. `*`
+    /// allows any image.
+    #[arg(long = "allowed-image", value_name = "REPOSITORY")]
+    allowed_images: Vec<String>,
+    /// Whether PBXs may use network.mode HostNetwork.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    allow_host_network: bool,
+    /// Node label a PBX may select on (KEY or KEY=VALUE); repeatable.
+    /// Default: any.
+    #[arg(long = "allowed-node-selector", value_name = "KEY[=VALUE]")]
+    allowed_node_selectors: Vec<String>,
+    /// Where probes.connectAddress may point besides the PBX itself: a CIDR
+    /// (any port) or HOST:PORT; repeatable.
+    #[arg(long = "probe-connect-allow", value_name = "CIDR|HOST:PORT")]
+    probe_connect_allow: Vec<String>,
+}
+
+impl RunArgs {
+    fn policy(&self) -> webrtc_pbx_operator::policy::Policy {
+        let defaults = webrtc_pbx_operator::policy::Policy::default();
+        webrtc_pbx_operator::policy::Policy {
+            allowed_images: match self.allowed_images.as_slice() {
+                [] => defaults.allowed_images,
+                any if any.iter().any(|i| i == "*") => vec![],
+                list => list.to_vec(),
+            },
+            allow_host_network: self.allow_host_network,
+            allowed_node_selectors: self.allowed_node_selectors.clone(),
+            probe_connect_allow: self.probe_connect_allow.clone(),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -175,12 +207,15 @@ fn run_controller(args: RunArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let ctx = std::sync::Arc::new(controller::Context::with_probes(
-            client,
-            std::sync::Arc::new(controller::SystemClock),
-            args.probe_concurrency,
-            metrics,
-        ));
+        let ctx = std::sync::Arc::new(
+            controller::Context::with_probes(
+                client,
+                std::sync::Arc::new(controller::SystemClock),
+                args.probe_concurrency,
+                metrics,
+            )
+            .with_policy(args.policy()),
+        );
         let listener = match tokio::net::TcpListener::bind(&args.metrics_address).await {
             Ok(l) => l,
             Err(e) => {

@@ -29,6 +29,18 @@ pub mod types {
     pub const RECONCILING: &str = "Reconciling";
     /// kstatus: progress is blocked until the user changes something.
     pub const STALLED: &str = "Stalled";
+    /// Every type above.
+    pub const ALL: [&str; 9] = [
+        CONFIG_RENDERED,
+        CERTIFICATE_READY,
+        WORKLOAD_READY,
+        WSS_REACHABLE,
+        SIP_REGISTERED,
+        ECHO_CALL_HEALTHY,
+        READY,
+        RECONCILING,
+        STALLED,
+    ];
 }
 
 /// Condition reasons.
@@ -67,6 +79,14 @@ pub mod reasons {
     pub const PODS_NOT_READY: &str = "PodsNotReady";
     /// Another PBX uses the same host ports on the same nodes.
     pub const PORT_CONFLICT: &str = "PortConflict";
+    /// The apiserver refused a child the operator applied (its message follows).
+    pub const APPLY_REJECTED: &str = "ApplyRejected";
+    /// A child's name is taken by an object the operator did not create.
+    pub const OWNERSHIP_CONFLICT: &str = "OwnershipConflict";
+    /// The operator's policy does not allow what the spec asks for.
+    pub const POLICY_DENIED: &str = "PolicyDenied";
+    /// `probes.connectAddress` points where the operator may not dial.
+    pub const CONNECT_ADDRESS_NOT_ALLOWED: &str = "ConnectAddressNotAllowed";
     /// Every enabled check passed.
     pub const READY: &str = "Ready";
     /// Something the summary depends on is not ready.

@@ -47,6 +47,14 @@ pub enum Problem {
         /// Referencing field.
         field: String,
     },
+    /// The operator's policy does not allow what the field asks for.
+    #[error("spec.{field}: {message}")]
+    PolicyDenied {
+        /// JSON path below `spec`.
+        field: String,
+        /// What is not allowed, and who can allow it.
+        message: String,
+    },
     /// A referenced ConfigMap or its key does not exist.
     #[error(
         "ConfigMap {name} with key {key} (referenced by spec.{field}) not found in namespace {namespace}"
@@ -72,6 +80,7 @@ impl Problem {
                 crate::status::reasons::SECRET_NOT_FOUND
             }
             Problem::ConfigMapNotFound { .. } => crate::status::reasons::CONFIG_MAP_NOT_FOUND,
+            Problem::PolicyDenied { .. } => crate::status::reasons::POLICY_DENIED,
         }
     }
 }
@@ -156,6 +165,14 @@ pub struct ValidatedPbx {
     pub extra_dialplan: Option<String>,
     /// CRLF keep-alive interval.
     pub keep_alive: Duration,
+    /// Time between probe runs.
+    pub probe_interval: Duration,
+    /// Time limit of each probe step.
+    pub probe_timeout: Duration,
+    /// Length of the echo call.
+    pub echo_duration: Duration,
+    /// How long before expiry an operator-issued certificate is renewed.
+    pub renew_before: Duration,
     /// Name of the Secret holding tls.crt / tls.key.
     pub tls_secret_name: String,
 }
@@ -242,20 +259,26 @@ pub fn validate(
     let namespace = pbx.namespace().unwrap_or_else(|| "default".into());
     let mut problems = Vec::new();
 
+    check_name(&name, &mut problems);
     check_spec(spec, &mut problems);
-    let keep_alive = duration_field(
+    // Parsed once, into the validated type: nothing downstream re-parses
+    // with a default of its own.
+    let mut duration = |field: &str, value: &str, range: (Duration, Duration)| {
+        duration_field(field, value, range, &mut problems).unwrap_or_default()
+    };
+    let keep_alive = duration(
         "sip.keepAliveInterval",
         &spec.sip.keep_alive_interval,
-        &mut problems,
+        (Duration::ZERO, Duration::from_secs(3600)),
     );
-    for (field, value) in [
-        ("probes.interval", &spec.probes.interval),
-        ("probes.timeout", &spec.probes.timeout),
-        ("probes.echoCall.duration", &spec.probes.echo_call.duration),
-        ("tls.renewBefore", &spec.tls.renew_before),
-    ] {
-        duration_field(field, value, &mut problems);
-    }
+    let probe_interval = duration("probes.interval", &spec.probes.interval, PROBE_INTERVAL);
+    let probe_timeout = duration("probes.timeout", &spec.probes.timeout, PROBE_TIMEOUT);
+    let echo_duration = duration(
+        "probes.echoCall.duration",
+        &spec.probes.echo_call.duration,
+        ECHO_DURATION,
+    );
+    let renew_before = duration("tls.renewBefore", &spec.tls.renew_before, RENEW_BEFORE);
 
     let mut users = Vec::new();
     for (i, user) in spec.users.iter().enumerate() {
@@ -273,7 +296,19 @@ pub fn validate(
                         });
                         continue;
                     }
-                    Some(p) => (p, false),
+                    Some(p) => match text_problem(&p, MAX_SECRET_TEXT) {
+                        Some(why) => {
+                            problems.push(Problem::InvalidSpec {
+                                field,
+                                message: format!(
+                                    "the password in Secret {} key {} {why}",
+                                    r.name, r.key
+                                ),
+                            });
+                            continue;
+                        }
+                        None => (p, false),
+                    },
                     None => continue,
                 }
             }
@@ -336,18 +371,27 @@ pub fn validate(
             &field,
             &mut problems,
         );
+        // `turn:HOST[:PORT][?transport=udp]` (check_spec refuses the rest).
         let address = t
             .url
-            .trim_start_matches("turns:")
             .trim_start_matches("turn:")
             .split('?')
             .next()
             .unwrap_or_default()
             .to_string();
+        let (username, password) = (user?, pass?);
+        for (what, value) in [("username", &username), ("password", &password)] {
+            if let Some(why) = text_problem(value, MAX_SECRET_TEXT) {
+                problems.push(Problem::InvalidSpec {
+                    field: field.clone(),
+                    message: format!("the TURN {what} in Secret {} {why}", creds.name),
+                });
+            }
+        }
         Some(TurnServer {
             address,
-            username: user?,
-            password: pass?,
+            username,
+            password,
         })
     });
 
@@ -390,9 +434,123 @@ pub fn validate(
         stun,
         turn,
         extra_dialplan,
-        keep_alive: keep_alive.unwrap_or(Duration::from_secs(30)),
+        keep_alive,
+        probe_interval,
+        probe_timeout,
+        echo_duration,
+        renew_before,
     })
 }
+
+/// Accepted ranges of the durations (the same bounds as the CRD's rules).
+const PROBE_INTERVAL: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(86400));
+/// Probe step time limit: a stalled PBX holds a probe slot this long at most.
+pub const PROBE_TIMEOUT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
+const ECHO_DURATION: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(600));
+/// Renewal window of operator-issued certificates: at most two thirds of
+/// their 90-day lifetime, or every reconcile would renew.
+pub const RENEW_BEFORE: (Duration, Duration) =
+    (Duration::from_secs(3600), Duration::from_secs(1440 * 3600));
+
+/// Longest password or TURN credential accepted from a Secret.
+const MAX_SECRET_TEXT: usize = 256;
+
+/// Why `value` cannot be one value on one line of an Asterisk
+/// configuration file, if it cannot: a control character (CR or LF would
+/// start a new line, hence a new `[section]`, `#include` or `key = value`),
+/// whitespace Asterisk strips from the ends, or too many bytes. `;` is safe:
+/// the renderer escapes it.
+pub fn text_problem(value: &str, max_len: usize) -> Option<String> {
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Some(format!(
+            "contains the control character U+{:04X}: configuration values are one line of printable text",
+            u32::from(c)
+        ));
+    }
+    if value.len() > max_len {
+        return Some(format!("is {} bytes long, at most {max_len}", value.len()));
+    }
+    if value.trim() != value {
+        return Some("starts or ends with whitespace, which Asterisk strips".into());
+    }
+    None
+}
+
+/// True for a lowercase DNS name (RFC 1123 labels, at most 253 bytes), or,
+/// with `wildcard`, such a name below `*.`.
+pub fn is_dns_name(name: &str, wildcard: bool) -> bool {
+    let name = match name.strip_prefix("*.") {
+        Some(rest) if wildcard => rest,
+        _ => name,
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok)
+}
+
+/// True for `1001`, `*43`, `+4930123`: what the CRD allows as an extension.
+fn is_extension(s: &str) -> bool {
+    (1..=16).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'*' | b'#' | b'+'))
+}
+
+/// True for `host[:port]` with a host of letters, digits, `.` and `-`.
+fn is_host_port(s: &str) -> bool {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+/// True for an IPv4 or IPv6 network in CIDR notation.
+fn is_cidr(s: &str) -> bool {
+    let Some((ip, len)) = s.split_once('/') else {
+        return false;
+    };
+    match (ip.parse::<std::net::IpAddr>(), len.parse::<u8>()) {
+        (Ok(std::net::IpAddr::V4(_)), Ok(l)) => l <= 32,
+        (Ok(std::net::IpAddr::V6(_)), Ok(l)) => l <= 128,
+        _ => false,
+    }
+}
+
+/// The name rules the CRD enforces on `metadata.name`: the children's names
+/// and labels must be valid too.
+fn check_name(name: &str, problems: &mut Vec<Problem>) {
+    let mut invalid = |message: String| {
+        problems.push(Problem::InvalidSpec {
+            field: "metadata.name".into(),
+            message,
+        })
+    };
+    let starts_with_letter = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
+    if !starts_with_letter || !is_dns_name(name, false) || name.contains('.') {
+        invalid(format!(
+            "{name:?} must start with a lowercase letter and hold only lowercase letters, digits and '-': it names the PBX's Services"
+        ));
+    }
+    if name.len() > MAX_NAME {
+        invalid(format!(
+            "{name:?} is {} characters, at most {MAX_NAME}: the pods' controller-revision-hash label adds 11 to a limit of 63",
+            name.len()
+        ));
+    }
+}
+
+/// Longest PBX name: `NAME-` plus a 10-character revision hash is a label (63).
+pub const MAX_NAME: usize = 52;
 
 /// The rules the apiserver also enforces, repeated for input that never
 /// passed admission (the offline `render` command, an apiserver without CEL).
@@ -446,6 +604,109 @@ fn check_spec(spec: &WebRtcPbxSpec, problems: &mut Vec<Problem>) {
             );
         }
     }
+    if !is_dns_name(&spec.domain, false) {
+        invalid(
+            "domain",
+            format!(
+                "{:?} must be a lowercase DNS name such as pbx.example.com",
+                spec.domain
+            ),
+        );
+    }
+    if spec.image.is_empty()
+        || spec.image.len() > 512
+        || spec
+            .image
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        invalid(
+            "image",
+            "must be an image reference of at most 512 characters without spaces or control characters".into(),
+        );
+    }
+    if spec.wss.bind_address.parse::<std::net::IpAddr>().is_err() {
+        invalid(
+            "wss.bindAddress",
+            format!("{:?} is not an IP address", spec.wss.bind_address),
+        );
+    }
+    if let Some(ext) = &spec.network.external_address
+        && ext.parse::<std::net::IpAddr>().is_err()
+    {
+        invalid(
+            "network.externalAddress",
+            format!("{ext:?} is not an IP address"),
+        );
+    }
+    for (i, net) in spec.network.local_networks.iter().enumerate() {
+        if !is_cidr(net) {
+            invalid(
+                &format!("network.localNetworks[{i}]"),
+                format!("{net:?} is not a CIDR such as 10.0.0.0/8"),
+            );
+        }
+    }
+    for (i, s) in spec.rtp.ice.stun_servers.iter().enumerate() {
+        if !s.strip_prefix("stun:").is_some_and(is_host_port) {
+            invalid(
+                &format!("rtp.ice.stunServers[{i}]"),
+                format!("{s:?} must look like stun:stun.example.net:3478"),
+            );
+        }
+    }
+    for (i, t) in spec.rtp.ice.turn_servers.iter().enumerate() {
+        let rest = t.url.strip_prefix("turn:");
+        let host = rest.map(|r| r.strip_suffix("?transport=udp").unwrap_or(r));
+        if !host.is_some_and(is_host_port) {
+            invalid(
+                &format!("rtp.ice.turnServers[{i}].url"),
+                format!(
+                    "{:?} must look like turn:turn.example.net:3478 (Asterisk relays over UDP only: turns: and ?transport=tcp are not supported)",
+                    t.url
+                ),
+            );
+        }
+    }
+    for (i, n) in spec.tls.extra_dns_names.iter().enumerate() {
+        if !is_dns_name(n, true) {
+            invalid(
+                &format!("tls.extraDnsNames[{i}]"),
+                format!(
+                    "{n:?} must be a lowercase DNS name such as sip.example.com or *.example.com (IP addresses are not supported)"
+                ),
+            );
+        }
+    }
+    if !is_extension(&spec.dialplan.echo_extension) {
+        invalid(
+            "dialplan.echoExtension",
+            "must be 1-16 digits (optionally * # +), such as *43".into(),
+        );
+    }
+    for (i, u) in spec.users.iter().enumerate() {
+        if !is_extension(&u.extension) {
+            invalid(
+                &format!("users[{i}].extension"),
+                format!(
+                    "{:?} must be 1-16 digits (optionally * # +), such as 1001",
+                    u.extension
+                ),
+            );
+        }
+        if let Some(name) = &u.display_name {
+            let why = text_problem(name, 64).or_else(|| {
+                name.contains(['"', '\\', '<', '>'])
+                    .then(|| "contains a double quote, backslash or angle bracket".to_string())
+            });
+            if let Some(why) = why {
+                invalid(
+                    &format!("users[{i}].displayName"),
+                    format!("{name:?} {why}"),
+                );
+            }
+        }
+    }
     match spec.tls.mode {
         TlsMode::Secret if spec.tls.secret_name.as_deref().unwrap_or("").is_empty() => invalid(
             "tls.secretName",
@@ -459,8 +720,20 @@ fn check_spec(spec: &WebRtcPbxSpec, problems: &mut Vec<Problem>) {
     }
 }
 
-fn duration_field(field: &str, value: &str, problems: &mut Vec<Problem>) -> Option<Duration> {
+fn duration_field(
+    field: &str,
+    value: &str,
+    (min, max): (Duration, Duration),
+    problems: &mut Vec<Problem>,
+) -> Option<Duration> {
     match parse_duration(value) {
+        Ok(d) if d < min || d > max => {
+            problems.push(Problem::InvalidSpec {
+                field: field.into(),
+                message: format!("{value} is outside {min:?} to {max:?}"),
+            });
+            None
+        }
         Ok(d) => Some(d),
         Err(message) => {
             problems.push(Problem::InvalidSpec {

@@ -5,177 +5,25 @@
 
 mod support;
 
+use support::inprocess::{
+    Running, condition, create_pbx, create_secret, off_host, start, versions, wait_condition,
+};
+
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::json;
 use time::OffsetDateTime;
 use webrtc_pbx_operator::api::WebRtcPbx;
 use webrtc_pbx_operator::certs;
-use webrtc_pbx_operator::controller::{self, Clock, Context};
-
-/// A clock the test moves.
-struct TestClock(Mutex<OffsetDateTime>);
-
-impl Clock for TestClock {
-    fn now(&self) -> OffsetDateTime {
-        *self.0.lock().unwrap()
-    }
-}
-
-impl TestClock {
-    fn advance(&self, by: time::Duration) {
-        *self.0.lock().unwrap() += by;
-    }
-}
-
-struct Running {
-    client: Client,
-    ns: String,
-    clock: Arc<TestClock>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
-    }
-}
-
-async fn start(prefix: &str) -> Running {
-    let client = support::client().await;
-    support::install_project_crds(&client).await;
-    let ns = support::namespace(&client, prefix).await;
-    let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
-    let ctx = Arc::new(Context::new(
-        support::operator_client(&ns).await,
-        clock.clone(),
-    ));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(controller::run(ctx, Some(ns.clone()), async move {
-        let _ = rx.await;
-    }));
-    Running {
-        client,
-        ns,
-        clock,
-        stop: Some(tx),
-        task,
-    }
-}
-
-/// Service mode with a small RTP range: no host ports, so tests running at
-/// the same time on the shared fake nodes cannot block each other.
-fn off_host(mut spec: serde_json::Value) -> serde_json::Value {
-    spec["network"] = json!({"mode": "Service"});
-    spec["rtp"] = json!({"portRange": {"start": 20000, "end": 20003}});
-    spec
-}
-
-fn pbx_manifest(name: &str, mut spec: serde_json::Value) -> WebRtcPbx {
-    // These tests are about the reconciler; nothing serves the PBXs here, so
-    // probes are off unless a test asks (tests/e2e.rs probes real Asterisk).
-    if spec.get("probes").is_none() {
-        spec["probes"] = json!({"enabled": false});
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
-        "metadata": {"name": name}, "spec": spec
-    }))
-    .unwrap()
-}
-
-async fn create_pbx(r: &Running, name: &str, spec: serde_json::Value) -> WebRtcPbx {
-    let api: Api<WebRtcPbx> = Api::namespaced(r.client.clone(), &r.ns);
-    api.create(&PostParams::default(), &pbx_manifest(name, spec))
-        .await
-        .unwrap()
-}
-
-async fn condition(r: &Running, name: &str, type_: &str) -> Option<(String, String, String)> {
-    support::condition(&r.client, &r.ns, name, type_).await
-}
-
-async fn wait_condition(
-    r: &Running,
-    name: &str,
-    type_: &str,
-    status: &str,
-    reason: Option<&str>,
-) -> Duration {
-    let start = Instant::now();
-    support::wait_until(
-        Duration::from_secs(60),
-        &format!("{name} {type_}={status} ({reason:?})"),
-        || async {
-            let (s, why, _) = condition(r, name, type_).await?;
-            (s == status && reason.is_none_or(|want| want == why)).then_some(())
-        },
-    )
-    .await;
-    start.elapsed()
-}
-
-async fn create_secret(r: &Running, name: &str, data: BTreeMap<&str, String>) {
-    let api: Api<Secret> = Api::namespaced(r.client.clone(), &r.ns);
-    let secret: Secret =
-        serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap();
-    api.patch(
-        name,
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(&secret),
-    )
-    .await
-    .unwrap();
-}
-
-/// resourceVersions of everything the operator writes in the namespace.
-async fn versions(r: &Running) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let lp = ListParams::default();
-    macro_rules! collect {
-        ($t:ty, $kind:expr) => {
-            for o in Api::<$t>::namespaced(r.client.clone(), &r.ns)
-                .list(&lp)
-                .await
-                .unwrap()
-            {
-                out.insert(
-                    format!("{}/{}", $kind, o.name_any()),
-                    o.resource_version().unwrap_or_default(),
-                );
-            }
-        };
-    }
-    collect!(Secret, "Secret");
-    collect!(ConfigMap, "ConfigMap");
-    collect!(Service, "Service");
-    collect!(StatefulSet, "StatefulSet");
-    collect!(WebRtcPbx, "WebRtcPbx");
-    // Only the operator's own Events: Kubernetes' controllers report too.
-    for e in Api::<Event>::namespaced(r.client.clone(), &r.ns)
-        .list(&lp)
-        .await
-        .unwrap()
-    {
-        if e.reporting_component.as_deref() == Some("webrtc-pbx-operator") {
-            out.insert(
-                format!("Event/{}", e.name_any()),
-                e.resource_version().unwrap_or_default(),
-            );
-        }
-    }
-    out
-}
+use webrtc_pbx_operator::controller::{self, Context};
 
 fn canonical_spec() -> serde_json::Value {
     let text =
@@ -756,13 +604,7 @@ async fn one_leader_reconciles_and_a_follower_takes_over() {
     let (a, task_a) = instance("a");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (b, task_b) = instance("b");
-    let r = Running {
-        client: client.clone(),
-        ns: ns.clone(),
-        clock: Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc()))),
-        stop: None,
-        task: tokio::spawn(async {}),
-    };
+    let r = Running::observing(client.clone(), ns.clone());
     create_pbx(&r, "led", off_host(json!({"domain": "pbx.led.test"}))).await;
     wait_condition(&r, "led", "ConfigRendered", "True", None).await;
     let (ra, rb) = (a.metrics.reconciles.get(), b.metrics.reconciles.get());
@@ -856,13 +698,7 @@ async fn killed_mid_reconcile_the_binary_restarts_to_the_same_state() {
     let client = support::client().await;
     support::install_project_crds(&client).await;
     let ns = support::namespace(&client, "ctl-kill").await;
-    let r = Running {
-        client: client.clone(),
-        ns: ns.clone(),
-        clock: Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc()))),
-        stop: None,
-        task: tokio::spawn(async {}),
-    };
+    let r = Running::observing(client.clone(), ns.clone());
     let mut operator = support::operator_binary(&ns, support::free_port(), None);
     let names: Vec<String> = (0..5).map(|i| format!("k{i}")).collect();
     for n in &names {

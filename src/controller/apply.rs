@@ -33,7 +33,18 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
 }
 
 /// The first path where `live` does not hold what `desired` asks for (the
-/// log says why an object was written).
+/// log says why an object was written). For a Secret only the path: its
+/// values (passwords, `ca.key`) never reach a log, at any level.
+pub fn difference_logged(live: &Value, desired: &Value, secret: bool) -> Option<String> {
+    let found = difference(live, desired)?;
+    Some(match (secret, found.split_once(" (")) {
+        (true, Some((path, _))) => format!("{path} (value redacted)"),
+        _ => found,
+    })
+}
+
+/// The first path where `live` does not hold what `desired` asks for, with
+/// both values.
 pub fn difference(live: &Value, desired: &Value) -> Option<String> {
     match (live, desired) {
         (Value::Object(l), Value::Object(d)) => d.iter().find_map(|(k, dv)| match l.get(k) {
@@ -70,6 +81,26 @@ pub enum Applied {
     Unchanged,
     /// A server-side apply was sent.
     Written,
+    /// Nothing sent: an object of that name exists without this PBX's
+    /// controller reference. Forced apply would take it over (and a later
+    /// prune delete it), so it is reported instead.
+    NotOwned,
+}
+
+/// The uid of the controller owner `object` names, if any.
+fn controller_uid(object: &Value) -> Option<&str> {
+    object["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == Value::Bool(true))?["uid"]
+        .as_str()
+}
+
+/// True when the apiserver refused the write for good (invalid, forbidden,
+/// too large, a webhook's no): the user or admin must act, so it becomes a
+/// condition. Conflicts, throttling and server errors are retried instead.
+pub fn is_rejection(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 409 && s.code != 429)
 }
 
 /// The live object, when the caller already fetched it in this reconcile:
@@ -89,9 +120,17 @@ where
             None => None,
         },
     };
+    if let (Some(live), Some(owner)) = (&live, controller_uid(&desired))
+        && controller_uid(live) != Some(owner)
+    {
+        return Ok(Applied::NotOwned);
+    }
     match &live {
         Some(live) if contains(live, &desired) => return Ok(Applied::Unchanged),
-        Some(live) => tracing::debug!(object = %name, at = ?difference(live, &desired), "drifted"),
+        Some(live) => {
+            let secret = desired["kind"] == "Secret";
+            tracing::debug!(object = %name, at = ?difference_logged(live, &desired, secret), "drifted")
+        }
         None => {}
     }
     api.patch(
@@ -272,6 +311,32 @@ pub async fn list_children(
     Ok(found)
 }
 
+/// Lets go of a child without deleting it: our owner reference and labels
+/// removed, so neither a prune nor the garbage collector deletes it. For a
+/// Secret the spec now names as the user's own (e.g. `tls.mode: Secret`
+/// with the name the operator's certificate had).
+pub async fn release(client: &Client, namespace: &str, child: &Child) -> Result<(), kube::Error> {
+    let api =
+        Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource(child.kind));
+    let labels: serde_json::Map<String, Value> = crate::render::objects::labels("")
+        .into_keys()
+        .map(|k| (k, Value::Null))
+        .collect();
+    let patch = serde_json::json!({"metadata": {"ownerReferences": null, "labels": labels}});
+    match api
+        .patch(
+            &child.name,
+            &kube::api::PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Deletes one child; true when it was there to delete (a cache may still
 /// list a child that is already gone).
 pub async fn delete(client: &Client, namespace: &str, child: &Child) -> Result<bool, kube::Error> {
@@ -331,6 +396,19 @@ mod tests {
             Some(".spec.template.mounts[1].readOnly (missing)")
         );
         assert_eq!(difference(&desired, &desired), None);
+    }
+
+    #[test]
+    fn secret_values_never_reach_the_log() {
+        let desired = json!({"kind": "Secret", "data": {"ca.key": "c2VjcmV0"}});
+        let live = json!({"kind": "Secret", "data": {"ca.key": "b2xk"}});
+        let logged = difference_logged(&live, &desired, true).unwrap();
+        assert_eq!(logged, ".data.ca.key (value redacted)");
+        assert!(
+            difference_logged(&live, &desired, false)
+                .unwrap()
+                .contains("c2VjcmV0")
+        );
     }
 
     #[test]

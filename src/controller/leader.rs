@@ -34,6 +34,12 @@ pub enum LeaderError {
     /// The lease manager's task ended on its own.
     #[error("leader election stopped unexpectedly")]
     Stopped,
+    /// The controller ended (or panicked) while this instance led: the
+    /// lease is released and the process exits, so another replica (or
+    /// this one, restarted) takes over instead of a leader that reconciles
+    /// nothing.
+    #[error("the controller ended while leading: {0}")]
+    ControllerEnded(String),
 }
 
 impl LeaderError {
@@ -51,6 +57,26 @@ pub async fn run_elected(
     lease: LeaseConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), LeaderError> {
+    lead(ctx, lease, shutdown, move |ctx, stop| {
+        run(ctx, scope.clone(), async move {
+            let _ = stop.await;
+        })
+    })
+    .await
+}
+
+/// [`run_elected`] with the controller passed in: `start(ctx, stop)` runs
+/// it until `stop` fires.
+pub async fn lead<C, F>(
+    ctx: Arc<Context>,
+    lease: LeaseConfig,
+    shutdown: impl Future<Output = ()> + Send,
+    start: C,
+) -> Result<(), LeaderError>
+where
+    C: Fn(Arc<Context>, tokio::sync::oneshot::Receiver<()>) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     let manager = LeaseManagerBuilder::new(ctx.client.clone(), &lease.name)
         .with_namespace(&lease.namespace)
         .with_identity(&lease.identity)
@@ -73,9 +99,7 @@ pub async fn run_elected(
         info!(identity = %lease.identity, "leading: starting the controller");
         ctx.metrics.leader.set(1);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let controller = tokio::spawn(run(ctx.clone(), scope.clone(), async move {
-            let _ = stop_rx.await;
-        }));
+        let mut controller = tokio::spawn(start(ctx.clone(), stop_rx));
         let shutting_down = tokio::select! {
             () = &mut shutdown => true,
             lost = async {
@@ -85,6 +109,18 @@ pub async fn run_elected(
                     }
                 }
             } => { let () = lost; false }
+            ended = &mut controller => {
+                let why = match ended {
+                    Ok(()) => "it returned".to_string(),
+                    Err(e) if e.is_panic() => "it panicked".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                ctx.metrics.leader.set(0);
+                ctx.metrics.set_ready(false);
+                warn!(identity = %lease.identity, %why, "the controller ended while leading: releasing the lease");
+                release(leading, task).await?;
+                return Err(LeaderError::ControllerEnded(why));
+            }
         };
         let _ = stop_tx.send(());
         let _ = controller.await;

@@ -5,13 +5,14 @@
 //! only fetches, writes, requeues and reports.
 
 pub mod apply;
+pub mod cache;
 pub mod leader;
 pub mod probes;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -65,6 +66,10 @@ pub enum Error {
     /// The object has no namespace (WebRtcPbx is namespaced).
     #[error("WebRtcPbx has no namespace")]
     NoNamespace,
+    /// A child was refused (by the apiserver, or as not ours); the status
+    /// says so, and the reconcile backs off.
+    #[error("{0}")]
+    Rejected(String),
 }
 
 impl Error {
@@ -75,6 +80,7 @@ impl Error {
             Error::Kube(_) => "transport",
             Error::Cert(_) => "certificate",
             Error::NoNamespace => "invalid_object",
+            Error::Rejected(_) => "rejected",
         }
     }
 }
@@ -101,6 +107,8 @@ pub struct Context {
     pub flap_threshold: u32,
     /// Per PBX, the (uid, generation) this process last listed Certificates for.
     pub listed: std::sync::Mutex<std::collections::HashMap<ObjectRef<WebRtcPbx>, ListMark>>,
+    /// What tenants' specs may ask for (operator flags).
+    pub policy: crate::policy::Policy,
 }
 
 /// A PBX's uid and generation, as last listed.
@@ -140,7 +148,14 @@ impl Context {
             failures: std::sync::Mutex::new(std::collections::HashMap::new()),
             listed: std::sync::Mutex::new(std::collections::HashMap::new()),
             flap_threshold: status::DEFAULT_FLAP_THRESHOLD,
+            policy: crate::policy::Policy::default(),
         }
+    }
+
+    /// The same context under `policy`.
+    pub fn with_policy(mut self, policy: crate::policy::Policy) -> Self {
+        self.policy = policy;
+        self
     }
 }
 
@@ -233,12 +248,17 @@ impl ChildStores {
         found
     }
 
-    fn json<K>(store: &Store<K>, ns: &str, name: &str) -> Option<serde_json::Value>
+    /// What the cache knows of `name`: absent, or its JSON; unknown (`None`)
+    /// when the cached copy was stripped of its content.
+    fn json<K>(store: &Store<K>, ns: &str, name: &str) -> apply::Known
     where
         K: Resource<DynamicType = ()> + Clone + serde::Serialize + 'static,
     {
-        let object = store.get(&ObjectRef::new(name).within(ns))?;
-        serde_json::to_value(&*object).ok()
+        match store.get(&ObjectRef::new(name).within(ns)) {
+            None => Some(None),
+            Some(o) if cache::is_stripped(o.meta()) => None,
+            Some(o) => Some(serde_json::to_value(&*o).ok()),
+        }
     }
 }
 
@@ -259,6 +279,23 @@ impl Context {
         {
             listed.retain(|k, _| store.get(k).is_some());
         }
+    }
+
+    /// Forgets a deleted PBX: its backoff, its list mark and every metric
+    /// series it had (a long-lived operator would otherwise keep them all).
+    fn forget(&self, pbx: &WebRtcPbx) {
+        let key = ObjectRef::from_obj(pbx);
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(&key);
+        }
+        if let Ok(mut l) = self.listed.lock() {
+            l.remove(&key);
+        }
+        self.metrics.forget_pbx(
+            pbx.namespace().as_deref().unwrap_or(""),
+            &pbx.name_any(),
+            &types::ALL,
+        );
     }
 
     /// Whether a PBX is still in the watch store (for the probe schedules).
@@ -299,11 +336,17 @@ pub async fn run(
     // Only spec (generation), label and annotation changes of a PBX trigger
     // a reconcile: not status updates, most of them the operator's own.
     let (pbx_store, pbx_writer) = reflector::store::<WebRtcPbx>();
+    let forgetting = ctx.clone();
     let pbx_changes = watcher(
         scoped::<WebRtcPbx>(&client, ns),
         watcher::Config::default().page_size(LIST_PAGE),
     )
-    .modify(slim)
+    .modify(cache::slim)
+    .inspect_ok(move |event| {
+        if let watcher::Event::Delete(pbx) = event {
+            forgetting.forget(pbx);
+        }
+    })
     .reflect(pbx_writer)
     .applied_objects()
     .predicate_filter(
@@ -369,25 +412,37 @@ pub async fn run(
         // ConfigMaps below: metadata only, so no other Secret's data is held.
         .owns_stream(
             watcher(scoped::<Secret>(&client, ns), owned.clone())
-                .modify(slim)
+                .modify(|s| {
+                    cache::slim(s);
+                    cache::secret(s);
+                })
                 .reflect(secrets_writer)
                 .touched_objects(),
         )
         .owns_stream(
             watcher(scoped::<ConfigMap>(&client, ns), owned.clone())
-                .modify(slim)
+                .modify(|c| {
+                    cache::slim(c);
+                    cache::config_map(c);
+                })
                 .reflect(config_maps_writer)
                 .touched_objects(),
         )
         .owns_stream(
             watcher(scoped::<Service>(&client, ns), owned.clone())
-                .modify(slim)
+                .modify(|s| {
+                    cache::slim(s);
+                    cache::service(s);
+                })
                 .reflect(services_writer)
                 .touched_objects(),
         )
         .owns_stream(
             watcher(scoped::<StatefulSet>(&client, ns), owned.clone())
-                .modify(slim)
+                .modify(|s| {
+                    cache::slim(s);
+                    cache::stateful_set(s);
+                })
                 .reflect(stateful_sets_writer)
                 .touched_objects(),
         )
@@ -396,9 +451,9 @@ pub async fn run(
         .owns_stream(
             watcher(scoped::<Pod>(&client, ns), owned)
                 .modify(|pod: &mut Pod| {
-                    slim(pod);
+                    cache::slim(pod);
                     // Only labels and status are read (scheduling verdicts).
-                    pod.spec = None;
+                    cache::pod(pod);
                 })
                 .reflect(pods_writer)
                 .touched_objects(),
@@ -430,12 +485,6 @@ pub async fn run(
         .await;
     // Leadership lost or shutting down: the next leader probes.
     prober.stop_all();
-}
-
-/// Drops what the caches never read: managedFields (a JSON tree per field
-/// manager, often larger than the object's own fields).
-fn slim<K: Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
 }
 
 /// Backoff of the watch streams, which all share one: 200 ms doubling to
@@ -599,7 +648,9 @@ async fn dereference(
     ];
     // From the cache when it has them; a miss is confirmed by the apiserver.
     let own = |name: &String| {
-        let cached = stores.and_then(|s| s.secrets.get(&ObjectRef::new(name).within(ns)));
+        let cached = stores
+            .and_then(|s| s.secrets.get(&ObjectRef::new(name).within(ns)))
+            .filter(|s| !cache::is_stripped(&s.metadata));
         let secrets = secrets.clone();
         let name = name.clone();
         async move {
@@ -621,9 +672,11 @@ async fn dereference(
         ca_secret,
         secret_names,
         pod: match stores {
+            // A stripped copy is not the PBX's pod (cache::pod): none.
             Some(s) => s
                 .pods
                 .get(&ObjectRef::new(&format!("{name}-0")).within(ns))
+                .filter(|p| !cache::is_stripped(&p.metadata))
                 .map(|p| (*p).clone()),
             None => {
                 Api::<Pod>::namespaced(client.clone(), ns)
@@ -631,12 +684,12 @@ async fn dereference(
                     .await?
             }
         },
-        stateful_set: match stores {
-            Some(s) => s
-                .stateful_sets
-                .get(&ObjectRef::new(&name).within(ns))
-                .map(|s| (*s).clone()),
-            None => {
+        // A copy the cache stripped is not the PBX's: the apiserver says
+        // what is there (apply must see a foreign object to refuse it).
+        stateful_set: match stores.map(|s| s.stateful_sets.get(&ObjectRef::new(&name).within(ns))) {
+            Some(Some(s)) if !cache::is_stripped(&s.metadata) => Some((*s).clone()),
+            Some(None) => None,
+            _ => {
                 Api::<StatefulSet>::namespaced(client.clone(), ns)
                     .get_opt(&name)
                     .await?
@@ -671,16 +724,12 @@ impl Fetched {
             Object::ConfigMap(c) => {
                 let stores = self.stores.as_ref()?;
                 let name = c.metadata.name.as_deref()?;
-                Some(ChildStores::json(
-                    &stores.config_maps,
-                    &self.namespace,
-                    name,
-                ))
+                ChildStores::json(&stores.config_maps, &self.namespace, name)
             }
             Object::Service(c) => {
                 let stores = self.stores.as_ref()?;
                 let name = c.metadata.name.as_deref()?;
-                Some(ChildStores::json(&stores.services, &self.namespace, name))
+                ChildStores::json(&stores.services, &self.namespace, name)
             }
             Object::Certificate(_) => None,
         }
@@ -737,12 +786,8 @@ fn certificate_step(
     now: OffsetDateTime,
 ) -> Result<CertStep, Error> {
     let spec = &v.spec;
-    let renew_before = time::Duration::try_from(
-        validate::parse_duration(&spec.tls.renew_before).unwrap_or_default(),
-    )
-    .unwrap_or(time::Duration::days(30));
-    let mut dns_names = vec![spec.domain.clone()];
-    dns_names.extend(spec.tls.extra_dns_names.iter().cloned());
+    let renew_before = time::Duration::try_from(v.renew_before).unwrap_or(time::Duration::days(30));
+    let dns_names = certs::server_names(&spec.domain, &spec.tls.extra_dns_names);
     let served = |secret: Option<&Secret>| {
         certs::check(
             secret_text(secret, TLS_CRT).as_deref(),
@@ -763,8 +808,30 @@ fn certificate_step(
             let tls = fetched.tls_secret.as_ref();
             let current = secret_text(tls, TLS_CRT).and_then(|pem| certs::inspect(&pem).ok());
             let ca = fetched.ca_secret.as_ref();
-            let material = match certs::renewal_due(current.as_ref(), &dns_names, now, renew_before)
-            {
+            // An emptied or unreadable NAME-ca is no CA, and one constrained
+            // to other names cannot sign these: both mean a new CA.
+            let ca_pair = match (secret_text(ca, CA_CRT), secret_text(ca, CA_KEY)) {
+                (Some(crt), Some(key))
+                    if !key.trim().is_empty() && certs::ca_permits(&crt, &dns_names) =>
+                {
+                    Some((crt, key))
+                }
+                _ => None,
+            };
+            let tls_crt = secret_text(tls, TLS_CRT).unwrap_or_default();
+            let due = certs::renewal_due(current.as_ref(), &dns_names, now, renew_before)
+                .or_else(|| {
+                    ca_pair
+                        .is_none()
+                        .then_some("the operator CA is missing or unusable")
+                })
+                .or_else(|| {
+                    let signed = ca_pair
+                        .as_ref()
+                        .is_some_and(|(ca, _)| certs::signed_by(&tls_crt, ca));
+                    (!signed).then_some("the certificate is not signed by the operator CA")
+                });
+            let material = match due {
                 None => certs::TlsMaterial {
                     ca_crt: secret_text(ca, CA_CRT).unwrap_or_default(),
                     ca_key: secret_text(ca, CA_KEY).unwrap_or_default(),
@@ -773,15 +840,16 @@ fn certificate_step(
                 },
                 Some(why) => {
                     info!(pbx = %v.name, reason = why, "issuing certificate");
-                    match (secret_text(ca, CA_CRT), secret_text(ca, CA_KEY)) {
-                        (Some(ca_crt), Some(ca_key)) => certs::renew_server(
-                            &ca_crt,
-                            &ca_key,
-                            &dns_names,
-                            now,
-                            certs::generate_key()?,
-                        )?,
-                        _ => certs::issue_self_signed(
+                    let renewed = match &ca_pair {
+                        Some((crt, key)) => {
+                            certs::renew_server(crt, key, &dns_names, now, certs::generate_key()?)
+                                .ok()
+                        }
+                        None => None,
+                    };
+                    match renewed {
+                        Some(material) => material,
+                        None => certs::issue_self_signed(
                             &v.name,
                             &dns_names,
                             now,
@@ -989,6 +1057,33 @@ fn probe_verdicts(
         .collect()
 }
 
+/// Why the probe may not dial the PBX's `probes.connectAddress`, if it may
+/// not: allowed are its own Service, pod and node on the WSS port, and what
+/// the policy adds.
+fn connect_check(
+    policy: &crate::policy::Policy,
+    v: &ValidatedPbx,
+    pod: Option<&Pod>,
+) -> Option<String> {
+    let connect = &v.spec.probes.connect_address;
+    if !v.spec.probes.enabled || connect.is_empty() {
+        return None;
+    }
+    let service = format!("{}.{}.svc", objects::wss_service_name(&v.name), v.namespace);
+    let own_hosts = [service.clone(), format!("{service}.cluster.local")];
+    let own_ips: Vec<std::net::IpAddr> = pod
+        .and_then(|p| p.status.as_ref())
+        .map(|st| {
+            [st.pod_ip.as_deref(), st.host_ip.as_deref()]
+                .into_iter()
+                .flatten()
+                .filter_map(|ip| ip.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    policy.connect_denied(connect, &own_hosts, &own_ips, v.spec.wss.port)
+}
+
 async fn reconcile(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
     let started = std::time::Instant::now();
@@ -1030,6 +1125,7 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
     // An invalid spec keeps the running schedule (and what it finds).
     let mut probe_results = ctx.prober.current(&key);
     let mut waiting_for_workload = false;
+    let mut rejection = None;
     let others = ctx
         .pbxes
         .read()
@@ -1037,7 +1133,16 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
         .and_then(|s| s.as_ref().map(Store::state))
         .unwrap_or_default();
     let conflict = ports::conflict(&pbx, others.iter().map(|p| &**p));
-    match validate::validate(&pbx, &fetched.referenced, &generated) {
+    let checked = validate::validate(&pbx, &fetched.referenced, &generated).and_then(|v| {
+        let denied = ctx.policy.check(&v.spec);
+        if denied.is_empty() {
+            Ok(v)
+        } else {
+            Err(denied)
+        }
+    });
+    let mut connect_denied = None;
+    match checked {
         Err(problems) => {
             // Keep what runs; tell the user what to change; wait for a change.
             let message = problems
@@ -1069,13 +1174,16 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
                 unschedulable(fetched.pod.as_ref()),
             ));
         }
-        Ok(validated) => {
+        Ok(validated) => 'applied: {
             let rendered = render::render(&validated);
             let cert = certificate_step(&validated, &fetched, now)?;
             // Certificates first, the StatefulSet last: it mounts them.
             let mut desired = cert.objects;
             desired.extend(rendered.objects);
             let mut written = Vec::new();
+            // Writes that cannot succeed until someone acts: reported in
+            // status (and Events), never only logged.
+            let mut refused: Vec<(&Object, &'static str, String)> = Vec::new();
             // Two stages: what the pod mounts (sent together), then the
             // StatefulSet.
             let (mounted, workload): (Vec<&Object>, Vec<&Object>) = desired
@@ -1091,6 +1199,27 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
                     match result {
                         Ok(apply::Applied::Written) => written.push(object.describe()),
                         Ok(apply::Applied::Unchanged) => {}
+                        Ok(apply::Applied::NotOwned) => refused.push((
+                            object,
+                            reasons::OWNERSHIP_CONFLICT,
+                            format!(
+                                "{} exists and was not created for this WebRtcPbx: the operator does not take over objects it does not own; delete or rename it",
+                                object.describe()
+                            ),
+                        )),
+                        Err(kube::Error::Api(s)) if apply::is_rejection(&kube::Error::Api(s.clone())) => {
+                            refused.push((
+                                object,
+                                reasons::APPLY_REJECTED,
+                                format!(
+                                    "the apiserver refused {} ({} {}): {}",
+                                    object.describe(),
+                                    s.code,
+                                    s.reason,
+                                    s.message
+                                ),
+                            ))
+                        }
                         // Our Secret changed since the cache saw it (usually our
                         // own write on its way): look again once it has.
                         Err(e) if apply::is_conflict(&e) => {
@@ -1104,6 +1233,50 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
                         Err(e) => return Err(e.into()),
                     }
                 }
+                // The StatefulSet mounts what the first stage writes.
+                if !refused.is_empty() {
+                    break;
+                }
+            }
+            if !refused.is_empty() {
+                let message = refused
+                    .iter()
+                    .map(|(_, _, m)| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let (config, workload): (Vec<_>, Vec<_>) = refused
+                    .iter()
+                    .partition(|(o, _, _)| !matches!(o, Object::StatefulSet(_)));
+                components.push(match config.first() {
+                    Some((_, reason, _)) => (
+                        Verdict::new(types::CONFIG_RENDERED, Tri::False, reason, message.clone()),
+                        Blocking::NeedsUser,
+                    ),
+                    None => (
+                        Verdict::new(
+                            types::CONFIG_RENDERED,
+                            Tri::True,
+                            reasons::RENDERED,
+                            format!("{} objects rendered", desired.len()),
+                        ),
+                        Blocking::Waiting,
+                    ),
+                });
+                components.push(cert.verdict);
+                components.push(match workload.first() {
+                    Some((_, reason, m)) => (
+                        Verdict::new(types::WORKLOAD_READY, Tri::False, reason, m.clone()),
+                        Blocking::NeedsUser,
+                    ),
+                    None => workload_verdict(
+                        fetched.stateful_set.as_ref(),
+                        conflict.clone(),
+                        unschedulable(fetched.pod.as_ref()),
+                    ),
+                });
+                warn!(pbx = %name, namespace = %ns, %message, "children refused");
+                rejection = Some(message);
+                break 'applied;
             }
             // Orphans: the children in the caches, every time (a child
             // the cache learns of late triggers a reconcile of its own).
@@ -1121,7 +1294,14 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
                 found.extend(apply::list_certificates(client, &ns, &name, &uid).await?);
             }
             let mut pruned = 0;
+            // A Secret the spec names as the user's is never pruned.
+            let users_secrets = validate::referenced_secrets(&name, &pbx.spec);
             for orphan in apply::orphans(found, &desired) {
+                if orphan.kind == "Secret" && users_secrets.contains(&orphan.name) {
+                    info!(pbx = %name, secret = %orphan.name, "released (the spec names it as the user's own)");
+                    apply::release(client, &ns, &orphan).await?;
+                    continue;
+                }
                 if apply::delete(client, &ns, &orphan).await? {
                     pruned += 1;
                 }
@@ -1160,8 +1340,10 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
             // client sees (ConnectionRefused), not a stale True.
             waiting_for_workload = workload.0.status != Tri::True;
             let probing = ctx.prober.current(&key).is_some();
+            connect_denied = connect_check(&ctx.policy, &validated, fetched.pod.as_ref());
             let plan = probes::plan(&validated, cert.ca_pem.clone())
                 .filter(|_| !waiting_for_workload || probing)
+                .filter(|_| connect_denied.is_none())
                 .map(|p| probes::Plan {
                     generation: pbx.metadata.generation,
                     ..p
@@ -1180,7 +1362,18 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
     }
 
     let previous = pbx.status.clone().unwrap_or_default();
-    if pbx.spec.probes.enabled {
+    if let Some(why) = connect_denied {
+        // Not dialled at all: the probe conditions say why.
+        components.push((
+            Verdict::new(
+                types::WSS_REACHABLE,
+                Tri::False,
+                reasons::CONNECT_ADDRESS_NOT_ALLOWED,
+                why,
+            ),
+            Blocking::NeedsUser,
+        ));
+    } else if pbx.spec.probes.enabled {
         components.extend(probe_verdicts(
             &pbx.spec.probes,
             probe_results.as_ref(),
@@ -1249,6 +1442,10 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
                 warn!(error = %e, "cannot publish event");
             }
         }
+    }
+    if let Some(message) = rejection {
+        // After the status: the error policy backs off and counts it.
+        return Err(Error::Rejected(message));
     }
     Ok(match recheck {
         Some(d) => Action::requeue(d),

@@ -23,7 +23,7 @@ use crate::probe::{self, echo, register, transport};
 use crate::render::objects;
 use crate::status::Probed;
 use crate::telemetry::Metrics;
-use crate::validate::{self, PROBE_USERNAME, ValidatedPbx};
+use crate::validate::{PROBE_USERNAME, ValidatedPbx};
 
 /// Probe runs in flight across all PBXs, by default.
 pub const DEFAULT_CONCURRENCY: usize = 32;
@@ -55,8 +55,7 @@ pub fn plan(pbx: &ValidatedPbx, ca_pem: Option<String>) -> Option<Plan> {
         return None;
     }
     let url = url::Url::parse(&pbx.wss_url()).ok()?;
-    let timeout = validate::parse_duration(&probes.timeout).unwrap_or(Duration::from_secs(10));
-    let interval = validate::parse_duration(&probes.interval).unwrap_or(Duration::from_secs(60));
+    let (timeout, interval) = (pbx.probe_timeout, pbx.probe_interval);
     // In the cluster: the WSS Service; SNI, Host and the certificate check
     // still use spec.domain.
     let connect_to = if probes.connect_address.is_empty() {
@@ -77,8 +76,7 @@ pub fn plan(pbx: &ValidatedPbx, ca_pem: Option<String>) -> Option<Plan> {
         });
     let echo = probes.echo_call.enabled.then(|| echo::EchoOptions {
         extension: pbx.spec.dialplan.echo_extension.clone(),
-        duration: validate::parse_duration(&probes.echo_call.duration)
-            .unwrap_or(Duration::from_secs(10)),
+        duration: pbx.echo_duration,
         timeout,
         media_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         max_loss_percent: MAX_LOSS_PERCENT,
@@ -144,6 +142,10 @@ pub type Exists = Arc<dyn Fn(&ObjectRef<WebRtcPbx>, &str) -> bool + Send + Sync>
 /// The schedules of every probed PBX.
 pub struct Prober {
     limit: Arc<Semaphore>,
+    /// Slots one namespace may hold at once, and each namespace's count: a
+    /// tenant whose PBXs stall cannot take every slot from the others.
+    per_namespace: usize,
+    namespaces: Mutex<HashMap<String, Arc<Semaphore>>>,
     schedules: Mutex<HashMap<ObjectRef<WebRtcPbx>, Schedule>>,
     /// Finished runs are announced here; the controller reconciles the PBX.
     finished: Mutex<Option<mpsc::UnboundedSender<ObjectRef<WebRtcPbx>>>>,
@@ -155,6 +157,8 @@ impl Prober {
     pub fn new(concurrency: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             limit: Arc::new(Semaphore::new(concurrency.max(1))),
+            per_namespace: (concurrency / 2).max(1),
+            namespaces: Mutex::new(HashMap::new()),
             schedules: Mutex::new(HashMap::new()),
             finished: Mutex::new(None),
             metrics,
@@ -237,6 +241,23 @@ impl Prober {
         }
     }
 
+    /// The share of probe slots of `namespace`.
+    fn namespace_limit(&self, namespace: &str) -> Arc<Semaphore> {
+        let Ok(mut namespaces) = self.namespaces.lock() else {
+            return Arc::new(Semaphore::new(self.per_namespace));
+        };
+        // Namespaces nobody waits on or holds are forgotten, so the map
+        // stays as large as the namespaces being probed.
+        if namespaces.len() > 1024 {
+            let full = self.per_namespace;
+            namespaces.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < full);
+        }
+        namespaces
+            .entry(namespace.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_namespace)))
+            .clone()
+    }
+
     /// PBXs with a running schedule.
     pub fn scheduled(&self) -> usize {
         self.schedules.lock().map_or(0, |s| s.len())
@@ -274,6 +295,15 @@ impl Prober {
                     .forget_probe(key.namespace.as_deref().unwrap_or(""), &key.name);
                 return;
             }
+            // The namespace's share first, then a slot: waiting for the
+            // share holds no slot another namespace could use.
+            let Ok(share) = self
+                .namespace_limit(key.namespace.as_deref().unwrap_or(""))
+                .acquire_owned()
+                .await
+            else {
+                return;
+            };
             let Ok(permit) = self.limit.clone().acquire_owned().await else {
                 return;
             };
@@ -281,6 +311,7 @@ impl Prober {
             let report = run_once(&plan.request).await;
             let seconds = started.elapsed().as_secs_f64();
             drop(permit);
+            drop(share);
             let at = OffsetDateTime::now_utc();
             self.metrics.observe_probe(
                 key.namespace.as_deref().unwrap_or(""),
@@ -340,7 +371,7 @@ async fn run_once(request: &probe::Request) -> probe::Report {
             echo.media_ip = ip;
         }
     }
-    probe::run(&request).await
+    probe::run_bounded(&request).await
 }
 
 /// The store lookup for [`Exists`].
@@ -372,7 +403,7 @@ mod tests {
             probe_password: "probe-secret".into(),
             ..Default::default()
         };
-        validate::validate(&pbx, &Default::default(), &generated).unwrap()
+        crate::validate::validate(&pbx, &Default::default(), &generated).unwrap()
     }
 
     #[test]

@@ -299,6 +299,8 @@ struct Media {
     dtls_connected: Option<Instant>,
     sent_at: Vec<Instant>,
     rtts: Vec<f64>,
+    /// Per packet sent: whether its echo arrived.
+    echoed: Vec<bool>,
     other_packets: u32,
     jitter: f64,
     last_transit: Option<f64>,
@@ -322,6 +324,15 @@ impl Media {
         let Some(sent) = self.sent_at.get(seq) else {
             return;
         };
+        // One sample per packet sent: a PBX that echoes a packet many times
+        // (hostile or broken) cannot grow the samples past what was sent.
+        if self.echoed.len() < self.sent_at.len() {
+            self.echoed.resize(self.sent_at.len(), false);
+        }
+        if std::mem::replace(&mut self.echoed[seq], true) {
+            self.other_packets += 1;
+            return;
+        }
         self.rtts
             .push(now.duration_since(*sent).as_secs_f64() * 1000.0);
         self.last_echo = Some(now);

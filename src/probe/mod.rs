@@ -71,8 +71,44 @@ pub struct Report {
     pub ok: bool,
 }
 
-/// Runs the requested checks.
-pub async fn run(request: &Request) -> Report {
+/// The longest one run of `request` may take: every step's time limit
+/// (connect, TLS, upgrade, two REGISTERs, INVITE, BYE) plus the call.
+pub fn budget(request: &Request) -> std::time::Duration {
+    let t = request.target.timeout;
+    t * 8
+        + request
+            .echo
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |e| e.duration)
+}
+
+/// Reason of a run cut off at its [`budget`].
+pub const RUN_TIMEOUT: &str = "ProbeRunTimeout";
+
+/// Runs the requested checks, cut off at [`budget`]: a PBX that keeps the
+/// probe busy (the probed server may be hostile) holds it no longer.
+pub async fn run_bounded(request: &Request) -> Report {
+    let budget = budget(request);
+    match tokio::time::timeout(budget, run(request)).await {
+        Ok(report) => report,
+        Err(_) => {
+            let mut report = new_report(request);
+            let cut_off = Check {
+                ok: false,
+                reason: RUN_TIMEOUT.into(),
+                message: format!(
+                    "the probe run did not finish within {budget:?} (every step's time limit plus the call) and was cut off"
+                ),
+            };
+            report.register = request.account.as_ref().map(|_| cut_off.clone());
+            report.echo = request.echo.as_ref().map(|_| cut_off.clone());
+            report.wss = cut_off;
+            report
+        }
+    }
+}
+
+fn new_report(request: &Request) -> Report {
     let target = &request.target;
     let dialled = target.connect_to.clone().unwrap_or_else(|| {
         format!(
@@ -81,7 +117,7 @@ pub async fn run(request: &Request) -> Report {
             target.url.port_or_known_default().unwrap_or(443)
         )
     });
-    let mut report = Report {
+    Report {
         url: target.url.to_string(),
         dialled,
         timings: transport::Timings::default(),
@@ -97,7 +133,13 @@ pub async fn run(request: &Request) -> Report {
         echo: None,
         echo_result: None,
         ok: false,
-    };
+    }
+}
+
+/// Runs the requested checks.
+pub async fn run(request: &Request) -> Report {
+    let target = &request.target;
+    let mut report = new_report(request);
     let mut ws = match transport::connect(target).await {
         Ok((ws, timings, certificate)) => {
             report.timings = timings;

@@ -24,7 +24,18 @@ pub enum ParseError {
         /// Bytes present.
         actual: usize,
     },
+    /// More header lines than any real SIP message has.
+    #[error("more than {MAX_HEADERS} header lines")]
+    TooManyHeaders,
+    /// Longer than any real SIP message over WebSocket.
+    #[error("message of {0} bytes, at most {MAX_MESSAGE}")]
+    TooLarge(usize),
 }
+
+/// Most header lines a message may have (Asterisk sends about 15).
+pub const MAX_HEADERS: usize = 128;
+/// Longest message accepted, bytes (the WebSocket frame limit).
+pub const MAX_MESSAGE: usize = 64 * 1024;
 
 /// The first line of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +203,9 @@ impl Message {
 
     /// Parses one message (one WebSocket frame).
     pub fn parse(text: &str) -> Result<Self, ParseError> {
+        if text.len() > MAX_MESSAGE {
+            return Err(ParseError::TooLarge(text.len()));
+        }
         let (head, body) = match text.find("\r\n\r\n") {
             Some(i) => (&text[..i], &text[i + 4..]),
             None => match text.find("\n\n") {
@@ -221,6 +235,9 @@ impl Message {
             let name = name.trim();
             if name.is_empty() || name.contains(' ') {
                 return Err(ParseError::Header(line.into()));
+            }
+            if headers.len() >= MAX_HEADERS {
+                return Err(ParseError::TooManyHeaders);
             }
             headers.push((name.to_string(), value.trim().to_string()));
         }

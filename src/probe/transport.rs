@@ -344,6 +344,19 @@ fn tls_failure(e: &std::io::Error, host: &str) -> WssFailure {
     }
 }
 
+/// Largest WebSocket message and frame the probe accepts. A SIP message
+/// over WebSocket is one frame of a few KiB (RFC 7118); the probed server
+/// may be hostile (`spec.image` is the tenant's), and tungstenite's default
+/// of 64 MiB per message would let it make the operator hold that much per
+/// probe.
+pub const MAX_WS_MESSAGE: usize = 64 * 1024;
+
+fn ws_limits() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE))
+        .max_frame_size(Some(MAX_WS_MESSAGE))
+}
+
 /// Opens the SIP WebSocket. Returns it with the timings and the served
 /// certificate, or the first failure with the timings reached so far.
 pub async fn connect(
@@ -458,7 +471,7 @@ pub async fn connect(
     let t = Instant::now();
     let upgraded = tokio::time::timeout(
         target.timeout,
-        tokio_tungstenite::client_async(request, tls),
+        tokio_tungstenite::client_async_with_config(request, tls, Some(ws_limits())),
     )
     .await;
     let (ws, response) = match upgraded {

@@ -189,7 +189,7 @@ fn secret(pbx: &ValidatedPbx, config: &AsteriskConfig) -> Secret {
     // passwords stay stable across reconciles and restarts.
     for user in pbx.users.iter().filter(|u| u.generated_password) {
         data.insert(
-            format!("{USER_PASSWORD_KEY_PREFIX}{}", user.extension),
+            password_key(&user.extension),
             ByteString(user.password.clone().into_bytes()),
         );
     }
@@ -205,6 +205,32 @@ fn secret(pbx: &ValidatedPbx, config: &AsteriskConfig) -> Secret {
     }
 }
 
+/// The Secret key of an extension's generated password. Secret keys allow
+/// only `[-._a-zA-Z0-9]`, extensions also `+ * #` (E.164 numbers, feature
+/// codes): those become the words `plus`, `star`, `hash`, which no
+/// extension contains, so the key decodes back. An all-digit extension
+/// keeps the key earlier versions wrote.
+pub fn password_key(extension: &str) -> String {
+    let mut key = String::from(USER_PASSWORD_KEY_PREFIX);
+    for c in extension.chars() {
+        match c {
+            '+' => key.push_str("plus"),
+            '*' => key.push_str("star"),
+            '#' => key.push_str("hash"),
+            c => key.push(c),
+        }
+    }
+    key
+}
+
+/// The extension a [`password_key`] (without its prefix) was made from.
+fn extension_of_key(encoded: &str) -> String {
+    encoded
+        .replace("plus", "+")
+        .replace("star", "*")
+        .replace("hash", "#")
+}
+
 /// Reads back the generated passwords from the operator's Secret.
 pub fn generated_from_secret(secret: Option<&Secret>) -> Generated {
     let mut generated = Generated::default();
@@ -217,8 +243,10 @@ pub fn generated_from_secret(secret: Option<&Secret>) -> Generated {
         };
         if key == PROBE_PASSWORD_KEY {
             generated.probe_password = text;
-        } else if let Some(ext) = key.strip_prefix(USER_PASSWORD_KEY_PREFIX) {
-            generated.user_passwords.insert(ext.to_string(), text);
+        } else if let Some(encoded) = key.strip_prefix(USER_PASSWORD_KEY_PREFIX) {
+            generated
+                .user_passwords
+                .insert(extension_of_key(encoded), text);
         }
     }
     generated
@@ -234,8 +262,7 @@ fn config_map(pbx: &ValidatedPbx, config: &AsteriskConfig) -> ConfigMap {
 
 fn certificate(pbx: &ValidatedPbx) -> DynamicObject {
     let gvk = GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate");
-    let mut dns_names = vec![pbx.spec.domain.clone()];
-    dns_names.extend(pbx.spec.tls.extra_dns_names.iter().cloned());
+    let dns_names = crate::certs::server_names(&pbx.spec.domain, &pbx.spec.tls.extra_dns_names);
     let issuer = pbx.spec.tls.issuer_ref.as_ref();
     let mut object =
         DynamicObject::new(&pbx.tls_secret_name, &ApiResource::from_gvk(&gvk)).data(json!({

@@ -19,6 +19,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use webrtc_pbx_operator::probe::transport::{self, Target, Wss, WssFailure};
 
+pub mod inprocess;
+
 /// The repository root, as cargo tells the running test. Not `env!`: one
 /// target dir serves every checkout, and cargo may reuse a test binary built
 /// in another clone, whose compile-time path would lead there.

@@ -1,0 +1,206 @@
+//! What the watch caches keep of a child. The child watches select by our
+//! managed-by label, which anyone who can create a ConfigMap can also set:
+//! a tenant could make the operator hold any amount of data (and die of it
+//! on every restart). So a cached object keeps its content only when it is
+//! one of a PBX's children by name and controller reference; any other
+//! labelled object is cut to the metadata that identifies it, and marked
+//! [`STRIPPED`] so a reader that needs content asks the apiserver instead.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::Resource;
+use kube::core::ObjectMeta;
+
+use crate::render::objects::{self, INSTANCE_LABEL};
+
+/// Annotation set (in memory only) on a cached copy whose content was dropped.
+pub const STRIPPED: &str = "webrtc-pbx-operator.internal/stripped";
+
+/// True when the cached copy holds no content ([`STRIPPED`]).
+pub fn is_stripped(meta: &ObjectMeta) -> bool {
+    meta.annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(STRIPPED))
+}
+
+/// The name of the controller owner of kind `kind` (`WebRtcPbx` in our
+/// group, or `StatefulSet`), when the object's instance label names it too.
+fn owner(meta: &ObjectMeta, kind: &str) -> Option<String> {
+    let owner = meta
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true) && r.kind == kind)?;
+    let group_ok = kind != "WebRtcPbx" || owner.api_version.starts_with(crate::api::GROUP);
+    let label = meta.labels.as_ref()?.get(INSTANCE_LABEL)?;
+    (group_ok && *label == owner.name).then(|| owner.name.clone())
+}
+
+/// Drops everything but identity: name, namespace, uid, version, labels,
+/// owner references, deletion time (what pruning and readiness read).
+fn identity_only(meta: &mut ObjectMeta) {
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        uid: meta.uid.take(),
+        resource_version: meta.resource_version.take(),
+        labels: meta.labels.take(),
+        owner_references: meta.owner_references.take(),
+        deletion_timestamp: meta.deletion_timestamp.take(),
+        annotations: Some([(STRIPPED.to_string(), "true".to_string())].into()),
+        ..ObjectMeta::default()
+    };
+}
+
+fn named_child(meta: &ObjectMeta, names: impl Fn(&str) -> Vec<String>) -> bool {
+    match (owner(meta, "WebRtcPbx"), meta.name.as_deref()) {
+        (Some(pbx), Some(name)) => names(&pbx).iter().any(|n| n == name),
+        _ => false,
+    }
+}
+
+/// Keeps a Secret whole only when it is a PBX's own, by name.
+pub fn secret(s: &mut Secret) {
+    let ours = named_child(&s.metadata, |p| {
+        vec![
+            objects::secret_name(p),
+            format!("{p}-tls"),
+            objects::ca_secret_name(p),
+        ]
+    });
+    if !ours {
+        identity_only(&mut s.metadata);
+        s.data = None;
+        s.string_data = None;
+    }
+}
+
+/// Keeps a ConfigMap whole only when it is a PBX's own, by name.
+pub fn config_map(c: &mut ConfigMap) {
+    if !named_child(&c.metadata, |p| vec![objects::config_map_name(p)]) {
+        identity_only(&mut c.metadata);
+        c.data = None;
+        c.binary_data = None;
+    }
+}
+
+/// Keeps a Service whole only when it is a PBX's own, by name.
+pub fn service(s: &mut Service) {
+    let ours = named_child(&s.metadata, |p| {
+        vec![objects::wss_service_name(p), objects::rtp_service_name(p)]
+    });
+    if !ours {
+        identity_only(&mut s.metadata);
+        s.spec = None;
+        s.status = None;
+    }
+}
+
+/// Keeps a StatefulSet whole only when it is a PBX's own, by name.
+pub fn stateful_set(s: &mut StatefulSet) {
+    if !named_child(&s.metadata, |p| vec![p.to_string()]) {
+        identity_only(&mut s.metadata);
+        s.spec = None;
+        s.status = None;
+    }
+}
+
+/// A pod keeps its status (scheduling verdicts, addresses) only when it is
+/// a PBX's pod (`NAME-0` of the StatefulSet `NAME`); its spec never.
+pub fn pod(p: &mut Pod) {
+    p.spec = None;
+    let ours = match (
+        owner(&p.metadata, "StatefulSet"),
+        p.metadata.name.as_deref(),
+    ) {
+        (Some(sts), Some(name)) => name == format!("{sts}-0"),
+        _ => false,
+    };
+    if !ours {
+        identity_only(&mut p.metadata);
+        p.status = None;
+    }
+}
+
+/// Drops what no cache reads: managedFields (a JSON tree per field
+/// manager, often larger than the object's own fields).
+pub fn slim<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn meta(name: &str, instance: &str, owner: Option<(&str, &str)>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("voice".into()),
+            labels: Some([(INSTANCE_LABEL.to_string(), instance.to_string())].into()),
+            annotations: Some([("big".to_string(), "x".repeat(1000))].into()),
+            owner_references: owner.map(|(kind, name)| {
+                vec![OwnerReference {
+                    api_version: if kind == "WebRtcPbx" {
+                        "pbx.webrtc.io/v1alpha1".into()
+                    } else {
+                        "apps/v1".into()
+                    },
+                    kind: kind.into(),
+                    name: name.into(),
+                    uid: "u".into(),
+                    controller: Some(true),
+                    block_owner_deletion: None,
+                }]
+            }),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn config_map_of(meta: ObjectMeta) -> ConfigMap {
+        ConfigMap {
+            metadata: meta,
+            data: Some([("pjsip.conf".to_string(), "x".repeat(1 << 20))].into()),
+            ..ConfigMap::default()
+        }
+    }
+
+    #[test]
+    fn only_a_pbxs_own_children_keep_their_content() {
+        let mut ours = config_map_of(meta("a-asterisk", "a", Some(("WebRtcPbx", "a"))));
+        config_map(&mut ours);
+        assert!(ours.data.is_some() && !is_stripped(&ours.metadata));
+        for (name, instance, owner) in [
+            ("a-asterisk", "a", None),                      // no owner
+            ("junk-1", "a", Some(("WebRtcPbx", "a"))),      // not a child's name
+            ("b-asterisk", "a", Some(("WebRtcPbx", "b"))),  // label and owner disagree
+            ("a-asterisk", "a", Some(("Deployment", "a"))), // not a PBX
+        ] {
+            let mut cm = config_map_of(meta(name, instance, owner));
+            config_map(&mut cm);
+            assert!(cm.data.is_none(), "{name} {owner:?}");
+            assert!(is_stripped(&cm.metadata), "{name}");
+            assert_eq!(cm.metadata.annotations.as_ref().map(|a| a.len()), Some(1));
+            assert_eq!(cm.metadata.name.as_deref(), Some(name));
+        }
+    }
+
+    #[test]
+    fn a_pod_keeps_its_status_only_as_a_pbx_pod() {
+        let status = || Some(Default::default());
+        let mut ours = Pod {
+            metadata: meta("a-0", "a", Some(("StatefulSet", "a"))),
+            status: status(),
+            ..Pod::default()
+        };
+        pod(&mut ours);
+        assert!(ours.status.is_some());
+        let mut other = Pod {
+            metadata: meta("miner", "a", Some(("StatefulSet", "a"))),
+            status: status(),
+            ..Pod::default()
+        };
+        pod(&mut other);
+        assert!(other.status.is_none() && is_stripped(&other.metadata));
+    }
+}
