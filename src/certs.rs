@@ -691,6 +691,103 @@ mod tests {
         assert_eq!(outcome.facts().unwrap().not_after, later + SERVER_VALIDITY);
     }
 
+    /// What a TLS client (rustls, as in the probe; browsers check the same
+    /// extension) concludes about `leaf` for `name` with `ca` as its root.
+    fn verify(ca: &str, leaf: &str, name: &str) -> Result<(), rustls::Error> {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+            .unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let leaf = CertificateDer::from_pem_slice(leaf.as_bytes()).unwrap();
+        let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            u64::try_from(now().unix_timestamp()).unwrap() + 60,
+        ));
+        verifier
+            .verify_server_cert(
+                &leaf,
+                &[],
+                &ServerName::try_from(name.to_string()).unwrap(),
+                &[],
+                at,
+            )
+            .map(|_| ())
+    }
+
+    #[test]
+    fn the_operator_ca_vouches_for_the_pbxs_names_only() {
+        let m = issue_self_signed(
+            "pbx",
+            &names(&["pbx.example.com", "*.sip.example.com"]),
+            now(),
+            generate_key().unwrap(),
+            generate_key().unwrap(),
+        )
+        .unwrap();
+        verify(&m.ca_crt, &m.tls_crt, "pbx.example.com").unwrap();
+        assert!(ca_permits(
+            &m.ca_crt,
+            &names(&["pbx.example.com", "a.sip.example.com"])
+        ));
+        assert!(!ca_permits(&m.ca_crt, &names(&["bank.example"])));
+        // Its key signs a certificate for another name: clients refuse it.
+        let forged = renew_server(
+            &m.ca_crt,
+            &m.ca_key,
+            &names(&["bank.example"]),
+            now(),
+            generate_key().unwrap(),
+        )
+        .unwrap();
+        let refused = verify(&m.ca_crt, &forged.tls_crt, "bank.example").unwrap_err();
+        assert!(
+            format!("{refused:?}").contains("NameConstraint"),
+            "{refused:?}"
+        );
+        // The leaf of another CA is not signed by this one.
+        let other = issued();
+        assert!(signed_by(&m.tls_crt, &m.ca_crt));
+        assert!(!signed_by(&other.tls_crt, &m.ca_crt));
+    }
+
+    #[test]
+    fn names_are_compared_as_a_set_and_a_window_never_spans_the_life() {
+        assert_eq!(
+            server_names(
+                "pbx.example.com",
+                &names(&["PBX.example.com", "sip.example.com", "10.0.0.1"])
+            ),
+            names(&["pbx.example.com", "sip.example.com"])
+        );
+        let m = issued();
+        let facts = inspect(&m.tls_crt).unwrap();
+        let mut shuffled = facts.dns_names.clone();
+        shuffled.reverse();
+        assert_eq!(
+            renewal_due(Some(&facts), &shuffled, now(), time::Duration::days(30)),
+            None
+        );
+        // A window as long as the certificate's life would renew on every
+        // reconcile; clamped, a fresh certificate is not due.
+        assert_eq!(
+            renewal_due(
+                Some(&facts),
+                &facts.dns_names,
+                now(),
+                time::Duration::days(400)
+            ),
+            None
+        );
+    }
+
     #[test]
     fn wildcards_cover_one_label() {
         assert!(name_covers("*.acme.example", "pbx.acme.example"));

@@ -669,7 +669,13 @@ fn check_spec(spec: &WebRtcPbxSpec, problems: &mut Vec<Problem>) {
         }
     }
     for (i, n) in spec.tls.extra_dns_names.iter().enumerate() {
-        if !is_dns_name(n, true) {
+        // A name whose last label starts with a digit reads as an IP
+        // address (what rcgen would issue as an IP SAN, never matching).
+        let tld_ok = n
+            .rsplit('.')
+            .next()
+            .is_some_and(|l| l.starts_with(|c: char| c.is_ascii_lowercase()));
+        if !is_dns_name(n, true) || !tld_ok {
             invalid(
                 &format!("tls.extraDnsNames[{i}]"),
                 format!(

@@ -3,53 +3,11 @@
 
 mod support;
 
-use kube::api::{Api, DynamicObject, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::api::{Api, DynamicObject};
 use serde_json::{Value, json};
 use webrtc_pbx_operator::api::WebRtcPbx;
 
-fn resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "pbx.webrtc.io",
-        "v1alpha1",
-        "WebRtcPbx",
-    ))
-}
-
-/// Merges `patch` into a valid base spec (objects merge, other values replace;
-/// `null` removes a key).
-fn spec_with(patch: Value) -> Value {
-    let mut base = json!({"domain": "pbx.example.com", "users": [{"extension": "1001"}]});
-    merge(&mut base, patch);
-    base
-}
-
-fn merge(base: &mut Value, patch: Value) {
-    match (base, patch) {
-        (Value::Object(b), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    b.remove(&k);
-                } else {
-                    merge(b.entry(k).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (b, p) => *b = p,
-    }
-}
-
-async fn create(
-    api: &Api<DynamicObject>,
-    name: &str,
-    spec: Value,
-) -> Result<DynamicObject, String> {
-    let mut obj = DynamicObject::new(name, &resource());
-    obj.data = json!({"spec": spec});
-    api.create(&PostParams::default(), &obj)
-        .await
-        .map_err(|e| e.to_string())
-}
+use support::admission::{create, resource, spec_with};
 
 #[tokio::test]
 async fn examples_are_accepted_with_defaults_applied() {

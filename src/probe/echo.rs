@@ -507,3 +507,26 @@ async fn media_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packet_echoed_many_times_is_one_sample() {
+        let mut media = Media::default();
+        let epoch = Instant::now();
+        media.sent_at.push(epoch);
+        let mut packet = MAGIC.to_vec();
+        packet.extend(0u32.to_be_bytes());
+        for _ in 0..1000 {
+            media.on_packet(&packet, Instant::now(), epoch);
+        }
+        assert_eq!(media.rtts.len(), 1);
+        assert_eq!(media.other_packets, 999);
+        // A sequence number never sent is no sample either.
+        packet[4..8].copy_from_slice(&7u32.to_be_bytes());
+        media.on_packet(&packet, Instant::now(), epoch);
+        assert_eq!(media.rtts.len(), 1);
+    }
+}

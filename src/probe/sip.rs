@@ -327,6 +327,21 @@ impl fmt::Display for Message {
 mod tests {
     use super::*;
 
+    #[test]
+    fn what_no_sip_message_has_is_refused() {
+        let mut many = String::from("SIP/2.0 200 OK\r\n");
+        for i in 0..MAX_HEADERS + 1 {
+            many.push_str(&format!("X-{i}: y\r\n"));
+        }
+        many.push_str("\r\n");
+        assert_eq!(Message::parse(&many), Err(ParseError::TooManyHeaders));
+        let huge = format!("SIP/2.0 200 OK\r\nX: {}\r\n\r\n", "y".repeat(MAX_MESSAGE));
+        assert!(matches!(
+            Message::parse(&huge),
+            Err(ParseError::TooLarge(_))
+        ));
+    }
+
     /// A 401 in the shape Asterisk 22 sends over WSS when SHA-256 and MD5 are
     /// both enabled: one challenge per algorithm.
     const ASTERISK_401: &str = "SIP/2.0 401 Unauthorized\r\n\

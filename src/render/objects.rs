@@ -732,3 +732,24 @@ pub fn self_signed_secrets(pbx: &ValidatedPbx, tls: &crate::certs::TlsMaterial) 
         )),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_extension_has_a_valid_secret_key_that_reads_back() {
+        for ext in ["1001", "+4930123456", "*99", "#12", "*+#0"] {
+            let key = password_key(ext);
+            assert!(
+                key.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')),
+                "{key}"
+            );
+            let encoded = key.strip_prefix(USER_PASSWORD_KEY_PREFIX).unwrap();
+            assert_eq!(extension_of_key(encoded), ext);
+        }
+        // The keys earlier versions wrote for all-digit extensions stay.
+        assert_eq!(password_key("1001"), "password-1001");
+    }
+}

@@ -19,6 +19,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use webrtc_pbx_operator::probe::transport::{self, Target, Wss, WssFailure};
 
+pub mod admission;
 pub mod inprocess;
 
 /// The repository root, as cargo tells the running test. Not `env!`: one
@@ -445,6 +446,39 @@ pub fn operator_exe() -> PathBuf {
 /// The operator binary (`run`) for namespace `ns`, serving metrics on
 /// 127.0.0.1:`metrics_port`, as [`operator_user`]; its log goes to `log` (or nowhere).
 pub fn operator_binary(ns: &str, metrics_port: u16, log: Option<&Path>) -> Operator {
+    let level = if log.is_some() { "info" } else { "warn" };
+    operator_binary_with(ns, metrics_port, log, &[], level)
+}
+
+/// The environment image `name` sets (deploy/images/NAME/image.env,
+/// `CONFIG.Env`) besides PATH and the CA file: what the process runs with
+/// in a pod, so a test runs it the same way.
+pub fn image_env(name: &str) -> Vec<(String, String)> {
+    let path = repo().join(format!("deploy/images/{name}/image.env"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let config = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG='")?.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("{}: no CONFIG", path.display()));
+    let config: serde_json::Value = serde_json::from_str(config).unwrap();
+    config["Env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str()?.split_once('='))
+        .filter(|(k, _)| !matches!(*k, "PATH" | "SSL_CERT_FILE"))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// [`operator_binary`] with more `run` arguments and a log filter.
+pub fn operator_binary_with(
+    ns: &str,
+    metrics_port: u16,
+    log: Option<&Path>,
+    args: &[&str],
+    rust_log: &str,
+) -> Operator {
     let user = operator_user(ns);
     let out = || match log {
         Some(path) => Stdio::from(
@@ -459,8 +493,10 @@ pub fn operator_binary(ns: &str, metrics_port: u16, log: Option<&Path>) -> Opera
     let child = Command::new(operator_exe())
         .args(["run", "--namespace", ns, "--lease-namespace", ns])
         .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
+        .args(args)
         .env("KUBECONFIG", &control_plane().kubeconfig)
-        .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
+        .env("RUST_LOG", rust_log)
+        .envs(image_env("operator"))
         .envs(user.map(|u| ("KUBE_RS_DEBUG_IMPERSONATE_USER", u)))
         .stdout(out())
         .stderr(out())
