@@ -914,6 +914,8 @@ async fn an_emptied_ca_or_a_leaf_of_another_ca_is_replaced_once_then_quiet() {
     let settled = |what: &'static str| {
         let r = &r;
         async move {
+            // Everything written first: the workload's verdict comes last.
+            wait_condition(r, "ca", "Ready", "True", None).await;
             let first = support::inprocess::versions(r).await;
             tokio::time::sleep(Duration::from_secs(4)).await;
             let second = support::inprocess::versions(r).await;
@@ -921,6 +923,20 @@ async fn an_emptied_ca_or_a_leaf_of_another_ca_is_replaced_once_then_quiet() {
         }
     };
     settled("fresh").await;
+    // The CA clients are told to install vouches for these names only.
+    let ca_pem = secrets.get("ca-ca").await.unwrap().data.unwrap()["ca.crt"]
+        .0
+        .clone();
+    let ca_pem = String::from_utf8(ca_pem).unwrap();
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(webrtc_pbx_operator::certs::ca_permits(
+        &ca_pem,
+        &names(&["ca.hostile.test", "sip.hostile.test"])
+    ));
+    assert!(!webrtc_pbx_operator::certs::ca_permits(
+        &ca_pem,
+        &names(&["bank.example"])
+    ));
     let ca_of = |s: &Secret| {
         s.data
             .as_ref()
@@ -1086,6 +1102,8 @@ where
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                // tungstenite's callback signature: its error type is its own.
+                #[allow(clippy::result_large_err)]
                 let with_sip = |_: &Request, mut response: Response| {
                     response
                         .headers_mut()
