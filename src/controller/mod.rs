@@ -479,6 +479,10 @@ pub async fn run(
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(pbx = %obj, "reconciled"),
+                // A reconcile queued for a PBX deleted meanwhile: nothing failed.
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    tracing::debug!(pbx = %obj, "gone before its reconcile")
+                }
                 Err(e) => warn!(error = %e, "reconcile failed"),
             }
         })
