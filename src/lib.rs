@@ -11,6 +11,7 @@ pub mod certs;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod names;
 pub mod policy;
 pub mod ports;
 pub mod probe;

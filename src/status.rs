@@ -6,8 +6,10 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{ProbeFigures, WebRtcPbxStatus};
+use crate::api::{ProbeFigures, ProbesSpec, WebRtcPbxStatus};
+use crate::certs::Outcome;
 use crate::probe;
+use crate::validate::Problem;
 
 /// Condition types.
 pub mod types {
@@ -105,6 +107,304 @@ pub mod reasons {
 
 /// Failed probe runs in a row before a True probe condition turns False.
 pub const DEFAULT_FLAP_THRESHOLD: u32 = 2;
+
+/// The ConfigRendered reason of a problem with the input.
+pub fn problem_reason(problem: &Problem) -> &'static str {
+    match problem {
+        Problem::InvalidSpec { .. } => reasons::INVALID_SPEC,
+        Problem::SecretNotFound { .. } | Problem::SecretKeyMissing { .. } => {
+            reasons::SECRET_NOT_FOUND
+        }
+        Problem::ConfigMapNotFound { .. } => reasons::CONFIG_MAP_NOT_FOUND,
+        Problem::PolicyDenied { .. } => reasons::POLICY_DENIED,
+    }
+}
+
+/// ConfigRendered for input that cannot be rendered: the first problem's
+/// reason, every problem in the message; the user must act.
+pub fn config_invalid(problems: &[Problem]) -> (Verdict, Blocking) {
+    let message = problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let reason = problems
+        .first()
+        .map_or(reasons::INVALID_SPEC, problem_reason);
+    (
+        Verdict::new(types::CONFIG_RENDERED, Tri::False, reason, message),
+        Blocking::NeedsUser,
+    )
+}
+
+/// ConfigRendered when `objects` children were rendered.
+pub fn config_rendered(objects: usize) -> (Verdict, Blocking) {
+    (
+        Verdict::new(
+            types::CONFIG_RENDERED,
+            Tri::True,
+            reasons::RENDERED,
+            format!("{objects} objects rendered"),
+        ),
+        Blocking::Waiting,
+    )
+}
+
+/// A child that was not written: the apiserver refused it, or an object of
+/// its name is not the PBX's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// It is the StatefulSet (WorkloadReady), not what it mounts (ConfigRendered).
+    pub workload: bool,
+    /// An object of that name exists without the PBX's controller reference.
+    pub not_ours: bool,
+    /// `Kind/name`.
+    pub object: String,
+    /// The apiserver's answer (`(code reason): message`), for a refusal.
+    pub message: String,
+}
+
+impl Refusal {
+    fn reason(&self) -> &'static str {
+        if self.not_ours {
+            reasons::OWNERSHIP_CONFLICT
+        } else {
+            reasons::APPLY_REJECTED
+        }
+    }
+
+    fn text(&self) -> String {
+        if self.not_ours {
+            format!(
+                "{} exists and was not created for this WebRtcPbx: the operator does not take over objects it does not own; delete or rename it",
+                self.object
+            )
+        } else {
+            format!("the apiserver refused {} {}", self.object, self.message)
+        }
+    }
+}
+
+/// ConfigRendered and WorkloadReady when children were refused: each
+/// False with the first refusal's reason and every refusal of its kind in
+/// the message; otherwise True with `rendered` objects, and `workload`.
+pub fn refusal_verdicts(
+    refused: &[Refusal],
+    rendered: usize,
+    workload: (Verdict, Blocking),
+) -> [(Verdict, Blocking); 2] {
+    let of = |sts: bool| refused.iter().filter(move |r| r.workload == sts);
+    let joined = |sts: bool| of(sts).map(Refusal::text).collect::<Vec<_>>().join("; ");
+    let config = match of(false).next() {
+        Some(first) => (
+            Verdict::new(
+                types::CONFIG_RENDERED,
+                Tri::False,
+                first.reason(),
+                joined(false),
+            ),
+            Blocking::NeedsUser,
+        ),
+        None => config_rendered(rendered),
+    };
+    let workload = match of(true).next() {
+        Some(first) => (
+            Verdict::new(
+                types::WORKLOAD_READY,
+                Tri::False,
+                first.reason(),
+                joined(true),
+            ),
+            Blocking::NeedsUser,
+        ),
+        None => workload,
+    };
+    [config, workload]
+}
+
+/// The CertificateReady reason of a served certificate's outcome.
+pub fn certificate_reason(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Ready(_) => reasons::CERTIFICATE_VALID,
+        Outcome::ExpiringSoon(_) => reasons::EXPIRING_SOON,
+        Outcome::Expired(_) => reasons::EXPIRED,
+        Outcome::NotYetValid(_) => reasons::NOT_YET_VALID,
+        Outcome::KeyMismatch => reasons::KEY_MISMATCH,
+        Outcome::DomainNotCovered { .. } => reasons::DOMAIN_NOT_COVERED,
+        Outcome::ChainIncomplete { .. } => reasons::CHAIN_INCOMPLETE,
+        Outcome::Invalid(_) => reasons::INVALID_CERTIFICATE,
+    }
+}
+
+/// CertificateReady of a served certificate for `domain`. When the
+/// operator renews it (`renewing_is_ours`) a fault waits for the operator;
+/// otherwise for the user.
+pub fn certificate_verdict(
+    outcome: &Outcome,
+    domain: &str,
+    renewing_is_ours: bool,
+) -> (Verdict, Blocking) {
+    let blocking = if renewing_is_ours {
+        Blocking::Waiting
+    } else {
+        Blocking::NeedsUser
+    };
+    let status = if matches!(outcome, Outcome::Ready(_)) {
+        Tri::True
+    } else {
+        Tri::False
+    };
+    (
+        Verdict::new(
+            types::CERTIFICATE_READY,
+            status,
+            certificate_reason(outcome),
+            outcome.message(domain),
+        ),
+        blocking,
+    )
+}
+
+/// CertificateReady while the spec is invalid.
+pub fn certificate_pending() -> (Verdict, Blocking) {
+    (
+        Verdict::new(
+            types::CERTIFICATE_READY,
+            Tri::Unknown,
+            reasons::CERTIFICATE_PENDING,
+            "waiting for a valid spec",
+        ),
+        Blocking::Waiting,
+    )
+}
+
+/// CertificateReady when the user's TLS Secret is missing.
+pub fn tls_secret_missing(message: String) -> (Verdict, Blocking) {
+    (
+        Verdict::new(
+            types::CERTIFICATE_READY,
+            Tri::False,
+            reasons::SECRET_NOT_FOUND,
+            message,
+        ),
+        Blocking::NeedsUser,
+    )
+}
+
+/// CertificateReady while cert-manager has not issued the certificate.
+pub fn issuer_not_ready(message: String) -> (Verdict, Blocking) {
+    (
+        Verdict::new(
+            types::CERTIFICATE_READY,
+            Tri::False,
+            reasons::ISSUER_NOT_READY,
+            message,
+        ),
+        Blocking::Waiting,
+    )
+}
+
+/// What WorkloadReady is decided from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadFacts {
+    /// Pods ready.
+    pub ready: i32,
+    /// Pods wanted.
+    pub wanted: i32,
+    /// The StatefulSet observed its generation and a pod runs its revision.
+    pub current: bool,
+    /// Another PBX holding the host ports on every allowed node (its message).
+    pub conflict: Option<String>,
+    /// The scheduler's message when it cannot place the pod.
+    pub unschedulable: Option<String>,
+}
+
+/// WorkloadReady. Only a pod the scheduler cannot place is blocked by
+/// another PBX (PortConflict, the user's to resolve); the rest is waiting.
+pub fn workload_verdict(f: &WorkloadFacts) -> (Verdict, Blocking) {
+    let counts = format!("{}/{} pods ready", f.ready, f.wanted);
+    let verdict =
+        |status, reason, message| Verdict::new(types::WORKLOAD_READY, status, reason, message);
+    if f.ready >= f.wanted && f.current {
+        return (
+            verdict(Tri::True, reasons::PODS_READY, counts),
+            Blocking::Waiting,
+        );
+    }
+    match (&f.conflict, &f.unschedulable) {
+        (Some(c), Some(scheduler)) => (
+            verdict(
+                Tri::False,
+                reasons::PORT_CONFLICT,
+                format!("{counts}: {c} (scheduler: {scheduler})"),
+            ),
+            Blocking::NeedsUser,
+        ),
+        (None, Some(scheduler)) => (
+            verdict(
+                Tri::False,
+                reasons::PODS_NOT_READY,
+                format!("{counts}: {scheduler}"),
+            ),
+            Blocking::Waiting,
+        ),
+        (_, None) => (
+            verdict(Tri::False, reasons::PODS_NOT_READY, counts),
+            Blocking::Waiting,
+        ),
+    }
+}
+
+/// WssReachable when the probe may not dial `probes.connectAddress`.
+pub fn connect_not_allowed(why: String) -> (Verdict, Blocking) {
+    (
+        Verdict::new(
+            types::WSS_REACHABLE,
+            Tri::False,
+            reasons::CONNECT_ADDRESS_NOT_ALLOWED,
+            why,
+        ),
+        Blocking::NeedsUser,
+    )
+}
+
+/// The probe conditions `spec` asks for, from what the schedule found of
+/// the WSS, REGISTER and echo checks. Before the first run, and while the
+/// workload is not ready, they wait (AwaitingProbe).
+pub fn probe_verdicts(
+    spec: &ProbesSpec,
+    [wss, register, echo]: [Option<&Probed>; 3],
+    waiting_for_workload: bool,
+    previous: &[Condition],
+    threshold: u32,
+) -> Vec<(Verdict, Blocking)> {
+    let wanted = [
+        (types::WSS_REACHABLE, true, wss),
+        (types::SIP_REGISTERED, spec.register.enabled, register),
+        (types::ECHO_CALL_HEALTHY, spec.echo_call.enabled, echo),
+    ];
+    wanted
+        .into_iter()
+        .filter(|(_, enabled, _)| *enabled)
+        .map(|(type_, _, probed)| match probed {
+            None if waiting_for_workload => (
+                Verdict::new(
+                    type_,
+                    Tri::Unknown,
+                    reasons::AWAITING_PROBE,
+                    "probes start when WorkloadReady is True",
+                ),
+                Blocking::Waiting,
+            ),
+            _ => probe_verdict(
+                type_,
+                probed,
+                previous.iter().find(|c| c.type_ == type_),
+                threshold,
+            ),
+        })
+        .collect()
+}
 
 /// One probed check as the scheduler remembers it between runs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -399,6 +699,208 @@ pub fn events<'a>(previous: &[Condition], current: &'a [Condition]) -> Vec<&'a C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_workload_is_ready_waiting_or_blocked_by_another_pbx() {
+        let facts =
+            |ready, current, conflict: Option<&str>, scheduler: Option<&str>| WorkloadFacts {
+                ready,
+                wanted: 1,
+                current,
+                conflict: conflict.map(Into::into),
+                unschedulable: scheduler.map(Into::into),
+            };
+        let (v, b) = workload_verdict(&facts(1, true, None, None));
+        assert_eq!(
+            (v.status, v.reason.as_str(), b),
+            (Tri::True, reasons::PODS_READY, Blocking::Waiting)
+        );
+        // Ready but of an old revision: still rolling.
+        let (v, _) = workload_verdict(&facts(1, false, None, None));
+        assert_eq!(v.reason, reasons::PODS_NOT_READY);
+        let (v, b) = workload_verdict(&facts(0, true, Some("b holds 8089"), Some("0/1 nodes")));
+        assert_eq!(
+            (v.reason.as_str(), b),
+            (reasons::PORT_CONFLICT, Blocking::NeedsUser)
+        );
+        assert!(
+            v.message.contains("b holds 8089") && v.message.contains("0/1 nodes"),
+            "{}",
+            v.message
+        );
+        // A conflict the scheduler does not (yet) feel is not blocking.
+        let (v, b) = workload_verdict(&facts(0, true, Some("b holds 8089"), None));
+        assert_eq!(
+            (v.reason.as_str(), b),
+            (reasons::PODS_NOT_READY, Blocking::Waiting)
+        );
+    }
+
+    #[test]
+    fn refusals_name_every_object_under_its_condition() {
+        let refusal = |workload, not_ours, object: &str| Refusal {
+            workload,
+            not_ours,
+            object: object.into(),
+            message: "(403 Forbidden): exceeded quota".into(),
+        };
+        let ready = workload_verdict(&WorkloadFacts {
+            ready: 1,
+            wanted: 1,
+            current: true,
+            ..Default::default()
+        });
+        let [config, workload] = refusal_verdicts(
+            &[
+                refusal(false, false, "ConfigMap/a-asterisk"),
+                refusal(false, true, "Secret/a-tls"),
+            ],
+            7,
+            ready.clone(),
+        );
+        assert_eq!(config.0.reason, reasons::APPLY_REJECTED);
+        assert!(
+            config
+                .0
+                .message
+                .contains("ConfigMap/a-asterisk (403 Forbidden): exceeded quota"),
+            "{}",
+            config.0.message
+        );
+        assert!(
+            config
+                .0
+                .message
+                .contains("Secret/a-tls exists and was not created"),
+            "{}",
+            config.0.message
+        );
+        assert_eq!(workload, ready);
+        let [config, workload] =
+            refusal_verdicts(&[refusal(true, true, "StatefulSet/a")], 7, ready);
+        assert_eq!(
+            (config.0.status, config.0.message.as_str()),
+            (Tri::True, "7 objects rendered")
+        );
+        assert_eq!(
+            (workload.0.reason.as_str(), workload.1),
+            (reasons::OWNERSHIP_CONFLICT, Blocking::NeedsUser)
+        );
+    }
+
+    #[test]
+    fn every_input_problem_and_certificate_outcome_has_its_reason() {
+        let field = || ("f".to_string(), "m".to_string());
+        let problems = [
+            (
+                Problem::InvalidSpec {
+                    field: field().0,
+                    message: field().1,
+                },
+                reasons::INVALID_SPEC,
+            ),
+            (
+                Problem::PolicyDenied {
+                    field: field().0,
+                    message: field().1,
+                },
+                reasons::POLICY_DENIED,
+            ),
+            (
+                Problem::SecretNotFound {
+                    name: "s".into(),
+                    namespace: "n".into(),
+                    field: "f".into(),
+                },
+                reasons::SECRET_NOT_FOUND,
+            ),
+            (
+                Problem::SecretKeyMissing {
+                    name: "s".into(),
+                    key: "k".into(),
+                    field: "f".into(),
+                },
+                reasons::SECRET_NOT_FOUND,
+            ),
+            (
+                Problem::ConfigMapNotFound {
+                    name: "c".into(),
+                    key: "k".into(),
+                    namespace: "n".into(),
+                    field: "f".into(),
+                },
+                reasons::CONFIG_MAP_NOT_FOUND,
+            ),
+        ];
+        for (p, reason) in &problems {
+            assert_eq!(problem_reason(p), *reason);
+        }
+        let (v, b) = config_invalid(&[problems[1].0.clone(), problems[0].0.clone()]);
+        assert_eq!(
+            (v.reason.as_str(), b),
+            (reasons::POLICY_DENIED, Blocking::NeedsUser)
+        );
+        assert_eq!(v.message, "spec.f: m; spec.f: m");
+        for (o, reason) in [
+            (Outcome::KeyMismatch, reasons::KEY_MISMATCH),
+            (Outcome::Invalid("x".into()), reasons::INVALID_CERTIFICATE),
+            (
+                Outcome::ChainIncomplete {
+                    missing_issuer: "i".into(),
+                },
+                reasons::CHAIN_INCOMPLETE,
+            ),
+            (
+                Outcome::DomainNotCovered {
+                    domain: "d".into(),
+                    dns_names: vec![],
+                },
+                reasons::DOMAIN_NOT_COVERED,
+            ),
+        ] {
+            assert_eq!(certificate_reason(&o), reason);
+            let (v, b) = certificate_verdict(&o, "d", false);
+            assert_eq!((v.status, b), (Tri::False, Blocking::NeedsUser));
+            assert_eq!(certificate_verdict(&o, "d", true).1, Blocking::Waiting);
+        }
+    }
+
+    #[test]
+    fn probe_conditions_wait_for_the_workload_and_follow_the_toggles() {
+        let mut spec = ProbesSpec::default();
+        spec.echo_call.enabled = false;
+        let waiting = probe_verdicts(&spec, [None, None, None], true, &[], DEFAULT_FLAP_THRESHOLD);
+        let types: Vec<_> = waiting.iter().map(|(v, _)| v.type_).collect();
+        assert_eq!(types, [types::WSS_REACHABLE, types::SIP_REGISTERED]);
+        assert!(
+            waiting
+                .iter()
+                .all(|(v, _)| v.reason == reasons::AWAITING_PROBE && v.status == Tri::Unknown)
+        );
+        let ok = Probed {
+            ok: true,
+            reason: "Connected".into(),
+            message: "open".into(),
+            failures_in_a_row: 0,
+        };
+        let found = probe_verdicts(
+            &spec,
+            [Some(&ok), None, None],
+            false,
+            &[],
+            DEFAULT_FLAP_THRESHOLD,
+        );
+        assert_eq!(
+            (found[0].0.status, found[0].0.reason.as_str()),
+            (Tri::True, "Connected")
+        );
+        assert_eq!(found[1].0.reason, reasons::AWAITING_PROBE);
+        let (v, b) = connect_not_allowed("no".into());
+        assert_eq!(
+            (v.type_, v.status, b),
+            (types::WSS_REACHABLE, Tri::False, Blocking::NeedsUser)
+        );
+    }
 
     fn time(secs: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())

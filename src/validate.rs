@@ -71,20 +71,6 @@ pub enum Problem {
     },
 }
 
-impl Problem {
-    /// The ConfigRendered condition reason for this problem.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Problem::InvalidSpec { .. } => crate::status::reasons::INVALID_SPEC,
-            Problem::SecretNotFound { .. } | Problem::SecretKeyMissing { .. } => {
-                crate::status::reasons::SECRET_NOT_FOUND
-            }
-            Problem::ConfigMapNotFound { .. } => crate::status::reasons::CONFIG_MAP_NOT_FOUND,
-            Problem::PolicyDenied { .. } => crate::status::reasons::POLICY_DENIED,
-        }
-    }
-}
-
 /// The objects a PBX references, fetched by the caller (the dereference step).
 #[derive(Debug, Default, Clone)]
 pub struct Referenced {
@@ -243,7 +229,7 @@ pub fn fill_generated<R: rand::Rng>(
 pub fn tls_secret_name(name: &str, spec: &WebRtcPbxSpec) -> String {
     match (spec.tls.mode, &spec.tls.secret_name) {
         (TlsMode::Secret, Some(secret)) => secret.clone(),
-        _ => format!("{name}-tls"),
+        _ => crate::names::tls_secret_name(name),
     }
 }
 

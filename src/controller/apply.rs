@@ -13,8 +13,8 @@ use serde_json::Value;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 
+use crate::names::{self, FIELD_MANAGER};
 use crate::render::Object;
-use crate::render::objects::{FIELD_MANAGER, INSTANCE_LABEL};
 
 /// True when every field of `desired` is present in `live` with the same
 /// value: the server holds what we would apply, so applying writes nothing
@@ -245,11 +245,6 @@ pub fn orphans(found: Vec<Child>, desired: &[Object]) -> Vec<Child> {
         .collect()
 }
 
-/// The label selector of PBX `pbx`'s children.
-fn selector(pbx: &str) -> String {
-    format!("{INSTANCE_LABEL}={pbx},app.kubernetes.io/managed-by={FIELD_MANAGER}")
-}
-
 /// The API resource of a child kind, as [`Object::kind`] names it.
 fn resource(kind: &str) -> ApiResource {
     match kind {
@@ -270,7 +265,7 @@ async fn list_kind(
 ) -> Result<Vec<Child>, kube::Error> {
     let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource(kind));
     let items = api
-        .list(&ListParams::default().labels(&selector(pbx)))
+        .list(&ListParams::default().labels(&names::children_selector(pbx)))
         .await?;
     Ok(items
         .into_iter()
@@ -318,7 +313,7 @@ pub async fn list_children(
 pub async fn release(client: &Client, namespace: &str, child: &Child) -> Result<(), kube::Error> {
     let api =
         Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource(child.kind));
-    let labels: serde_json::Map<String, Value> = crate::render::objects::labels("")
+    let labels: serde_json::Map<String, Value> = names::labels("")
         .into_keys()
         .map(|k| (k, Value::Null))
         .collect();

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::Resource;
 use kube::core::ObjectMeta;
 
-use crate::render::objects::{self, INSTANCE_LABEL};
+use crate::names::{self, INSTANCE_LABEL};
 
 /// Annotation set (in memory only) on a cached copy whose content was dropped.
 pub const STRIPPED: &str = "webrtc-pbx-operator.internal/stripped";
@@ -63,9 +63,9 @@ fn named_child(meta: &ObjectMeta, names: impl Fn(&str) -> Vec<String>) -> bool {
 pub fn secret(s: &mut Secret) {
     let ours = named_child(&s.metadata, |p| {
         vec![
-            objects::secret_name(p),
-            format!("{p}-tls"),
-            objects::ca_secret_name(p),
+            names::secret_name(p),
+            names::tls_secret_name(p),
+            names::ca_secret_name(p),
         ]
     });
     if !ours {
@@ -77,7 +77,7 @@ pub fn secret(s: &mut Secret) {
 
 /// Keeps a ConfigMap whole only when it is a PBX's own, by name.
 pub fn config_map(c: &mut ConfigMap) {
-    if !named_child(&c.metadata, |p| vec![objects::config_map_name(p)]) {
+    if !named_child(&c.metadata, |p| vec![names::config_map_name(p)]) {
         identity_only(&mut c.metadata);
         c.data = None;
         c.binary_data = None;
@@ -87,7 +87,7 @@ pub fn config_map(c: &mut ConfigMap) {
 /// Keeps a Service whole only when it is a PBX's own, by name.
 pub fn service(s: &mut Service) {
     let ours = named_child(&s.metadata, |p| {
-        vec![objects::wss_service_name(p), objects::rtp_service_name(p)]
+        vec![names::wss_service_name(p), names::rtp_service_name(p)]
     });
     if !ours {
         identity_only(&mut s.metadata);
@@ -113,7 +113,7 @@ pub fn pod(p: &mut Pod) {
         owner(&p.metadata, "StatefulSet"),
         p.metadata.name.as_deref(),
     ) {
-        (Some(sts), Some(name)) => name == format!("{sts}-0"),
+        (Some(sts), Some(name)) => name == names::pod_name(&sts),
         _ => false,
     };
     if !ours {

@@ -8,7 +8,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{info, warn};
 
 use super::{Context, run};
-use crate::render::objects::FIELD_MANAGER;
+use crate::names::FIELD_MANAGER;
 
 /// The Lease and how this instance claims it.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
@@ -28,14 +28,13 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use crate::api::{
-    CertificateStatus, EndpointsStatus, ProbesSpec, TlsMode, WebRtcPbx, WebRtcPbxStatus,
-};
-use crate::certs::{self, CA_CRT, CA_KEY, Outcome, TLS_CRT, TLS_KEY};
+use crate::api::{CertificateStatus, EndpointsStatus, TlsMode, WebRtcPbx, WebRtcPbxStatus};
+use crate::certs::{self, CA_CRT, CA_KEY, TLS_CRT, TLS_KEY};
+use crate::names::{self, FIELD_MANAGER};
 use crate::ports;
-use crate::render::objects::{self as objects, FIELD_MANAGER};
+use crate::render::objects;
 use crate::render::{self, Object};
-use crate::status::{self, Blocking, Tri, Verdict, reasons, types};
+use crate::status::{self, Blocking, Tri, Verdict, types};
 use crate::telemetry::{FailureLabels, Metrics};
 use crate::validate::{self, Referenced, ValidatedPbx};
 
@@ -232,7 +231,7 @@ impl ChildStores {
                 .iter()
                 .filter(|o| {
                     o.meta().namespace.as_deref() == Some(ns)
-                        && o.labels().get(objects::INSTANCE_LABEL).map(String::as_str) == Some(pbx)
+                        && o.labels().get(names::INSTANCE_LABEL).map(String::as_str) == Some(pbx)
                         && apply::is_child(o.meta(), owner_uid)
                 })
                 .map(|o| apply::Child {
@@ -331,7 +330,7 @@ pub async fn run(
     // Pages of 100: a restart lists every child at once, and a page is held
     // as text and objects together while it is read.
     let owned = watcher::Config::default()
-        .labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"))
+        .labels(&names::managed_selector())
         .page_size(LIST_PAGE);
     // Only spec (generation), label and annotation changes of a PBX trigger
     // a reconcile: not status updates, most of them the operator's own.
@@ -571,6 +570,33 @@ fn unschedulable(pod: Option<&Pod>) -> Option<String> {
     (c.reason.as_deref() == Some("Unschedulable")).then(|| c.message.clone().unwrap_or_default())
 }
 
+/// The facts WorkloadReady is decided from: the StatefulSet's counts,
+/// another PBX holding the ports, the scheduler's message.
+fn workload_facts(
+    sts: Option<&StatefulSet>,
+    conflict: Option<&ports::Conflict>,
+    pod: Option<&Pod>,
+) -> status::WorkloadFacts {
+    let (ready, wanted, current) = sts
+        .map(|s| {
+            let st = s.status.as_ref();
+            let observed = st.and_then(|st| st.observed_generation) == s.metadata.generation;
+            (
+                st.and_then(|st| st.ready_replicas).unwrap_or(0),
+                s.spec.as_ref().and_then(|sp| sp.replicas).unwrap_or(1),
+                observed && st.and_then(|st| st.updated_replicas).unwrap_or(0) >= 1,
+            )
+        })
+        .unwrap_or((0, 1, false));
+    status::WorkloadFacts {
+        ready,
+        wanted,
+        current,
+        conflict: conflict.map(ports::Conflict::message),
+        unschedulable: unschedulable(pod),
+    }
+}
+
 /// True for an unschedulable pod of an outdated revision: the StatefulSet
 /// controller never replaces a pod that is not Running, so a spec fix (e.g.
 /// a new nodeSelector) would otherwise need a manual `kubectl delete pod`.
@@ -646,9 +672,9 @@ async fn dereference(
         None
     };
     let secret_names = [
-        objects::secret_name(&name),
+        names::secret_name(&name),
         validate::tls_secret_name(&name, spec),
-        objects::ca_secret_name(&name),
+        names::ca_secret_name(&name),
     ];
     // From the cache when it has them; a miss is confirmed by the apiserver.
     let own = |name: &String| {
@@ -679,12 +705,12 @@ async fn dereference(
             // A stripped copy is not the PBX's pod (cache::pod): none.
             Some(s) => s
                 .pods
-                .get(&ObjectRef::new(&format!("{name}-0")).within(ns))
+                .get(&ObjectRef::new(&names::pod_name(&name)).within(ns))
                 .filter(|p| !cache::is_stripped(&p.metadata))
                 .map(|p| (*p).clone()),
             None => {
                 Api::<Pod>::namespaced(client.clone(), ns)
-                    .get_opt(&format!("{name}-0"))
+                    .get_opt(&names::pod_name(&name))
                     .await?
             }
         },
@@ -754,34 +780,6 @@ struct CertStep {
     verdict: (Verdict, Blocking),
     facts: Option<certs::CertFacts>,
     recheck: Option<Duration>,
-}
-
-fn cert_verdict(outcome: &Outcome, domain: &str, renewing_is_ours: bool) -> (Verdict, Blocking) {
-    let blocking = if renewing_is_ours {
-        Blocking::Waiting
-    } else {
-        Blocking::NeedsUser
-    };
-    match outcome {
-        Outcome::Ready(_) => (
-            Verdict::new(
-                types::CERTIFICATE_READY,
-                Tri::True,
-                outcome.reason(),
-                outcome.message(domain),
-            ),
-            blocking,
-        ),
-        _ => (
-            Verdict::new(
-                types::CERTIFICATE_READY,
-                Tri::False,
-                outcome.reason(),
-                outcome.message(domain),
-            ),
-            blocking,
-        ),
-    }
 }
 
 fn certificate_step(
@@ -874,7 +872,7 @@ fn certificate_step(
             Ok(CertStep {
                 objects: objects::self_signed_secrets(v, &material).to_vec(),
                 ca_pem: Some(material.ca_crt.clone()),
-                verdict: cert_verdict(&outcome, &spec.domain, true),
+                verdict: status::certificate_verdict(&outcome, &spec.domain, true),
                 recheck: outcome.facts().map(recheck_for),
                 facts: outcome.facts().cloned(),
             })
@@ -888,15 +886,7 @@ fn certificate_step(
                 return Ok(CertStep {
                     objects: vec![],
                     ca_pem: None,
-                    verdict: (
-                        Verdict::new(
-                            types::CERTIFICATE_READY,
-                            Tri::False,
-                            reasons::SECRET_NOT_FOUND,
-                            message,
-                        ),
-                        Blocking::NeedsUser,
-                    ),
+                    verdict: status::tls_secret_missing(message),
                     facts: None,
                     recheck: None,
                 });
@@ -905,7 +895,7 @@ fn certificate_step(
             Ok(CertStep {
                 objects: vec![],
                 ca_pem: secret_text(Some(secret), CA_CRT),
-                verdict: cert_verdict(&outcome, &spec.domain, false),
+                verdict: status::certificate_verdict(&outcome, &spec.domain, false),
                 recheck: outcome.facts().map(recheck_for),
                 facts: outcome.facts().cloned(),
             })
@@ -926,7 +916,7 @@ fn certificate_step(
             let verdict = match (&ready, fetched.tls_secret.as_ref()) {
                 (Some((true, _)), Some(secret)) => {
                     let outcome = served(Some(secret));
-                    let v = cert_verdict(&outcome, &spec.domain, true);
+                    let v = status::certificate_verdict(&outcome, &spec.domain, true);
                     return Ok(CertStep {
                         objects: vec![],
                         ca_pem: secret_text(Some(secret), CA_CRT),
@@ -947,118 +937,12 @@ fn certificate_step(
             Ok(CertStep {
                 objects: vec![],
                 ca_pem: None,
-                verdict: (
-                    Verdict::new(
-                        types::CERTIFICATE_READY,
-                        Tri::False,
-                        reasons::ISSUER_NOT_READY,
-                        verdict,
-                    ),
-                    Blocking::Waiting,
-                ),
+                verdict: status::issuer_not_ready(verdict),
                 facts: None,
                 recheck: Some(Duration::from_secs(30)),
             })
         }
     }
-}
-
-fn workload_verdict(
-    sts: Option<&StatefulSet>,
-    conflict: Option<ports::Conflict>,
-    unschedulable: Option<String>,
-) -> (Verdict, Blocking) {
-    let (ready, wanted, current) = sts
-        .map(|s| {
-            let st = s.status.as_ref();
-            let observed = st.and_then(|st| st.observed_generation) == s.metadata.generation;
-            (
-                st.and_then(|st| st.ready_replicas).unwrap_or(0),
-                s.spec.as_ref().and_then(|sp| sp.replicas).unwrap_or(1),
-                observed && st.and_then(|st| st.updated_replicas).unwrap_or(0) >= 1,
-            )
-        })
-        .unwrap_or((0, 1, false));
-    let counts = format!("{ready}/{wanted} pods ready");
-    let verdict =
-        |status, reason, message| Verdict::new(types::WORKLOAD_READY, status, reason, message);
-    if ready >= wanted && current {
-        return (
-            verdict(Tri::True, reasons::PODS_READY, counts),
-            Blocking::Waiting,
-        );
-    }
-    // Only a pod the scheduler cannot place is blocked by another PBX.
-    match (conflict, unschedulable) {
-        (Some(c), Some(scheduler)) => (
-            verdict(
-                Tri::False,
-                reasons::PORT_CONFLICT,
-                format!("{counts}: {} (scheduler: {scheduler})", c.message()),
-            ),
-            Blocking::NeedsUser,
-        ),
-        (None, Some(scheduler)) => (
-            verdict(
-                Tri::False,
-                reasons::PODS_NOT_READY,
-                format!("{counts}: {scheduler}"),
-            ),
-            Blocking::Waiting,
-        ),
-        (_, None) => (
-            verdict(Tri::False, reasons::PODS_NOT_READY, counts),
-            Blocking::Waiting,
-        ),
-    }
-}
-
-/// The probe conditions `spec.probes` asks for, from what the schedule found.
-fn probe_verdicts(
-    spec: &ProbesSpec,
-    results: Option<&probes::Results>,
-    waiting_for_workload: bool,
-    previous: &[Condition],
-    threshold: u32,
-) -> Vec<(Verdict, Blocking)> {
-    let wanted = [
-        (
-            types::WSS_REACHABLE,
-            true,
-            results.and_then(|r| r.wss.as_ref()),
-        ),
-        (
-            types::SIP_REGISTERED,
-            spec.register.enabled,
-            results.and_then(|r| r.register.as_ref()),
-        ),
-        (
-            types::ECHO_CALL_HEALTHY,
-            spec.echo_call.enabled,
-            results.and_then(|r| r.echo.as_ref()),
-        ),
-    ];
-    wanted
-        .into_iter()
-        .filter(|(_, enabled, _)| *enabled)
-        .map(|(type_, _, probed)| match probed {
-            None if waiting_for_workload => (
-                Verdict::new(
-                    type_,
-                    Tri::Unknown,
-                    reasons::AWAITING_PROBE,
-                    "probes start when WorkloadReady is True",
-                ),
-                Blocking::Waiting,
-            ),
-            _ => status::probe_verdict(
-                type_,
-                probed,
-                previous.iter().find(|c| c.type_ == type_),
-                threshold,
-            ),
-        })
-        .collect()
 }
 
 /// Why the probe may not dial the PBX's `probes.connectAddress`, if it may
@@ -1073,7 +957,7 @@ fn connect_check(
     if !v.spec.probes.enabled || connect.is_empty() {
         return None;
     }
-    let service = format!("{}.{}.svc", objects::wss_service_name(&v.name), v.namespace);
+    let service = format!("{}.{}.svc", names::wss_service_name(&v.name), v.namespace);
     let own_hosts = [service.clone(), format!("{service}.cluster.local")];
     let own_ips: Vec<std::net::IpAddr> = pod
         .and_then(|p| p.status.as_ref())
@@ -1149,34 +1033,13 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
     match checked {
         Err(problems) => {
             // Keep what runs; tell the user what to change; wait for a change.
-            let message = problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            components.push((
-                Verdict::new(
-                    types::CONFIG_RENDERED,
-                    Tri::False,
-                    problems[0].reason(),
-                    message,
-                ),
-                Blocking::NeedsUser,
-            ));
-            components.push((
-                Verdict::new(
-                    types::CERTIFICATE_READY,
-                    Tri::Unknown,
-                    reasons::CERTIFICATE_PENDING,
-                    "waiting for a valid spec",
-                ),
-                Blocking::Waiting,
-            ));
-            components.push(workload_verdict(
+            components.push(status::config_invalid(&problems));
+            components.push(status::certificate_pending());
+            components.push(status::workload_verdict(&workload_facts(
                 fetched.stateful_set.as_ref(),
-                conflict.clone(),
-                unschedulable(fetched.pod.as_ref()),
-            ));
+                conflict.as_ref(),
+                fetched.pod.as_ref(),
+            )));
         }
         Ok(validated) => 'applied: {
             let rendered = render::render(&validated);
@@ -1187,7 +1050,7 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
             let mut written = Vec::new();
             // Writes that cannot succeed until someone acts: reported in
             // status (and Events), never only logged.
-            let mut refused: Vec<(&Object, &'static str, String)> = Vec::new();
+            let mut refused: Vec<status::Refusal> = Vec::new();
             // Two stages: what the pod mounts (sent together), then the
             // StatefulSet.
             let (mounted, workload): (Vec<&Object>, Vec<&Object>) = desired
@@ -1203,26 +1066,21 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
                     match result {
                         Ok(apply::Applied::Written) => written.push(object.describe()),
                         Ok(apply::Applied::Unchanged) => {}
-                        Ok(apply::Applied::NotOwned) => refused.push((
-                            object,
-                            reasons::OWNERSHIP_CONFLICT,
-                            format!(
-                                "{} exists and was not created for this WebRtcPbx: the operator does not take over objects it does not own; delete or rename it",
-                                object.describe()
-                            ),
-                        )),
-                        Err(kube::Error::Api(s)) if apply::is_rejection(&kube::Error::Api(s.clone())) => {
-                            refused.push((
-                                object,
-                                reasons::APPLY_REJECTED,
-                                format!(
-                                    "the apiserver refused {} ({} {}): {}",
-                                    object.describe(),
-                                    s.code,
-                                    s.reason,
-                                    s.message
-                                ),
-                            ))
+                        Ok(apply::Applied::NotOwned) => refused.push(status::Refusal {
+                            workload: matches!(object, Object::StatefulSet(_)),
+                            not_ours: true,
+                            object: object.describe(),
+                            message: String::new(),
+                        }),
+                        Err(kube::Error::Api(s))
+                            if apply::is_rejection(&kube::Error::Api(s.clone())) =>
+                        {
+                            refused.push(status::Refusal {
+                                workload: matches!(object, Object::StatefulSet(_)),
+                                not_ours: false,
+                                object: object.describe(),
+                                message: format!("({} {}): {}", s.code, s.reason, s.message),
+                            })
                         }
                         // Our Secret changed since the cache saw it (usually our
                         // own write on its way): look again once it has.
@@ -1243,41 +1101,15 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
                 }
             }
             if !refused.is_empty() {
-                let message = refused
-                    .iter()
-                    .map(|(_, _, m)| m.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                let (config, workload): (Vec<_>, Vec<_>) = refused
-                    .iter()
-                    .partition(|(o, _, _)| !matches!(o, Object::StatefulSet(_)));
-                components.push(match config.first() {
-                    Some((_, reason, _)) => (
-                        Verdict::new(types::CONFIG_RENDERED, Tri::False, reason, message.clone()),
-                        Blocking::NeedsUser,
-                    ),
-                    None => (
-                        Verdict::new(
-                            types::CONFIG_RENDERED,
-                            Tri::True,
-                            reasons::RENDERED,
-                            format!("{} objects rendered", desired.len()),
-                        ),
-                        Blocking::Waiting,
-                    ),
-                });
-                components.push(cert.verdict);
-                components.push(match workload.first() {
-                    Some((_, reason, m)) => (
-                        Verdict::new(types::WORKLOAD_READY, Tri::False, reason, m.clone()),
-                        Blocking::NeedsUser,
-                    ),
-                    None => workload_verdict(
-                        fetched.stateful_set.as_ref(),
-                        conflict.clone(),
-                        unschedulable(fetched.pod.as_ref()),
-                    ),
-                });
+                let workload = status::workload_verdict(&workload_facts(
+                    fetched.stateful_set.as_ref(),
+                    conflict.as_ref(),
+                    fetched.pod.as_ref(),
+                ));
+                let [config, workload] =
+                    status::refusal_verdicts(&refused, desired.len(), workload);
+                let message = config.0.message.clone();
+                components.extend([config, cert.verdict, workload]);
                 warn!(pbx = %name, namespace = %ns, %message, "children refused");
                 rejection = Some(message);
                 break 'applied;
@@ -1317,27 +1149,19 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
                 // Not running, so nothing is lost; the StatefulSet recreates it.
                 info!(pbx = %name, "replacing the unschedulable pod of an outdated revision");
                 Api::<Pod>::namespaced(client.clone(), &ns)
-                    .delete(&format!("{name}-0"), &Default::default())
+                    .delete(&names::pod_name(&name), &Default::default())
                     .await?;
             }
             if !written.is_empty() || pruned > 0 {
                 info!(pbx = %name, namespace = %ns, written = ?written, pruned, "applied");
             }
-            components.push((
-                Verdict::new(
-                    types::CONFIG_RENDERED,
-                    Tri::True,
-                    reasons::RENDERED,
-                    format!("{} objects rendered", desired.len()),
-                ),
-                Blocking::Waiting,
-            ));
+            components.push(status::config_rendered(desired.len()));
             components.push(cert.verdict);
-            let workload = workload_verdict(
+            let workload = status::workload_verdict(&workload_facts(
                 fetched.stateful_set.as_ref(),
-                conflict.clone(),
-                unschedulable(fetched.pod.as_ref()),
-            );
+                conflict.as_ref(),
+                fetched.pod.as_ref(),
+            ));
             // Probing starts when the pod is ready; a new plan probes at
             // once. A PBX already probed stays probed while its pod is not
             // ready (a crashed container): the probes then name what a
@@ -1368,19 +1192,16 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
     let previous = pbx.status.clone().unwrap_or_default();
     if let Some(why) = connect_denied {
         // Not dialled at all: the probe conditions say why.
-        components.push((
-            Verdict::new(
-                types::WSS_REACHABLE,
-                Tri::False,
-                reasons::CONNECT_ADDRESS_NOT_ALLOWED,
-                why,
-            ),
-            Blocking::NeedsUser,
-        ));
+        components.push(status::connect_not_allowed(why));
     } else if pbx.spec.probes.enabled {
-        components.extend(probe_verdicts(
+        let r = probe_results.as_ref();
+        components.extend(status::probe_verdicts(
             &pbx.spec.probes,
-            probe_results.as_ref(),
+            [
+                r.and_then(|r| r.wss.as_ref()),
+                r.and_then(|r| r.register.as_ref()),
+                r.and_then(|r| r.echo.as_ref()),
+            ],
             waiting_for_workload,
             &previous.conditions,
             ctx.flap_threshold,

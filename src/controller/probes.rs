@@ -19,8 +19,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
 use crate::api::WebRtcPbx;
+use crate::names;
 use crate::probe::{self, echo, register, transport};
-use crate::render::objects;
 use crate::status::Probed;
 use crate::telemetry::Metrics;
 use crate::validate::{PROBE_USERNAME, ValidatedPbx};
@@ -61,7 +61,7 @@ pub fn plan(pbx: &ValidatedPbx, ca_pem: Option<String>) -> Option<Plan> {
     let connect_to = if probes.connect_address.is_empty() {
         format!(
             "{}.{}.svc:{}",
-            objects::wss_service_name(&pbx.name),
+            names::wss_service_name(&pbx.name),
             pbx.namespace,
             pbx.spec.wss.port
         )

@@ -24,22 +24,11 @@ use sha2::{Digest, Sha256};
 
 use super::asterisk::{AsteriskConfig, ETC_DIR, KEYS_DIR, RESTART_FILES, RUNTIME_DIR, SECRETS_DIR};
 use crate::api::{NetworkMode, ServiceType, TlsMode, TrafficPolicy};
+use crate::names::*;
 use crate::validate::{Generated, ValidatedPbx};
 
-/// The field manager of every write the operator makes.
-pub const FIELD_MANAGER: &str = "webrtc-pbx-operator";
-/// `app.kubernetes.io/name` of every child.
-pub const APP_NAME: &str = "webrtc-pbx";
-/// Label with the owning PBX's name (children are found and pruned by it).
-pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
-/// Pod-template annotation: hash of the files that need a restart.
-pub const CONFIG_HASH_ANNOTATION: &str = "pbx.webrtc.io/restart-config-hash";
 /// UID and GID Asterisk runs as in the image (see deploy/images/asterisk).
 pub const ASTERISK_UID: i64 = 1000;
-/// Key of the probe password in the operator's Secret.
-pub const PROBE_PASSWORD_KEY: &str = "probe-password";
-/// Prefix of generated user passwords' keys in the operator's Secret.
-pub const USER_PASSWORD_KEY_PREFIX: &str = "password-";
 
 /// One desired child object.
 // A few of these exist per PBX: their size does not matter, boxing would.
@@ -104,44 +93,6 @@ impl Object {
     }
 }
 
-/// Name of the operator's Secret of a PBX (credentials, pjsip auth).
-pub fn secret_name(pbx: &str) -> String {
-    format!("{pbx}-asterisk")
-}
-
-/// Name of the ConfigMap of a PBX.
-pub fn config_map_name(pbx: &str) -> String {
-    format!("{pbx}-asterisk")
-}
-
-/// Name of the WSS Service of a PBX.
-pub fn wss_service_name(pbx: &str) -> String {
-    format!("{pbx}-wss")
-}
-
-/// Name of the RTP Service of a PBX (Service mode).
-pub fn rtp_service_name(pbx: &str) -> String {
-    format!("{pbx}-rtp")
-}
-
-/// Labels every child of a PBX carries.
-pub fn labels(pbx: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".into(), APP_NAME.into()),
-        (INSTANCE_LABEL.into(), pbx.into()),
-        ("app.kubernetes.io/component".into(), "pbx".into()),
-        ("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into()),
-    ])
-}
-
-/// Labels selecting a PBX's pods (a subset of [`labels`], immutable).
-fn selector_labels(pbx: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".into(), APP_NAME.into()),
-        (INSTANCE_LABEL.into(), pbx.into()),
-    ])
-}
-
 fn metadata(pbx: &ValidatedPbx, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
@@ -203,32 +154,6 @@ fn secret(pbx: &ValidatedPbx, config: &AsteriskConfig) -> Secret {
         data: Some(data),
         ..Secret::default()
     }
-}
-
-/// The Secret key of an extension's generated password. Secret keys allow
-/// only `[-._a-zA-Z0-9]`, extensions also `+ * #` (E.164 numbers, feature
-/// codes): those become the words `plus`, `star`, `hash`, which no
-/// extension contains, so the key decodes back. An all-digit extension
-/// keeps the key earlier versions wrote.
-pub fn password_key(extension: &str) -> String {
-    let mut key = String::from(USER_PASSWORD_KEY_PREFIX);
-    for c in extension.chars() {
-        match c {
-            '+' => key.push_str("plus"),
-            '*' => key.push_str("star"),
-            '#' => key.push_str("hash"),
-            c => key.push(c),
-        }
-    }
-    key
-}
-
-/// The extension a [`password_key`] (without its prefix) was made from.
-fn extension_of_key(encoded: &str) -> String {
-    encoded
-        .replace("plus", "+")
-        .replace("star", "*")
-        .replace("hash", "#")
 }
 
 /// Reads back the generated passwords from the operator's Secret.
@@ -691,11 +616,6 @@ fn stateful_set(pbx: &ValidatedPbx, config: &AsteriskConfig) -> StatefulSet {
     }
 }
 
-/// Name of the operator CA's Secret (SelfSigned mode; never mounted).
-pub fn ca_secret_name(pbx: &str) -> String {
-    format!("{pbx}-ca")
-}
-
 fn secret_of(pbx: &ValidatedPbx, name: String, type_: &str, data: &[(&str, &str)]) -> Secret {
     Secret {
         metadata: metadata(pbx, name),
@@ -731,25 +651,4 @@ pub fn self_signed_secrets(pbx: &ValidatedPbx, tls: &crate::certs::TlsMaterial) 
             ],
         )),
     ]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_extension_has_a_valid_secret_key_that_reads_back() {
-        for ext in ["1001", "+4930123456", "*99", "#12", "*+#0"] {
-            let key = password_key(ext);
-            assert!(
-                key.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')),
-                "{key}"
-            );
-            let encoded = key.strip_prefix(USER_PASSWORD_KEY_PREFIX).unwrap();
-            assert_eq!(extension_of_key(encoded), ext);
-        }
-        // The keys earlier versions wrote for all-digit extensions stay.
-        assert_eq!(password_key("1001"), "password-1001");
-    }
 }
