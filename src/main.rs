@@ -200,7 +200,7 @@ fn run_controller(args: RunArgs) -> ExitCode {
     };
     runtime.block_on(async {
         let metrics = std::sync::Arc::new(telemetry::Metrics::default());
-        let client = match telemetry::counted_client(metrics.clone()).await {
+        let client = match controller::client::counted_client(metrics.clone()).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build a Kubernetes client (kubeconfig or in-cluster)");

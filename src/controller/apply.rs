@@ -13,8 +13,13 @@ use serde_json::Value;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 
+use super::dereference::Fetched;
+use super::{ChildStores, Context, ListMark};
+use crate::api::WebRtcPbx;
 use crate::names::{self, FIELD_MANAGER};
 use crate::render::Object;
+use crate::status::Refusal;
+use crate::validate;
 
 /// True when every field of `desired` is present in `live` with the same
 /// value: the server holds what we would apply, so applying writes nothing
@@ -200,6 +205,114 @@ pub async fn apply(
             apply_typed(api, o, known).await
         }
     }
+}
+
+/// What applying the desired objects did.
+pub(super) enum Stages {
+    /// Every object applied or refused: what was written, what refused.
+    Done {
+        /// `Kind/name` of each object sent.
+        written: Vec<String>,
+        /// The objects not written, and why.
+        refused: Vec<Refusal>,
+    },
+    /// Our Secret changed since the cache saw it: this object's write
+    /// conflicted; look again once the cache has caught up.
+    CacheBehind(String),
+}
+
+/// Applies `desired` in two stages: what the pod mounts (sent together),
+/// then the StatefulSet, which is not sent when something it mounts was
+/// refused. Refusals (by the apiserver, or of objects that are not ours)
+/// are returned for status, never only logged.
+pub(super) async fn apply_stages(
+    client: &Client,
+    ns: &str,
+    desired: &[Object],
+    fetched: &Fetched,
+) -> Result<Stages, kube::Error> {
+    let mut written = Vec::new();
+    let mut refused = Vec::new();
+    let (mounted, workload): (Vec<&Object>, Vec<&Object>) = desired
+        .iter()
+        .partition(|o| !matches!(o, Object::StatefulSet(_)));
+    for stage in [mounted, workload] {
+        let sent = stage.into_iter().map(|object| async move {
+            (
+                object,
+                apply(client, ns, object, fetched.known(object)).await,
+            )
+        });
+        for (object, result) in futures::future::join_all(sent).await {
+            let refusal = |not_ours, message| Refusal {
+                workload: matches!(object, Object::StatefulSet(_)),
+                not_ours,
+                object: object.describe(),
+                message,
+            };
+            match result {
+                Ok(Applied::Written) => written.push(object.describe()),
+                Ok(Applied::Unchanged) => {}
+                Ok(Applied::NotOwned) => refused.push(refusal(true, String::new())),
+                Err(kube::Error::Api(s)) if is_rejection(&kube::Error::Api(s.clone())) => refused
+                    .push(refusal(
+                        false,
+                        format!("({} {}): {}", s.code, s.reason, s.message),
+                    )),
+                Err(e) if is_conflict(&e) => return Ok(Stages::CacheBehind(object.describe())),
+                // No cert-manager: reported through CertificateReady.
+                Err(e) if matches!(object, Object::Certificate(_)) && is_missing_type(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !refused.is_empty() {
+            break;
+        }
+    }
+    Ok(Stages::Done { written, refused })
+}
+
+/// Deletes PBX `pbx`'s children that `desired` no longer holds, found in
+/// the caches every time (a child the cache learns of late triggers a
+/// reconcile of its own) or by a LIST without caches. Certificates are not
+/// watched: listed once per PBX generation. A Secret the spec names as the
+/// user's is released, never deleted. Returns how many were deleted.
+pub(super) async fn prune(
+    ctx: &Context,
+    pbx: &WebRtcPbx,
+    ns: &str,
+    desired: &[Object],
+    stores: Option<&ChildStores>,
+) -> Result<usize, kube::Error> {
+    let client = &ctx.client;
+    let name = pbx.name_any();
+    let uid = pbx.metadata.uid.clone().unwrap_or_default();
+    let mut found = match stores {
+        Some(s) => s.children_of(ns, &name, &uid),
+        None => list_children(client, ns, &name, &uid).await?,
+    };
+    let key = kube::runtime::reflector::ObjectRef::from_obj(pbx);
+    let mark: ListMark = (pbx.metadata.uid.clone(), pbx.metadata.generation);
+    let listed = ctx.listed_at(&key) == Some(mark.clone());
+    if !listed {
+        found.extend(list_certificates(client, ns, &name, &uid).await?);
+    }
+    let mut pruned = 0;
+    let users_secrets = validate::referenced_secrets(&name, &pbx.spec);
+    for orphan in orphans(found, desired) {
+        if orphan.kind == "Secret" && users_secrets.contains(&orphan.name) {
+            tracing::info!(pbx = %name, secret = %orphan.name, "released (the spec names it as the user's own)");
+            release(client, ns, &orphan).await?;
+            continue;
+        }
+        if delete(client, ns, &orphan).await? {
+            pruned += 1;
+        }
+    }
+    if !listed {
+        ctx.set_listed(key, mark);
+    }
+    Ok(pruned)
 }
 
 /// True when the apiserver refused a write because the object changed since

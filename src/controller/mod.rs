@@ -1,42 +1,48 @@
 //! The controller (the imperative shell): watches WebRtcPbx and its children
-//! and runs the driver steps dereference -> validate -> render -> apply ->
-//! status for each PBX, and folds in what the probe scheduler ([`probes`])
-//! found. Everything it decides comes from the pure modules; this module
-//! only fetches, writes, requeues and reports.
+//! ([`watches`]) and runs the driver steps for each PBX: [`dereference`] ->
+//! validate and policy (pure) -> render (pure) -> [`certificate`] ->
+//! [`apply`] -> [`update_status`], folding in what the probe scheduler
+//! ([`probes`]) found. Everything it decides comes from the pure modules;
+//! these files only fetch, write, requeue and report. This file holds the
+//! shared Context, the error type and the reconcile that calls the steps.
 
 pub mod apply;
 pub mod cache;
+mod certificate;
+pub mod client;
+mod dereference;
 pub mod leader;
 pub mod probes;
+mod update_status;
+mod watches;
+
+pub use watches::{ChildStores, run};
+
+use certificate::certificate_step;
+use dereference::{dereference, stale_pending_pod, workload_facts};
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::utils::{Backoff, ResetTimerBackoff};
-use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
-use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Client, ResourceExt};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use crate::api::{CertificateStatus, EndpointsStatus, TlsMode, WebRtcPbx, WebRtcPbxStatus};
-use crate::certs::{self, CA_CRT, CA_KEY, TLS_CRT, TLS_KEY};
+use crate::api::{CertificateStatus, EndpointsStatus, WebRtcPbx, WebRtcPbxStatus};
+use crate::certs;
 use crate::names::{self, FIELD_MANAGER};
 use crate::ports;
+use crate::render;
 use crate::render::objects;
-use crate::render::{self, Object};
-use crate::status::{self, Blocking, Tri, Verdict, types};
-use crate::telemetry::{FailureLabels, Metrics};
-use crate::validate::{self, Referenced, ValidatedPbx};
+use crate::status::{self, Tri, types};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::FailureLabels;
+use crate::validate::{self, ValidatedPbx};
 
 /// Where the controller reads the time (injectable for tests).
 pub trait Clock: Send + Sync + 'static {
@@ -53,18 +59,28 @@ impl Clock for SystemClock {
     }
 }
 
-/// Reconcile failures, each with a stable category for logs and metrics.
+/// Reconcile failures, one variant per driver step, so logs and metrics
+/// (`webrtc_pbx_reconcile_failures_total{category}`) say which step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The apiserver refused or failed a request.
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    /// A certificate could not be issued.
-    #[error("certificate: {0}")]
-    Cert(#[from] certs::CertError),
     /// The object has no namespace (WebRtcPbx is namespaced).
     #[error("WebRtcPbx has no namespace")]
     NoNamespace,
+    /// Reading the PBX's Secrets, ConfigMap, pod or StatefulSet failed.
+    #[error("dereference: {0}")]
+    Dereference(#[source] kube::Error),
+    /// A certificate could not be issued.
+    #[error("certificate: {0}")]
+    Certificate(#[from] certs::CertError),
+    /// Writing a child failed (transiently: a refusal is [`Error::Rejected`]).
+    #[error("apply: {0}")]
+    Apply(#[source] kube::Error),
+    /// Finding or deleting orphaned children failed.
+    #[error("prune: {0}")]
+    Prune(#[source] kube::Error),
+    /// The status patch failed.
+    #[error("update status: {0}")]
+    UpdateStatus(#[source] kube::Error),
     /// A child was refused (by the apiserver, or as not ours); the status
     /// says so, and the reconcile backs off.
     #[error("{0}")]
@@ -72,13 +88,15 @@ pub enum Error {
 }
 
 impl Error {
-    /// A stable category.
+    /// A stable category: the step that failed.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::Kube(kube::Error::Api(_)) => "api",
-            Error::Kube(_) => "transport",
-            Error::Cert(_) => "certificate",
             Error::NoNamespace => "invalid_object",
+            Error::Dereference(_) => "dereference",
+            Error::Certificate(_) => "certificate",
+            Error::Apply(_) => "apply",
+            Error::Prune(_) => "prune",
+            Error::UpdateStatus(_) => "update_status",
             Error::Rejected(_) => "rejected",
         }
     }
@@ -158,109 +176,6 @@ impl Context {
     }
 }
 
-/// The children, read from watch caches instead of GETs. A cache can lag:
-/// an operator Secret missing from it is looked up with a GET before
-/// anything is generated, and a Secret written from what the cache held
-/// carries that resourceVersion, so a stale copy gets a conflict instead of
-/// replacing passwords or certificates ([`apply::apply`]).
-#[derive(Clone)]
-pub struct ChildStores {
-    secrets: Store<Secret>,
-    config_maps: Store<ConfigMap>,
-    services: Store<Service>,
-    stateful_sets: Store<StatefulSet>,
-    pods: Store<Pod>,
-    /// True once every cache above holds its initial list.
-    ready: tokio::sync::watch::Receiver<bool>,
-}
-
-impl ChildStores {
-    /// Waits until every cache holds its initial list: before that, a
-    /// missing child would look deleted (and be applied again), e.g. for
-    /// every PBX right after a restart. False when a watch ended for good.
-    async fn ready(&self) -> bool {
-        self.ready.clone().wait_for(|r| *r).await.is_ok()
-    }
-
-    /// The caches, with their readiness published to [`ChildStores::ready`].
-    /// One task waits on the stores: a store's own readiness future wakes
-    /// only the task that polled it last, so concurrent reconciles waiting
-    /// on it directly would hang (seen in the restart test).
-    fn new(
-        secrets: Store<Secret>,
-        config_maps: Store<ConfigMap>,
-        services: Store<Service>,
-        stateful_sets: Store<StatefulSet>,
-        pods: Store<Pod>,
-    ) -> Self {
-        let (tx, ready) = tokio::sync::watch::channel(false);
-        let stores = Self {
-            secrets,
-            config_maps,
-            services,
-            stateful_sets,
-            pods,
-            ready,
-        };
-        let waiting = stores.clone();
-        tokio::spawn(async move {
-            let ready = futures::try_join!(
-                waiting.secrets.wait_until_ready(),
-                waiting.config_maps.wait_until_ready(),
-                waiting.services.wait_until_ready(),
-                waiting.stateful_sets.wait_until_ready(),
-                waiting.pods.wait_until_ready(),
-            )
-            .is_ok();
-            let _ = tx.send(ready);
-        });
-        stores
-    }
-
-    /// PBX `pbx`'s children in the caches (no request).
-    fn children_of(&self, ns: &str, pbx: &str, owner_uid: &str) -> Vec<apply::Child> {
-        fn of<K: Resource<DynamicType = ()> + Clone + 'static>(
-            store: &Store<K>,
-            kind: &'static str,
-            ns: &str,
-            pbx: &str,
-            owner_uid: &str,
-        ) -> Vec<apply::Child> {
-            store
-                .state()
-                .iter()
-                .filter(|o| {
-                    o.meta().namespace.as_deref() == Some(ns)
-                        && o.labels().get(names::INSTANCE_LABEL).map(String::as_str) == Some(pbx)
-                        && apply::is_child(o.meta(), owner_uid)
-                })
-                .map(|o| apply::Child {
-                    kind,
-                    name: o.name_any(),
-                })
-                .collect()
-        }
-        let mut found = of(&self.secrets, "Secret", ns, pbx, owner_uid);
-        found.extend(of(&self.config_maps, "ConfigMap", ns, pbx, owner_uid));
-        found.extend(of(&self.services, "Service", ns, pbx, owner_uid));
-        found.extend(of(&self.stateful_sets, "StatefulSet", ns, pbx, owner_uid));
-        found
-    }
-
-    /// What the cache knows of `name`: absent, or its JSON; unknown (`None`)
-    /// when the cached copy was stripped of its content.
-    fn json<K>(store: &Store<K>, ns: &str, name: &str) -> apply::Known
-    where
-        K: Resource<DynamicType = ()> + Clone + serde::Serialize + 'static,
-    {
-        match store.get(&ObjectRef::new(name).within(ns)) {
-            None => Some(None),
-            Some(o) if cache::is_stripped(o.meta()) => None,
-            Some(o) => Some(serde_json::to_value(&*o).ok()),
-        }
-    }
-}
-
 impl Context {
     fn listed_at(&self, key: &ObjectRef<WebRtcPbx>) -> Option<ListMark> {
         self.listed.lock().ok()?.get(key).cloned()
@@ -306,237 +221,6 @@ impl Context {
     }
 }
 
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
-/// Runs the controller until `shutdown` resolves, for every namespace or
-/// only `namespace`.
-pub async fn run(
-    ctx: Arc<Context>,
-    namespace: Option<String>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let client = ctx.client.clone();
-    let ns = namespace.as_deref();
-    // Children are watched by our label only: the cluster's other Secrets
-    // and ConfigMaps stay out of the operator's memory.
-    // Pages of 100: a restart lists every child at once, and a page is held
-    // as text and objects together while it is read.
-    let owned = watcher::Config::default()
-        .labels(&names::managed_selector())
-        .page_size(LIST_PAGE);
-    // Only spec (generation), label and annotation changes of a PBX trigger
-    // a reconcile: not status updates, most of them the operator's own.
-    let (pbx_store, pbx_writer) = reflector::store::<WebRtcPbx>();
-    let forgetting = ctx.clone();
-    let pbx_changes = watcher(
-        scoped::<WebRtcPbx>(&client, ns),
-        watcher::Config::default().page_size(LIST_PAGE),
-    )
-    .modify(cache::slim)
-    .inspect_ok(move |event| {
-        if let watcher::Event::Delete(pbx) = event {
-            forgetting.forget(pbx);
-        }
-    })
-    .reflect(pbx_writer)
-    .applied_objects()
-    .predicate_filter(
-        predicates::generation
-            .combine(predicates::labels)
-            .combine(predicates::annotations),
-        Default::default(),
-    );
-    // Bounded: 500 PBXs created at once must not mean 500 reconciles
-    // holding their objects at the same time.
-    let controller = Controller::for_stream(pbx_changes, pbx_store).with_config(
-        kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
-    );
-    let (secrets, secrets_writer) = reflector::store::<Secret>();
-    let (config_maps, config_maps_writer) = reflector::store::<ConfigMap>();
-    let (services, services_writer) = reflector::store::<Service>();
-    let (stateful_sets, stateful_sets_writer) = reflector::store::<StatefulSet>();
-    let (pods, pods_writer) = reflector::store::<Pod>();
-    if let Ok(mut children) = ctx.children.write() {
-        *children = Some(ChildStores::new(
-            secrets,
-            config_maps,
-            services,
-            stateful_sets,
-            pods,
-        ));
-    }
-    if let Ok(mut pbxes) = ctx.pbxes.write() {
-        *pbxes = Some(controller.store());
-    }
-    // A user's Secret or ConfigMap changed: re-render the PBXs that use it.
-    let store = controller.store();
-    let secret_users = move |secret: PartialObjectMeta<Secret>| {
-        let name = secret.name_any();
-        pbxes_using(&store, secret.namespace(), |p| {
-            validate::referenced_secrets(&p.name_any(), &p.spec).contains(&name)
-        })
-    };
-    let store = controller.store();
-    let config_map_users = move |cm: PartialObjectMeta<ConfigMap>| {
-        let name = cm.name_any();
-        pbxes_using(&store, cm.namespace(), |p| {
-            p.spec
-                .dialplan
-                .extra_config_map_ref
-                .as_ref()
-                .is_some_and(|r| r.name == name)
-        })
-    };
-    // A finished probe run: reconcile that PBX, which writes the result.
-    let finished = futures::stream::unfold(ctx.prober.subscribe(), |mut rx| async move {
-        rx.recv().await.map(|key| (key, rx))
-    });
-    let prober = ctx.prober.clone();
-    controller
-        .trigger_backoff(ResetTimerBackoff::new(
-            WatchBackoff::default(),
-            Duration::from_secs(10),
-        ))
-        .reconcile_on(finished)
-        // The children: cached whole (only the operator's, by label), and
-        // read from the caches instead of GETs. Users' Secrets and
-        // ConfigMaps below: metadata only, so no other Secret's data is held.
-        .owns_stream(
-            watcher(scoped::<Secret>(&client, ns), owned.clone())
-                .modify(|s| {
-                    cache::slim(s);
-                    cache::secret(s);
-                })
-                .reflect(secrets_writer)
-                .touched_objects(),
-        )
-        .owns_stream(
-            watcher(scoped::<ConfigMap>(&client, ns), owned.clone())
-                .modify(|c| {
-                    cache::slim(c);
-                    cache::config_map(c);
-                })
-                .reflect(config_maps_writer)
-                .touched_objects(),
-        )
-        .owns_stream(
-            watcher(scoped::<Service>(&client, ns), owned.clone())
-                .modify(|s| {
-                    cache::slim(s);
-                    cache::service(s);
-                })
-                .reflect(services_writer)
-                .touched_objects(),
-        )
-        .owns_stream(
-            watcher(scoped::<StatefulSet>(&client, ns), owned.clone())
-                .modify(|s| {
-                    cache::slim(s);
-                    cache::stateful_set(s);
-                })
-                .reflect(stateful_sets_writer)
-                .touched_objects(),
-        )
-        // Pods are owned by the StatefulSet, so they trigger nothing; the
-        // watch keeps the cache the scheduler verdicts are read from.
-        .owns_stream(
-            watcher(scoped::<Pod>(&client, ns), owned)
-                .modify(|pod: &mut Pod| {
-                    cache::slim(pod);
-                    // Only labels and status are read (scheduling verdicts).
-                    cache::pod(pod);
-                })
-                .reflect(pods_writer)
-                .touched_objects(),
-        )
-        .watches_stream(
-            watcher(
-                scoped::<PartialObjectMeta<Secret>>(&client, ns),
-                watcher::Config::default().page_size(LIST_PAGE),
-            )
-            .touched_objects(),
-            secret_users,
-        )
-        .watches_stream(
-            watcher(
-                scoped::<PartialObjectMeta<ConfigMap>>(&client, ns),
-                watcher::Config::default().page_size(LIST_PAGE),
-            )
-            .touched_objects(),
-            config_map_users,
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(pbx = %obj, "reconciled"),
-                // A reconcile queued for a PBX deleted meanwhile: nothing failed.
-                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
-                    tracing::debug!(pbx = %obj, "gone before its reconcile")
-                }
-                Err(e) => warn!(error = %e, "reconcile failed"),
-            }
-        })
-        .await;
-    // Leadership lost or shutting down: the next leader probes.
-    prober.stop_all();
-}
-
-/// Backoff of the watch streams, which all share one: 200 ms doubling to
-/// 2 s. After an apiserver restart every watch fails once (410 Gone), one
-/// after another; kube's default (up to 30 s, reset only after 2 minutes
-/// without errors) added those up to minutes without any event, measured
-/// in tests/restarts.rs. A persistent error (such as RBAC) still cannot spin.
-struct WatchBackoff {
-    next: Duration,
-}
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        Self {
-            next: Duration::from_millis(200),
-        }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let now = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(2));
-        Some(now)
-    }
-}
-
-impl Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        *self = Self::default();
-    }
-}
-
-/// The PBXs of `namespace` for which `uses` holds (the watch mappers).
-fn pbxes_using(
-    store: &Store<WebRtcPbx>,
-    namespace: Option<String>,
-    uses: impl Fn(&WebRtcPbx) -> bool,
-) -> Vec<ObjectRef<WebRtcPbx>> {
-    store
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace() == namespace && uses(p))
-        .map(|p| ObjectRef::from_obj(&*p))
-        .collect()
-}
-
 fn error_policy(pbx: Arc<WebRtcPbx>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .failures
@@ -561,389 +245,11 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(attempt.min(16)).min(300))
 }
 
-/// The scheduler's message when the pod cannot be placed.
-fn unschedulable(pod: Option<&Pod>) -> Option<String> {
-    let conditions = pod?.status.as_ref()?.conditions.as_ref()?;
-    let c = conditions
-        .iter()
-        .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
-    (c.reason.as_deref() == Some("Unschedulable")).then(|| c.message.clone().unwrap_or_default())
-}
-
-/// The facts WorkloadReady is decided from: the StatefulSet's counts,
-/// another PBX holding the ports, the scheduler's message.
-fn workload_facts(
-    sts: Option<&StatefulSet>,
-    conflict: Option<&ports::Conflict>,
-    pod: Option<&Pod>,
-) -> status::WorkloadFacts {
-    let (ready, wanted, current) = sts
-        .map(|s| {
-            let st = s.status.as_ref();
-            let observed = st.and_then(|st| st.observed_generation) == s.metadata.generation;
-            (
-                st.and_then(|st| st.ready_replicas).unwrap_or(0),
-                s.spec.as_ref().and_then(|sp| sp.replicas).unwrap_or(1),
-                observed && st.and_then(|st| st.updated_replicas).unwrap_or(0) >= 1,
-            )
-        })
-        .unwrap_or((0, 1, false));
-    status::WorkloadFacts {
-        ready,
-        wanted,
-        current,
-        conflict: conflict.map(ports::Conflict::message),
-        unschedulable: unschedulable(pod),
-    }
-}
-
-/// True for an unschedulable pod of an outdated revision: the StatefulSet
-/// controller never replaces a pod that is not Running, so a spec fix (e.g.
-/// a new nodeSelector) would otherwise need a manual `kubectl delete pod`.
-fn stale_pending_pod(pod: Option<&Pod>, sts: Option<&StatefulSet>) -> bool {
-    let revision = pod.and_then(|p| p.labels().get("controller-revision-hash").cloned());
-    let update = sts.and_then(|s| s.status.as_ref()?.update_revision.clone());
-    unschedulable(pod).is_some() && revision.is_some() && update.is_some() && revision != update
-}
-
-/// Objects per LIST page of the watches.
-const LIST_PAGE: u32 = 100;
-
 /// How soon a reconcile that met a write conflict looks again.
 const CONFLICT_RETRY: Duration = Duration::from_millis(500);
 
-/// Reconciles running at once.
-const RECONCILE_CONCURRENCY: u16 = 16;
-
 /// How often a PBX whose pod is not ready is looked at again.
 const WORKLOAD_RECHECK: Duration = Duration::from_secs(10);
-
-/// What the dereference step fetched.
-struct Fetched {
-    referenced: Referenced,
-    own_secret: Option<Secret>,
-    tls_secret: Option<Secret>,
-    ca_secret: Option<Secret>,
-    /// The names the three Secrets above were read under.
-    secret_names: [String; 3],
-    /// The caches the other children are read from.
-    stores: Option<ChildStores>,
-    namespace: String,
-    stateful_set: Option<StatefulSet>,
-    /// The PBX's pod (a StatefulSet of one).
-    pod: Option<Pod>,
-    certificate: Option<DynamicObject>,
-}
-
-async fn dereference(
-    client: &Client,
-    stores: Option<&ChildStores>,
-    ns: &str,
-    pbx: &WebRtcPbx,
-) -> Result<Fetched, Error> {
-    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
-    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), ns);
-    let name = pbx.name_any();
-    let spec = &pbx.spec;
-    let mut found = Vec::new();
-    for secret in validate::referenced_secrets(&name, spec) {
-        if let Some(s) = secrets.get_opt(&secret).await? {
-            found.push(s);
-        }
-    }
-    let mut cms = Vec::new();
-    if let Some(r) = &spec.dialplan.extra_config_map_ref
-        && let Some(cm) = config_maps.get_opt(&r.name).await?
-    {
-        cms.push(cm);
-    }
-    let certificate = if spec.tls.mode == TlsMode::CertManager {
-        let api = Api::<DynamicObject>::namespaced_with(
-            client.clone(),
-            ns,
-            &apply::certificate_resource(),
-        );
-        match api.get_opt(&validate::tls_secret_name(&name, spec)).await {
-            Ok(c) => c,
-            Err(e) if apply::is_missing_type(&e) => None,
-            Err(e) => return Err(e.into()),
-        }
-    } else {
-        None
-    };
-    let secret_names = [
-        names::secret_name(&name),
-        validate::tls_secret_name(&name, spec),
-        names::ca_secret_name(&name),
-    ];
-    // From the cache when it has them; a miss is confirmed by the apiserver.
-    let own = |name: &String| {
-        let cached = stores
-            .and_then(|s| s.secrets.get(&ObjectRef::new(name).within(ns)))
-            .filter(|s| !cache::is_stripped(&s.metadata));
-        let secrets = secrets.clone();
-        let name = name.clone();
-        async move {
-            match cached {
-                Some(s) => Ok(Some((*s).clone())),
-                None => secrets.get_opt(&name).await,
-            }
-        }
-    };
-    let (own_secret, tls_secret, ca_secret) = futures::try_join!(
-        own(&secret_names[0]),
-        own(&secret_names[1]),
-        own(&secret_names[2])
-    )?;
-    Ok(Fetched {
-        referenced: Referenced::from_objects(found, cms),
-        own_secret,
-        tls_secret,
-        ca_secret,
-        secret_names,
-        pod: match stores {
-            // A stripped copy is not the PBX's pod (cache::pod): none.
-            Some(s) => s
-                .pods
-                .get(&ObjectRef::new(&names::pod_name(&name)).within(ns))
-                .filter(|p| !cache::is_stripped(&p.metadata))
-                .map(|p| (*p).clone()),
-            None => {
-                Api::<Pod>::namespaced(client.clone(), ns)
-                    .get_opt(&names::pod_name(&name))
-                    .await?
-            }
-        },
-        // A copy the cache stripped is not the PBX's: the apiserver says
-        // what is there (apply must see a foreign object to refuse it).
-        stateful_set: match stores.map(|s| s.stateful_sets.get(&ObjectRef::new(&name).within(ns))) {
-            Some(Some(s)) if !cache::is_stripped(&s.metadata) => Some((*s).clone()),
-            Some(None) => None,
-            _ => {
-                Api::<StatefulSet>::namespaced(client.clone(), ns)
-                    .get_opt(&name)
-                    .await?
-            }
-        },
-        stores: stores.cloned(),
-        namespace: ns.to_string(),
-        certificate,
-    })
-}
-
-impl Fetched {
-    /// What the dereference step read of `object`, so apply need not GET it
-    /// again: the operator's, TLS and CA Secrets and the StatefulSet, found
-    /// or known to be absent.
-    fn known(&self, object: &Object) -> apply::Known {
-        fn json<T: serde::Serialize>(v: Option<&T>) -> Option<serde_json::Value> {
-            v.and_then(|v| serde_json::to_value(v).ok())
-        }
-        match object {
-            Object::Secret(s) => {
-                let name = s.metadata.name.as_deref()?;
-                let read = [
-                    (&self.secret_names[0], &self.own_secret),
-                    (&self.secret_names[1], &self.tls_secret),
-                    (&self.secret_names[2], &self.ca_secret),
-                ];
-                let (_, found) = read.into_iter().find(|(n, _)| n.as_str() == name)?;
-                Some(json(found.as_ref()))
-            }
-            Object::StatefulSet(_) => Some(json(self.stateful_set.as_ref())),
-            Object::ConfigMap(c) => {
-                let stores = self.stores.as_ref()?;
-                let name = c.metadata.name.as_deref()?;
-                ChildStores::json(&stores.config_maps, &self.namespace, name)
-            }
-            Object::Service(c) => {
-                let stores = self.stores.as_ref()?;
-                let name = c.metadata.name.as_deref()?;
-                ChildStores::json(&stores.services, &self.namespace, name)
-            }
-            Object::Certificate(_) => None,
-        }
-    }
-}
-
-fn secret_text(secret: Option<&Secret>, key: &str) -> Option<String> {
-    String::from_utf8(validate::secret_bytes(secret?, key)?).ok()
-}
-
-/// The certificate step: desired TLS objects, the CertificateReady verdict,
-/// the facts for status, and when to look again.
-struct CertStep {
-    objects: Vec<Object>,
-    /// What the probe trusts: the CA a browser would be told to install,
-    /// or `None` for the system roots.
-    ca_pem: Option<String>,
-    verdict: (Verdict, Blocking),
-    facts: Option<certs::CertFacts>,
-    recheck: Option<Duration>,
-}
-
-fn certificate_step(
-    v: &ValidatedPbx,
-    fetched: &Fetched,
-    now: OffsetDateTime,
-) -> Result<CertStep, Error> {
-    let spec = &v.spec;
-    let renew_before = time::Duration::try_from(v.renew_before).unwrap_or(time::Duration::days(30));
-    let dns_names = certs::server_names(&spec.domain, &spec.tls.extra_dns_names);
-    let served = |secret: Option<&Secret>| {
-        certs::check(
-            secret_text(secret, TLS_CRT).as_deref(),
-            secret_text(secret, TLS_KEY).as_deref(),
-            secret_text(secret, CA_CRT).as_deref(),
-            &spec.domain,
-            now,
-            renew_before,
-        )
-    };
-    let recheck_for = |facts: &certs::CertFacts| {
-        let at = facts.not_after - renew_before;
-        let secs = (at - now).whole_seconds().clamp(60, 3600);
-        Duration::from_secs(u64::try_from(secs).unwrap_or(3600))
-    };
-    match spec.tls.mode {
-        TlsMode::SelfSigned => {
-            let tls = fetched.tls_secret.as_ref();
-            let current = secret_text(tls, TLS_CRT).and_then(|pem| certs::inspect(&pem).ok());
-            let ca = fetched.ca_secret.as_ref();
-            // An emptied or unreadable NAME-ca is no CA, and one constrained
-            // to other names cannot sign these: both mean a new CA.
-            let ca_pair = match (secret_text(ca, CA_CRT), secret_text(ca, CA_KEY)) {
-                (Some(crt), Some(key))
-                    if !key.trim().is_empty() && certs::ca_permits(&crt, &dns_names) =>
-                {
-                    Some((crt, key))
-                }
-                _ => None,
-            };
-            let tls_crt = secret_text(tls, TLS_CRT).unwrap_or_default();
-            let due = certs::renewal_due(current.as_ref(), &dns_names, now, renew_before)
-                .or_else(|| {
-                    ca_pair
-                        .is_none()
-                        .then_some("the operator CA is missing or unusable")
-                })
-                .or_else(|| {
-                    let signed = ca_pair
-                        .as_ref()
-                        .is_some_and(|(ca, _)| certs::signed_by(&tls_crt, ca));
-                    (!signed).then_some("the certificate is not signed by the operator CA")
-                });
-            let material = match due {
-                None => certs::TlsMaterial {
-                    ca_crt: secret_text(ca, CA_CRT).unwrap_or_default(),
-                    ca_key: secret_text(ca, CA_KEY).unwrap_or_default(),
-                    tls_crt: secret_text(tls, TLS_CRT).unwrap_or_default(),
-                    tls_key: secret_text(tls, TLS_KEY).unwrap_or_default(),
-                },
-                Some(why) => {
-                    info!(pbx = %v.name, reason = why, "issuing certificate");
-                    let renewed = match &ca_pair {
-                        Some((crt, key)) => {
-                            certs::renew_server(crt, key, &dns_names, now, certs::generate_key()?)
-                                .ok()
-                        }
-                        None => None,
-                    };
-                    match renewed {
-                        Some(material) => material,
-                        None => certs::issue_self_signed(
-                            &v.name,
-                            &dns_names,
-                            now,
-                            certs::generate_key()?,
-                            certs::generate_key()?,
-                        )?,
-                    }
-                }
-            };
-            let outcome = certs::check(
-                Some(&material.tls_crt),
-                Some(&material.tls_key),
-                Some(&material.ca_crt),
-                &spec.domain,
-                now,
-                renew_before,
-            );
-            Ok(CertStep {
-                objects: objects::self_signed_secrets(v, &material).to_vec(),
-                ca_pem: Some(material.ca_crt.clone()),
-                verdict: status::certificate_verdict(&outcome, &spec.domain, true),
-                recheck: outcome.facts().map(recheck_for),
-                facts: outcome.facts().cloned(),
-            })
-        }
-        TlsMode::Secret => {
-            let Some(secret) = fetched.tls_secret.as_ref() else {
-                let message = format!(
-                    "TLS Secret {} not found in namespace {}: create a kubernetes.io/tls Secret for {}",
-                    v.tls_secret_name, v.namespace, spec.domain
-                );
-                return Ok(CertStep {
-                    objects: vec![],
-                    ca_pem: None,
-                    verdict: status::tls_secret_missing(message),
-                    facts: None,
-                    recheck: None,
-                });
-            };
-            let outcome = served(Some(secret));
-            Ok(CertStep {
-                objects: vec![],
-                ca_pem: secret_text(Some(secret), CA_CRT),
-                verdict: status::certificate_verdict(&outcome, &spec.domain, false),
-                recheck: outcome.facts().map(recheck_for),
-                facts: outcome.facts().cloned(),
-            })
-        }
-        TlsMode::CertManager => {
-            let ready = fetched.certificate.as_ref().and_then(|c| {
-                c.data["status"]["conditions"]
-                    .as_array()?
-                    .iter()
-                    .find(|c| c["type"] == "Ready")
-                    .map(|c| {
-                        (
-                            c["status"] == "True",
-                            c["message"].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
-            });
-            let verdict = match (&ready, fetched.tls_secret.as_ref()) {
-                (Some((true, _)), Some(secret)) => {
-                    let outcome = served(Some(secret));
-                    let v = status::certificate_verdict(&outcome, &spec.domain, true);
-                    return Ok(CertStep {
-                        objects: vec![],
-                        ca_pem: secret_text(Some(secret), CA_CRT),
-                        recheck: outcome.facts().map(recheck_for),
-                        facts: outcome.facts().cloned(),
-                        verdict: v,
-                    });
-                }
-                (Some((false, msg)), _) => {
-                    format!("cert-manager has not issued the certificate: {msg}")
-                }
-                _ if fetched.certificate.is_none() => {
-                    "waiting for the cert-manager Certificate (is cert-manager installed?)"
-                        .to_string()
-                }
-                _ => "waiting for cert-manager to issue the certificate".to_string(),
-            };
-            Ok(CertStep {
-                objects: vec![],
-                ca_pem: None,
-                verdict: status::issuer_not_ready(verdict),
-                facts: None,
-                recheck: Some(Duration::from_secs(30)),
-            })
-        }
-    }
-}
 
 /// Why the probe may not dial the PBX's `probes.connectAddress`, if it may
 /// not: allowed are its own Service, pod and node on the WSS port, and what
@@ -998,7 +304,9 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
         Some(s) if s.ready().await => Some(s),
         _ => None,
     };
-    let fetched = dereference(client, stores.as_ref(), &ns, &pbx).await?;
+    let fetched = dereference(client, stores.as_ref(), &ns, &pbx)
+        .await
+        .map_err(Error::Dereference)?;
     let stored = objects::generated_from_secret(fetched.own_secret.as_ref());
     let generated = validate::fill_generated(&pbx.spec, stored, &mut rand::rng());
 
@@ -1047,59 +355,17 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
             // Certificates first, the StatefulSet last: it mounts them.
             let mut desired = cert.objects;
             desired.extend(rendered.objects);
-            let mut written = Vec::new();
-            // Writes that cannot succeed until someone acts: reported in
-            // status (and Events), never only logged.
-            let mut refused: Vec<status::Refusal> = Vec::new();
-            // Two stages: what the pod mounts (sent together), then the
-            // StatefulSet.
-            let (mounted, workload): (Vec<&Object>, Vec<&Object>) = desired
-                .iter()
-                .partition(|o| !matches!(o, Object::StatefulSet(_)));
-            for stage in [mounted, workload] {
-                let (ns, fetched) = (&ns, &fetched);
-                let sent = stage.into_iter().map(|object| async move {
-                    let result = apply::apply(client, ns, object, fetched.known(object)).await;
-                    (object, result)
-                });
-                for (object, result) in futures::future::join_all(sent).await {
-                    match result {
-                        Ok(apply::Applied::Written) => written.push(object.describe()),
-                        Ok(apply::Applied::Unchanged) => {}
-                        Ok(apply::Applied::NotOwned) => refused.push(status::Refusal {
-                            workload: matches!(object, Object::StatefulSet(_)),
-                            not_ours: true,
-                            object: object.describe(),
-                            message: String::new(),
-                        }),
-                        Err(kube::Error::Api(s))
-                            if apply::is_rejection(&kube::Error::Api(s.clone())) =>
-                        {
-                            refused.push(status::Refusal {
-                                workload: matches!(object, Object::StatefulSet(_)),
-                                not_ours: false,
-                                object: object.describe(),
-                                message: format!("({} {}): {}", s.code, s.reason, s.message),
-                            })
-                        }
-                        // Our Secret changed since the cache saw it (usually our
-                        // own write on its way): look again once it has.
-                        Err(e) if apply::is_conflict(&e) => {
-                            tracing::debug!(pbx = %name, object = %object.describe(), "cache behind; retrying");
-                            return Ok(Action::requeue(CONFLICT_RETRY));
-                        }
-                        // No cert-manager: reported through CertificateReady.
-                        Err(e)
-                            if matches!(object, Object::Certificate(_))
-                                && apply::is_missing_type(&e) => {}
-                        Err(e) => return Err(e.into()),
+            let (written, refused) =
+                match apply::apply_stages(client, &ns, &desired, &fetched).await {
+                    Ok(apply::Stages::Done { written, refused }) => (written, refused),
+                    // Our Secret changed since the cache saw it (usually our
+                    // own write on its way): look again once it has.
+                    Ok(apply::Stages::CacheBehind(object)) => {
+                        tracing::debug!(pbx = %name, %object, "cache behind; retrying");
+                        return Ok(Action::requeue(CONFLICT_RETRY));
                     }
-                }
-                // The StatefulSet mounts what the first stage writes.
-                if !refused.is_empty() {
-                    break;
-                }
-            }
+                    Err(e) => return Err(Error::Apply(e)),
+                };
             if !refused.is_empty() {
                 let workload = status::workload_verdict(&workload_facts(
                     fetched.stateful_set.as_ref(),
@@ -1114,43 +380,16 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
                 rejection = Some(message);
                 break 'applied;
             }
-            // Orphans: the children in the caches, every time (a child
-            // the cache learns of late triggers a reconcile of its own).
-            // Certificates are not watched: listed once per generation, as
-            // the desired set follows the spec (a new operator's first
-            // reconcile of each PBX lists them too).
-            let uid = pbx.metadata.uid.clone().unwrap_or_default();
-            let mut found = match &stores {
-                Some(s) => s.children_of(&ns, &name, &uid),
-                None => apply::list_children(client, &ns, &name, &uid).await?,
-            };
-            let mark: ListMark = (pbx.metadata.uid.clone(), pbx.metadata.generation);
-            let listed = ctx.listed_at(&key) == Some(mark.clone());
-            if !listed {
-                found.extend(apply::list_certificates(client, &ns, &name, &uid).await?);
-            }
-            let mut pruned = 0;
-            // A Secret the spec names as the user's is never pruned.
-            let users_secrets = validate::referenced_secrets(&name, &pbx.spec);
-            for orphan in apply::orphans(found, &desired) {
-                if orphan.kind == "Secret" && users_secrets.contains(&orphan.name) {
-                    info!(pbx = %name, secret = %orphan.name, "released (the spec names it as the user's own)");
-                    apply::release(client, &ns, &orphan).await?;
-                    continue;
-                }
-                if apply::delete(client, &ns, &orphan).await? {
-                    pruned += 1;
-                }
-            }
-            if !listed {
-                ctx.set_listed(key.clone(), mark);
-            }
+            let pruned = apply::prune(&ctx, &pbx, &ns, &desired, stores.as_ref())
+                .await
+                .map_err(Error::Prune)?;
             if stale_pending_pod(fetched.pod.as_ref(), fetched.stateful_set.as_ref()) {
                 // Not running, so nothing is lost; the StatefulSet recreates it.
                 info!(pbx = %name, "replacing the unschedulable pod of an outdated revision");
                 Api::<Pod>::namespaced(client.clone(), &ns)
                     .delete(&names::pod_name(&name), &Default::default())
-                    .await?;
+                    .await
+                    .map_err(Error::Apply)?;
             }
             if !written.is_empty() || pruned > 0 {
                 info!(pbx = %name, namespace = %ns, written = ?written, pruned, "applied");
@@ -1220,54 +459,7 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
     {
         recheck = Some(recheck.map_or(WORKLOAD_RECHECK, |r: Duration| r.min(WORKLOAD_RECHECK)));
     }
-    let verdicts = status::summarize(components);
-    let now_time =
-        Time(k8s_openapi::jiff::Timestamp::from_second(now.unix_timestamp()).unwrap_or_default());
-    new_status.conditions = status::conditions(
-        &verdicts,
-        &previous.conditions,
-        pbx.metadata.generation,
-        &now_time,
-    );
-    ctx.metrics.set_conditions(
-        &ns,
-        &name,
-        new_status
-            .conditions
-            .iter()
-            .map(|c| (c.type_.as_str(), c.status.as_str())),
-    );
-    if !status::same_ignoring_time(&previous, &new_status) {
-        let api = Api::<WebRtcPbx>::namespaced(client.clone(), &ns);
-        let patch = json!({"apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx", "status": new_status});
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-        for c in status::events(&previous.conditions, &new_status.conditions) {
-            let event = Event {
-                type_: if c.status == "False" {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: c.reason.clone(),
-                note: Some(
-                    format!("{} is {}: {}", c.type_, c.status, c.message)
-                        .chars()
-                        .take(1000)
-                        .collect(),
-                ),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            if let Err(e) = ctx.recorder.publish(&event, &pbx.object_ref(&())).await {
-                warn!(error = %e, "cannot publish event");
-            }
-        }
-    }
+    update_status::update_status(&ctx, &pbx, &previous, &mut new_status, components, now).await?;
     if let Some(message) = rejection {
         // After the status: the error policy backs off and counts it.
         return Err(Error::Rejected(message));
@@ -1281,15 +473,6 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn watch_backoff_stays_short_and_resets() {
-        let mut b = WatchBackoff::default();
-        let ms: Vec<u128> = (0..6).map(|_| b.next().unwrap().as_millis()).collect();
-        assert_eq!(ms, vec![200, 400, 800, 1600, 2000, 2000]);
-        b.reset();
-        assert_eq!(b.next(), Some(Duration::from_millis(200)));
-    }
 
     #[test]
     fn backoff_doubles_and_caps() {

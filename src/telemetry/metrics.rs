@@ -1,9 +1,8 @@
-//! Telemetry of the running operator: Prometheus metrics (reconciles,
-//! failures by error category, reconcile duration, per-PBX condition gauges,
-//! leadership, and probe figures named like blackbox_exporter's) and the
-//! small HTTP endpoint serving `/healthz`, `/readyz` and `/metrics`.
+//! The operator's Prometheus metrics: reconciles, failures by error
+//! category, reconcile duration, per-PBX condition gauges, leadership, API
+//! requests, and probe figures named like blackbox_exporter's. Served by
+//! [`crate::telemetry::server`].
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,8 +11,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// Labels of a failure counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -30,58 +27,6 @@ pub struct RequestLabels {
     /// The resource, with its subresource: `secrets`, `leases`,
     /// `webrtcpbxes/status` ...
     pub resource: String,
-}
-
-/// The resource a request path addresses (`/api/v1/namespaces/NS/secrets/X`
-/// is `secrets`; a status write is `webrtcpbxes/status`).
-pub fn resource_of(path: &str) -> String {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    // After /api/VERSION or /apis/GROUP/VERSION, and after namespaces/NS
-    // unless the namespaces themselves are addressed.
-    let mut rest = match segments.first() {
-        Some(&"api") => segments.get(2..),
-        Some(&"apis") => segments.get(3..),
-        _ => None,
-    }
-    .unwrap_or_default();
-    if rest.first() == Some(&"namespaces") && rest.len() > 2 {
-        rest = &rest[2..];
-    }
-    match rest {
-        [resource, _, sub, ..] => format!("{resource}/{sub}"),
-        [resource, ..] => (*resource).to_string(),
-        [] => "other".to_string(),
-    }
-}
-
-/// A client (kubeconfig or in-cluster) that counts its requests into
-/// `webrtc_pbx_api_requests_total`, so the operator's load on the apiserver
-/// is visible (and measured by the scale benchmark).
-pub async fn counted_client(metrics: Arc<Metrics>) -> Result<kube::Client, kube::Error> {
-    let config = kube::Config::infer()
-        .await
-        .map_err(kube::Error::InferConfig)?;
-    let count =
-        tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
-            let watch = request
-                .uri()
-                .query()
-                .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
-            let method = if watch {
-                "WATCH".to_string()
-            } else {
-                request.method().as_str().to_string()
-            };
-            let resource = resource_of(request.uri().path());
-            metrics
-                .api_requests
-                .get_or_create(&RequestLabels { method, resource })
-                .inc();
-            request
-        });
-    Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&count)
-        .build())
 }
 
 /// Labels of a condition gauge.
@@ -465,6 +410,11 @@ impl Metrics {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    /// True once marked ready (`/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -474,109 +424,9 @@ impl Metrics {
     }
 }
 
-/// Connections the metrics server serves at once; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 32;
-/// The longest one connection may take, request and response.
-pub const CONNECTION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until dropped.
-/// Bounded: at most [`MAX_CONNECTIONS`] at once, each cut off after
-/// [`CONNECTION_DEADLINE`], so idle or slow clients cannot pile up.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(pair) => pair,
-            Err(_) => {
-                // Out of file descriptors, usually: do not spin.
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            drop(stream);
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(CONNECTION_DEADLINE, answer(stream, metrics)).await;
-            drop(slot);
-        });
-    }
-}
-
-async fn answer(mut stream: tokio::net::TcpStream, metrics: Arc<Metrics>) {
-    {
-        let mut buf = vec![0u8; 4096];
-        let mut len = 0;
-        // Read the request head (bounded); the body, if any, is ignored.
-        while len < buf.len() {
-            match tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                stream.read(&mut buf[len..]),
-            )
-            .await
-            {
-                Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                Ok(Ok(n)) => len += n,
-            }
-            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                break;
-            }
-        }
-        let head = String::from_utf8_lossy(&buf[..len]);
-        let path = head.split_whitespace().nth(1).unwrap_or("/");
-        let (status, content_type, body) = match path {
-            "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-            "/readyz" if metrics.ready.load(Ordering::SeqCst) => {
-                ("200 OK", "text/plain", "ok\n".to_string())
-            }
-            "/readyz" => (
-                "503 Service Unavailable",
-                "text/plain",
-                "starting\n".to_string(),
-            ),
-            "/metrics" => (
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                metrics.encode(),
-            ),
-            _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        };
-        let response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = stream.write_all(response.as_bytes()).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn requests_are_counted_by_resource() {
-        let cases = [
-            ("/api/v1/namespaces/pbx/secrets/a-ca", "secrets"),
-            ("/api/v1/namespaces/pbx/secrets", "secrets"),
-            ("/api/v1/secrets", "secrets"),
-            ("/api/v1/namespaces/pbx", "namespaces"),
-            (
-                "/apis/coordination.k8s.io/v1/namespaces/ops/leases/wpbx",
-                "leases",
-            ),
-            (
-                "/apis/pbx.webrtc.io/v1alpha1/namespaces/pbx/webrtcpbxes/a/status",
-                "webrtcpbxes/status",
-            ),
-            ("/apis/events.k8s.io/v1/namespaces/pbx/events", "events"),
-            ("/version", "other"),
-        ];
-        for (path, resource) in cases {
-            assert_eq!(resource_of(path), resource, "{path}");
-        }
-    }
 
     #[test]
     fn probe_series_follow_the_last_run_and_go_with_the_pbx() {
