@@ -127,12 +127,15 @@ impl Policy {
         own_ips: &[IpAddr],
         wss_port: i32,
     ) -> Option<String> {
-        let (host, port) = connect_address.rsplit_once(':')?;
+        // An address that does not parse is not the PBX's own either: only
+        // an exact allowlist entry lets it through (never fail open).
+        let (host, port) = connect_address
+            .rsplit_once(':')
+            .map_or((connect_address, None), |(h, p)| (h, p.parse::<i32>().ok()));
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port: i32 = port.parse().ok()?;
         let ip = host.parse::<IpAddr>().ok();
         let own = own_hosts.iter().any(|h| h == host) || ip.is_some_and(|ip| own_ips.contains(&ip));
-        if own && port == wss_port {
+        if own && port == Some(wss_port) {
             return None;
         }
         let allowed =
@@ -273,5 +276,12 @@ mod tests {
                 .connect_denied("128.0.0.1:18089", &[], &[], 8089)
                 .is_some()
         );
+        // What does not parse as host:port is refused, not waved through.
+        for odd in ["10.0.0.5", "10.0.0.5:http", "a-wss.voice.svc:", ""] {
+            assert!(
+                p.connect_denied(odd, &own_hosts, &own_ips, 8089).is_some(),
+                "{odd:?}"
+            );
+        }
     }
 }
