@@ -254,14 +254,15 @@ pub(super) async fn apply_stages(
                 Ok(Applied::Written) => written.push(object.describe()),
                 Ok(Applied::Unchanged) => {}
                 Ok(Applied::NotOwned) => refused.push(refusal(true, String::new())),
+                // No cert-manager: reported through CertificateReady, not
+                // as a refusal (the 404 would otherwise read as one).
+                Err(e) if matches!(object, Object::Certificate(_)) && is_missing_type(&e) => {}
                 Err(kube::Error::Api(s)) if is_rejection(&kube::Error::Api(s.clone())) => refused
                     .push(refusal(
                         false,
                         format!("({} {}): {}", s.code, s.reason, s.message),
                     )),
                 Err(e) if is_conflict(&e) => return Ok(Stages::CacheBehind(object.describe())),
-                // No cert-manager: reported through CertificateReady.
-                Err(e) if matches!(object, Object::Certificate(_)) && is_missing_type(&e) => {}
                 Err(e) => return Err(e),
             }
         }
