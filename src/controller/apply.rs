@@ -101,11 +101,17 @@ fn controller_uid(object: &Value) -> Option<&str> {
         .as_str()
 }
 
-/// True when the apiserver refused the write for good (invalid, forbidden,
+/// Whether the apiserver refused the write for good (invalid, forbidden,
 /// too large, a webhook's no): the user or admin must act, so it becomes a
 /// condition. Conflicts, throttling and server errors are retried instead.
-pub fn is_rejection(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 409 && s.code != 429)
+/// Returns the apiserver's answer (`(code reason): message`) for one.
+pub fn rejection(e: &kube::Error) -> Option<String> {
+    match e {
+        kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 409 && s.code != 429 => {
+            Some(format!("({} {}): {}", s.code, s.reason, s.message))
+        }
+        _ => None,
+    }
 }
 
 /// The live object, when the caller already fetched it in this reconcile:
@@ -257,13 +263,11 @@ pub(super) async fn apply_stages(
                 // No cert-manager: reported through CertificateReady, not
                 // as a refusal (the 404 would otherwise read as one).
                 Err(e) if matches!(object, Object::Certificate(_)) && is_missing_type(&e) => {}
-                Err(kube::Error::Api(s)) if is_rejection(&kube::Error::Api(s.clone())) => refused
-                    .push(refusal(
-                        false,
-                        format!("({} {}): {}", s.code, s.reason, s.message),
-                    )),
-                Err(e) if is_conflict(&e) => return Ok(Stages::CacheBehind(object.describe())),
-                Err(e) => return Err(e),
+                Err(e) => match rejection(&e) {
+                    Some(answer) => refused.push(refusal(false, answer)),
+                    None if is_conflict(&e) => return Ok(Stages::CacheBehind(object.describe())),
+                    None => return Err(e),
+                },
             }
         }
         if !refused.is_empty() {

@@ -56,7 +56,8 @@ pub(super) fn certificate_step(
     match spec.tls.mode {
         TlsMode::SelfSigned => {
             let tls = fetched.tls_secret.as_ref();
-            let current = secret_text(tls, TLS_CRT).and_then(|pem| certs::inspect(&pem).ok());
+            let tls_crt = secret_text(tls, TLS_CRT).unwrap_or_default();
+            let current = certs::inspect(&tls_crt).ok();
             let ca = fetched.ca_secret.as_ref();
             // An emptied or unreadable NAME-ca is no CA, and one constrained
             // to other names cannot sign these: both mean a new CA.
@@ -68,7 +69,6 @@ pub(super) fn certificate_step(
                 }
                 _ => None,
             };
-            let tls_crt = secret_text(tls, TLS_CRT).unwrap_or_default();
             let due = certs::renewal_due(current.as_ref(), &dns_names, now, renew_before)
                 .or_else(|| {
                     ca_pair
@@ -85,7 +85,7 @@ pub(super) fn certificate_step(
                 None => certs::TlsMaterial {
                     ca_crt: secret_text(ca, CA_CRT).unwrap_or_default(),
                     ca_key: secret_text(ca, CA_KEY).unwrap_or_default(),
-                    tls_crt: secret_text(tls, TLS_CRT).unwrap_or_default(),
+                    tls_crt: tls_crt.clone(),
                     tls_key: secret_text(tls, TLS_KEY).unwrap_or_default(),
                 },
                 Some(why) => {

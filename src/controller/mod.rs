@@ -329,6 +329,12 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
         .and_then(|s| s.as_ref().map(Store::state))
         .unwrap_or_default();
     let conflict = ports::conflict(&pbx, others.iter().map(|p| &**p));
+    // The workload as the caches show it, whatever this reconcile writes.
+    let workload = status::workload_verdict(&workload_facts(
+        fetched.stateful_set.as_ref(),
+        conflict.as_ref(),
+        fetched.pod.as_ref(),
+    ));
     let checked = validate::validate(&pbx, &fetched.referenced, &generated).and_then(|v| {
         let denied = ctx.policy.check(&v.spec);
         if denied.is_empty() {
@@ -343,11 +349,7 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
             // Keep what runs; tell the user what to change; wait for a change.
             components.push(status::config_invalid(&problems));
             components.push(status::certificate_pending());
-            components.push(status::workload_verdict(&workload_facts(
-                fetched.stateful_set.as_ref(),
-                conflict.as_ref(),
-                fetched.pod.as_ref(),
-            )));
+            components.push(workload);
         }
         Ok(validated) => 'applied: {
             let rendered = render::render(&validated);
@@ -367,11 +369,6 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
                     Err(e) => return Err(Error::Apply(e)),
                 };
             if !refused.is_empty() {
-                let workload = status::workload_verdict(&workload_facts(
-                    fetched.stateful_set.as_ref(),
-                    conflict.as_ref(),
-                    fetched.pod.as_ref(),
-                ));
                 let [config, workload] =
                     status::refusal_verdicts(&refused, desired.len(), workload);
                 let message = config.0.message.clone();
@@ -396,11 +393,6 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
             }
             components.push(status::config_rendered(desired.len()));
             components.push(cert.verdict);
-            let workload = status::workload_verdict(&workload_facts(
-                fetched.stateful_set.as_ref(),
-                conflict.as_ref(),
-                fetched.pod.as_ref(),
-            ));
             // Probing starts when the pod is ready; a new plan probes at
             // once. A PBX already probed stays probed while its pod is not
             // ready (a crashed container): the probes then name what a
