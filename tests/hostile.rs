@@ -10,20 +10,15 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::inprocess::{Running, condition, create_pbx, off_host, start_with, wait_condition};
 use webrtc_pbx_operator::controller::Context;
 use webrtc_pbx_operator::policy::Policy;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_webrtc-pbx-operator"))
-}
 
 /// A value that would end an Asterisk config line and start a section of
 /// its own: an unauthenticated endpoint if it ever reached pjsip.conf.
@@ -270,13 +265,7 @@ async fn hostile_values_are_refused_where_they_enter_with_the_field_named() {
     for c in &cases {
         // The offline door: `render --config-dir` refuses, naming the field, and writes nothing.
         let out_dir = dir.join(format!("out-{}", c.name));
-        let out = bin()
-            .arg("render")
-            .arg(manifest(&dir, c.name, c))
-            .arg("--config-dir")
-            .arg(&out_dir)
-            .output()
-            .unwrap();
+        let out = support::render_to_dir(&manifest(&dir, c.name, c), &out_dir);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() || !stderr.contains(&format!("spec.{}", c.field)) {
             failures.push(format!(
@@ -430,13 +419,7 @@ async fn values_full_of_config_syntax_stay_values_in_real_asterisk() {
     let secret = json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "did-users", "namespace": "voice"}, "stringData": {"alice": password}});
     std::fs::write(&input, format!("{pbx}\n---\n{secret}")).unwrap();
-    let out = bin()
-        .arg("render")
-        .arg(&input)
-        .arg("--config-dir")
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = support::render_to_dir(&input, &dir);
     assert!(
         out.status.success(),
         "{}",
@@ -496,45 +479,6 @@ async fn values_full_of_config_syntax_stay_values_in_real_asterisk() {
     support::remove_dir(&dir);
 }
 
-/// Waits until `name`'s `type_` has `status` and `reason`; returns the message.
-async fn wait_for(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    type_: &str,
-    status: &str,
-    reason: &str,
-) -> String {
-    support::wait_until(
-        Duration::from_secs(60),
-        &format!("{name}: {type_}={status} ({reason})"),
-        || async {
-            let (s, why, message) = support::condition(client, ns, name, type_).await?;
-            (s == status && why == reason).then_some(message)
-        },
-    )
-    .await
-}
-
-async fn apply_json<K>(client: &Client, ns: &str, object: Value)
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let object: K = serde_json::from_value(object).unwrap();
-    Api::<K>::namespaced(client.clone(), ns)
-        .patch(
-            &object.name_any(),
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(&object),
-        )
-        .await
-        .unwrap();
-}
-
 fn pbx_json(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
            "metadata": {"name": name}, "spec": spec})
@@ -559,7 +503,8 @@ async fn secrets_are_read_as_hostile_input_and_never_logged() {
     // operator's Secret must be one the apiserver accepts.
     let did = quiet(json!({"domain": "did.hostile.test", "users": [
         {"extension": "+4930123456"}, {"extension": "*99"}, {"extension": "#12"}, {"extension": "1001"}]}));
-    apply_json::<webrtc_pbx_operator::api::WebRtcPbx>(&client, &ns, pbx_json("did", did)).await;
+    support::apply_json::<webrtc_pbx_operator::api::WebRtcPbx>(&client, &ns, pbx_json("did", did))
+        .await;
     let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
     for (name, patch, secret) in [
         (
@@ -578,21 +523,42 @@ async fn secrets_are_read_as_hostile_input_and_never_logged() {
             json!({"metadata": {"name": "evil-turn-creds"}, "stringData": {"username": INJECTED, "password": "ok"}}),
         ),
     ] {
-        apply_json::<Secret>(&client, &ns, secret).await;
+        support::apply_json::<Secret>(&client, &ns, secret).await;
         let spec = quiet(support::admission::spec_with(
             json!({"domain": format!("{name}.hostile.test")}),
         ));
         let mut spec = spec;
         support::admission::merge(&mut spec, patch);
-        apply_json::<webrtc_pbx_operator::api::WebRtcPbx>(&client, &ns, pbx_json(name, spec)).await;
-        let message = wait_for(&client, &ns, name, "ConfigRendered", "False", "InvalidSpec").await;
+        support::apply_json::<webrtc_pbx_operator::api::WebRtcPbx>(
+            &client,
+            &ns,
+            pbx_json(name, spec),
+        )
+        .await;
+        let message = support::wait_for_condition(
+            &client,
+            &ns,
+            name,
+            "ConfigRendered",
+            "False",
+            Some("InvalidSpec"),
+        )
+        .await;
         assert!(
             message.contains("control character U+"),
             "{name}: {message}"
         );
         *reasons.entry("InvalidSpec".into()).or_insert(0) += 1;
     }
-    wait_for(&client, &ns, "did", "ConfigRendered", "True", "Rendered").await;
+    support::wait_for_condition(
+        &client,
+        &ns,
+        "did",
+        "ConfigRendered",
+        "True",
+        Some("Rendered"),
+    )
+    .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let own = secrets.get("did-asterisk").await.unwrap();
     let keys: Vec<&String> = own.data.as_ref().unwrap().keys().collect();
@@ -699,13 +665,21 @@ async fn labelled_junk_in_a_tenants_namespace_does_not_grow_the_operator() {
     let junk_op = support::operator_binary(&junk_ns, support::free_port(), None);
     let clean_op = support::operator_binary(&clean_ns, support::free_port(), None);
     for ns in [&junk_ns, &clean_ns] {
-        apply_json::<webrtc_pbx_operator::api::WebRtcPbx>(
+        support::apply_json::<webrtc_pbx_operator::api::WebRtcPbx>(
             &client,
             ns,
             pbx_json("pbx", quiet(json!({"domain": "pbx.hostile.test"}))),
         )
         .await;
-        wait_for(&client, ns, "pbx", "ConfigRendered", "True", "Rendered").await;
+        support::wait_for_condition(
+            &client,
+            ns,
+            "pbx",
+            "ConfigRendered",
+            "True",
+            Some("Rendered"),
+        )
+        .await;
     }
     // Settled: the caches hold their lists, nothing is in flight.
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -52,13 +52,7 @@ fn config_dir_writes_asterisk_files_with_secret_modes() {
     let dir = std::env::temp_dir().join(format!("wpbx-render-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let file = support::repo().join("deploy/examples/host-network-nat/pbx.yaml");
-    let out = bin()
-        .arg("render")
-        .arg(&file)
-        .arg("--config-dir")
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = support::render_to_dir(&file, &dir);
     assert!(
         out.status.success(),
         "{}",
@@ -115,13 +109,7 @@ spec:
 "#,
     )
     .unwrap();
-    let out = bin()
-        .arg("render")
-        .arg(&manifest)
-        .arg("--config-dir")
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = support::render_to_dir(&manifest, &dir);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret, Service};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -125,29 +125,17 @@ pub async fn wait_condition(
     reason: Option<&str>,
 ) -> Duration {
     let start = Instant::now();
-    super::wait_until(
-        Duration::from_secs(60),
-        &format!("{name} {type_}={status} ({reason:?})"),
-        || async {
-            let (s, why, _) = condition(r, name, type_).await?;
-            (s == status && reason.is_none_or(|want| want == why)).then_some(())
-        },
-    )
-    .await;
+    super::wait_for_condition(&r.client, &r.ns, name, type_, status, reason).await;
     start.elapsed()
 }
 
 pub async fn create_secret(r: &Running, name: &str, data: BTreeMap<&str, String>) {
-    let api: Api<Secret> = Api::namespaced(r.client.clone(), &r.ns);
-    let secret: Secret =
-        serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap();
-    api.patch(
-        name,
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(&secret),
+    super::apply_json::<Secret>(
+        &r.client,
+        &r.ns,
+        json!({"metadata": {"name": name}, "stringData": data}),
     )
-    .await
-    .unwrap();
+    .await;
 }
 
 /// resourceVersions of everything the operator writes in the namespace.

@@ -582,6 +582,59 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     http_get_at(&format!("127.0.0.1:{port}"), path)
 }
 
+/// `webrtc-pbx-operator render MANIFEST --config-dir DIR`, as users run it.
+pub fn render_to_dir(manifest: &Path, dir: &Path) -> std::process::Output {
+    Command::new(operator_exe())
+        .arg("render")
+        .arg(manifest)
+        .arg("--config-dir")
+        .arg(dir)
+        .output()
+        .expect("run webrtc-pbx-operator render")
+}
+
+/// Server-side applies `object` (JSON of a `K`) in `ns` as field manager `test`.
+pub async fn apply_json<K>(client: &Client, ns: &str, object: serde_json::Value)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let object: K = serde_json::from_value(object).unwrap();
+    let name = object.meta().name.clone().unwrap_or_default();
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch(
+            &name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits up to 60 s until `name`'s `type_` condition has `status` (and
+/// `reason`, when given); returns its message.
+pub async fn wait_for_condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> String {
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{name}: {type_}={status} ({reason:?})"),
+        || async {
+            let (s, why, message) = condition(client, ns, name, type_).await?;
+            (s == status && reason.is_none_or(|want| want == why)).then_some(message)
+        },
+    )
+    .await
+}
+
 /// A condition of WebRtcPbx `name`: (status, reason, message).
 pub async fn condition(
     client: &Client,
