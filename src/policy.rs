@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use crate::api::{NetworkMode, WebRtcPbxSpec};
-use crate::validate::Problem;
+use crate::validate::{Problem, ValidatedPbx};
 
 /// The image repository the project publishes Asterisk under.
 pub const PROJECT_IMAGES: &str = "ghcr.io/webrtc-pbx-operator/";
@@ -65,6 +65,16 @@ fn image_allowed(image: &str, entry: &str) -> bool {
 }
 
 impl Policy {
+    /// `pbx` when the policy allows its spec, or what it does not allow.
+    pub fn admit(&self, pbx: ValidatedPbx) -> Result<ValidatedPbx, Vec<Problem>> {
+        let denied = self.check(&pbx.spec);
+        if denied.is_empty() {
+            Ok(pbx)
+        } else {
+            Err(denied)
+        }
+    }
+
     /// What the spec asks for beyond the policy (empty: within it).
     pub fn check(&self, spec: &WebRtcPbxSpec) -> Vec<Problem> {
         let mut problems = Vec::new();

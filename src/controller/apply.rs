@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 
 use super::dereference::Fetched;
-use super::{ChildStores, Context, ListMark};
+use super::{ChildStores, ListMark, Run};
 use crate::api::WebRtcPbx;
 use crate::names::{self, FIELD_MANAGER};
 use crate::render::Object;
@@ -283,13 +283,13 @@ pub(super) async fn apply_stages(
 /// watched: listed once per PBX generation. A Secret the spec names as the
 /// user's is released, never deleted. Returns how many were deleted.
 pub(super) async fn prune(
-    ctx: &Context,
+    run: &Run,
     pbx: &WebRtcPbx,
     ns: &str,
     desired: &[Object],
     stores: Option<&ChildStores>,
 ) -> Result<usize, kube::Error> {
-    let client = &ctx.client;
+    let client = &run.ctx.client;
     let name = pbx.name_any();
     let uid = pbx.metadata.uid.clone().unwrap_or_default();
     let mut found = match stores {
@@ -298,7 +298,7 @@ pub(super) async fn prune(
     };
     let key = kube::runtime::reflector::ObjectRef::from_obj(pbx);
     let mark: ListMark = (pbx.metadata.uid.clone(), pbx.metadata.generation);
-    let listed = ctx.listed_at(&key) == Some(mark.clone());
+    let listed = run.ctx.listed_at(&key) == Some(mark.clone());
     if !listed {
         found.extend(list_certificates(client, ns, &name, &uid).await?);
     }
@@ -315,7 +315,7 @@ pub(super) async fn prune(
         }
     }
     if !listed {
-        ctx.set_listed(key, mark);
+        run.set_listed(key, mark);
     }
     Ok(pruned)
 }

@@ -19,7 +19,8 @@ mod watches;
 pub use watches::{ChildStores, run};
 
 use certificate::certificate_step;
-use dereference::{dereference, stale_pending_pod, workload_facts};
+use dereference::{Fetched, dereference, stale_pending_pod, workload_facts};
+use update_status::Outcome;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,13 +34,13 @@ use kube::{Client, ResourceExt};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use crate::api::{CertificateStatus, EndpointsStatus, WebRtcPbx, WebRtcPbxStatus};
+use crate::api::{CertificateStatus, EndpointsStatus, WebRtcPbx};
 use crate::certs;
 use crate::names::{self, FIELD_MANAGER};
 use crate::ports;
 use crate::render;
 use crate::render::objects;
-use crate::status::{self, Tri, types};
+use crate::status::{self, Blocking, Tri, Verdict, types};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::FailureLabels;
 use crate::validate::{self, ValidatedPbx};
@@ -102,7 +103,8 @@ impl Error {
     }
 }
 
-/// Shared state of the reconcilers.
+/// What lives as long as the process: built whole once, before the first
+/// [`run`], and shared by every leadership term.
 pub struct Context {
     /// The client.
     pub client: Client,
@@ -110,10 +112,6 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// Event recorder.
     pub recorder: Recorder,
-    /// Every PBX the controller watches (for port conflicts), set by each [`run`].
-    pub pbxes: std::sync::RwLock<Option<Store<WebRtcPbx>>>,
-    /// The watched children without generated state, set by each [`run`].
-    pub children: std::sync::RwLock<Option<ChildStores>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per PBX, for the backoff.
@@ -158,8 +156,6 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             clock,
-            pbxes: std::sync::RwLock::new(None),
-            children: std::sync::RwLock::new(None),
             prober: Arc::new(probes::Prober::new(probe_concurrency, metrics.clone())),
             metrics,
             failures: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -174,25 +170,9 @@ impl Context {
         self.policy = policy;
         self
     }
-}
 
-impl Context {
     fn listed_at(&self, key: &ObjectRef<WebRtcPbx>) -> Option<ListMark> {
         self.listed.lock().ok()?.get(key).cloned()
-    }
-
-    fn set_listed(&self, key: ObjectRef<WebRtcPbx>, mark: ListMark) {
-        let Ok(mut listed) = self.listed.lock() else {
-            return;
-        };
-        listed.insert(key, mark);
-        // Forget deleted PBXs now and then, so the map stays the store's size.
-        let store = self.pbxes.read().ok().and_then(|s| s.clone());
-        if let Some(store) = store
-            && listed.len() > 2 * store.state().len() + 64
-        {
-            listed.retain(|k, _| store.get(k).is_some());
-        }
     }
 
     /// Forgets a deleted PBX: its backoff, its list mark and every metric
@@ -211,17 +191,40 @@ impl Context {
             &types::ALL,
         );
     }
+}
+
+/// One run of the controller (a leadership term): the long-lived
+/// [`Context`] and the watch caches this run made, built whole by [`run`]
+/// before its first reconcile.
+pub struct Run {
+    /// The long-lived state.
+    pub ctx: Arc<Context>,
+    /// Every PBX the controller watches (for port conflicts).
+    pub pbxes: Store<WebRtcPbx>,
+    /// The watched children without generated state.
+    pub children: ChildStores,
+}
+
+impl Run {
+    fn set_listed(&self, key: ObjectRef<WebRtcPbx>, mark: ListMark) {
+        let Ok(mut listed) = self.ctx.listed.lock() else {
+            return;
+        };
+        listed.insert(key, mark);
+        // Forget deleted PBXs now and then, so the map stays the store's size.
+        if listed.len() > 2 * self.pbxes.state().len() + 64 {
+            listed.retain(|k, _| self.pbxes.get(k).is_some());
+        }
+    }
 
     /// Whether a PBX is still in the watch store (for the probe schedules).
     fn exists(&self) -> probes::Exists {
-        match self.pbxes.read().ok().and_then(|s| s.clone()) {
-            Some(store) => probes::exists_in(store),
-            None => Arc::new(|_, _| false),
-        }
+        probes::exists_in(self.pbxes.clone())
     }
 }
 
-fn error_policy(pbx: Arc<WebRtcPbx>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(pbx: Arc<WebRtcPbx>, error: &Error, run: Arc<Run>) -> Action {
+    let ctx = &run.ctx;
     ctx.metrics
         .failures
         .get_or_create(&FailureLabels {
@@ -247,9 +250,6 @@ fn backoff(attempt: u32) -> Duration {
 
 /// How soon a reconcile that met a write conflict looks again.
 const CONFLICT_RETRY: Duration = Duration::from_millis(500);
-
-/// How often a PBX whose pod is not ready is looked at again.
-const WORKLOAD_RECHECK: Duration = Duration::from_secs(10);
 
 /// Why the probe may not dial the PBX's `probes.connectAddress`, if it may
 /// not: allowed are its own Service, pod and node on the WSS port, and what
@@ -278,11 +278,12 @@ fn connect_check(
     policy.connect_denied(connect, &own_hosts, &own_ips, v.spec.wss.port)
 }
 
-async fn reconcile(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(pbx: Arc<WebRtcPbx>, run: Arc<Run>) -> Result<Action, Error> {
+    let ctx = &run.ctx;
     ctx.metrics.reconciles.inc();
     let started = std::time::Instant::now();
     let key = ObjectRef::from_obj(&*pbx);
-    let result = reconcile_steps(pbx, ctx.clone()).await;
+    let result = reconcile_steps(pbx, &run).await;
     if result.is_ok()
         && let Ok(mut failures) = ctx.failures.lock()
     {
@@ -294,40 +295,18 @@ async fn reconcile(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Action, Err
     result
 }
 
-async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// The driver: dereference -> validate -> build and apply -> update_status.
+async fn reconcile_steps(pbx: Arc<WebRtcPbx>, run: &Run) -> Result<Action, Error> {
+    let ctx = &run.ctx;
     let ns = pbx.namespace().ok_or(Error::NoNamespace)?;
-    let name = pbx.name_any();
     let now = ctx.clock.now();
-    let client = &ctx.client;
-    let stores = ctx.children.read().ok().and_then(|s| s.clone());
-    let stores = match stores {
-        Some(s) if s.ready().await => Some(s),
-        _ => None,
-    };
-    let fetched = dereference(client, stores.as_ref(), &ns, &pbx)
+    let stores = run.children.ready().await.then_some(&run.children);
+    let fetched = dereference(&ctx.client, stores, &ns, &pbx)
         .await
         .map_err(Error::Dereference)?;
     let stored = objects::generated_from_secret(fetched.own_secret.as_ref());
     let generated = validate::fill_generated(&pbx.spec, stored, &mut rand::rng());
-
-    let mut components = Vec::new();
-    let mut new_status = WebRtcPbxStatus {
-        observed_generation: pbx.metadata.generation,
-        probes: pbx.status.as_ref().and_then(|s| s.probes.clone()),
-        ..WebRtcPbxStatus::default()
-    };
-    let mut recheck = None;
-    let key = ObjectRef::from_obj(&*pbx);
-    // An invalid spec keeps the running schedule (and what it finds).
-    let mut probe_results = ctx.prober.current(&key);
-    let mut waiting_for_workload = false;
-    let mut rejection = None;
-    let others = ctx
-        .pbxes
-        .read()
-        .ok()
-        .and_then(|s| s.as_ref().map(Store::state))
-        .unwrap_or_default();
+    let others = run.pbxes.state();
     let conflict = ports::conflict(&pbx, others.iter().map(|p| &**p));
     // The workload as the caches show it, whatever this reconcile writes.
     let workload = status::workload_verdict(&workload_facts(
@@ -335,123 +314,22 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
         conflict.as_ref(),
         fetched.pod.as_ref(),
     ));
-    let checked = validate::validate(&pbx, &fetched.referenced, &generated).and_then(|v| {
-        let denied = ctx.policy.check(&v.spec);
-        if denied.is_empty() {
-            Ok(v)
-        } else {
-            Err(denied)
-        }
-    });
-    let mut connect_denied = None;
-    match checked {
-        Err(problems) => {
-            // Keep what runs; tell the user what to change; wait for a change.
-            components.push(status::config_invalid(&problems));
-            components.push(status::certificate_pending());
-            components.push(workload);
-        }
-        Ok(validated) => 'applied: {
-            let rendered = render::render(&validated);
-            let cert = certificate_step(&validated, &fetched, now)?;
-            // Certificates first, the StatefulSet last: it mounts them.
-            let mut desired = cert.objects;
-            desired.extend(rendered.objects);
-            let (written, refused) =
-                match apply::apply_stages(client, &ns, &desired, &fetched).await {
-                    Ok(apply::Stages::Done { written, refused }) => (written, refused),
-                    // Our Secret changed since the cache saw it (usually our
-                    // own write on its way): look again once it has.
-                    Ok(apply::Stages::CacheBehind(object)) => {
-                        tracing::debug!(pbx = %name, %object, "cache behind; retrying");
-                        return Ok(Action::requeue(CONFLICT_RETRY));
-                    }
-                    Err(e) => return Err(Error::Apply(e)),
-                };
-            if !refused.is_empty() {
-                let [config, workload] =
-                    status::refusal_verdicts(&refused, desired.len(), workload);
-                let message = config.0.message.clone();
-                components.extend([config, cert.verdict, workload]);
-                warn!(pbx = %name, namespace = %ns, %message, "children refused");
-                rejection = Some(message);
-                break 'applied;
+    let checked =
+        validate::validate(&pbx, &fetched.referenced, &generated).and_then(|v| ctx.policy.admit(v));
+    let mut outcome = match checked {
+        Err(problems) => Outcome::invalid(&problems, workload, run, &pbx),
+        Ok(validated) => {
+            let applied = build_and_apply(run, &pbx, &validated, &fetched, workload, now).await?;
+            match applied {
+                Some(outcome) => outcome,
+                // Our Secret changed since the cache saw it (usually our own
+                // write on its way): look again once it has.
+                None => return Ok(Action::requeue(CONFLICT_RETRY)),
             }
-            let pruned = apply::prune(&ctx, &pbx, &ns, &desired, stores.as_ref())
-                .await
-                .map_err(Error::Prune)?;
-            if stale_pending_pod(fetched.pod.as_ref(), fetched.stateful_set.as_ref()) {
-                // Not running, so nothing is lost; the StatefulSet recreates it.
-                info!(pbx = %name, "replacing the unschedulable pod of an outdated revision");
-                Api::<Pod>::namespaced(client.clone(), &ns)
-                    .delete(&names::pod_name(&name), &Default::default())
-                    .await
-                    .map_err(Error::Apply)?;
-            }
-            if !written.is_empty() || pruned > 0 {
-                info!(pbx = %name, namespace = %ns, written = ?written, pruned, "applied");
-            }
-            components.push(status::config_rendered(desired.len()));
-            components.push(cert.verdict);
-            // Probing starts when the pod is ready; a new plan probes at
-            // once. A PBX already probed stays probed while its pod is not
-            // ready (a crashed container): the probes then name what a
-            // client sees (ConnectionRefused), not a stale True.
-            waiting_for_workload = workload.0.status != Tri::True;
-            let probing = ctx.prober.current(&key).is_some();
-            connect_denied = connect_check(&ctx.policy, &validated, fetched.pod.as_ref());
-            let plan = probes::plan(&validated, cert.ca_pem.clone())
-                .filter(|_| !waiting_for_workload || probing)
-                .filter(|_| connect_denied.is_none())
-                .map(|p| probes::Plan {
-                    generation: pbx.metadata.generation,
-                    ..p
-                });
-            probe_results = ctx.prober.ensure(&key, plan, &ctx.exists());
-            components.push(workload);
-            new_status.endpoints = Some(EndpointsStatus {
-                wss_url: validated.wss_url(),
-            });
-            new_status.certificate = cert.facts.map(|f| CertificateStatus {
-                not_after: Some(certs::rfc3339(f.not_after)),
-                dns_names: f.dns_names,
-            });
-            recheck = cert.recheck;
         }
-    }
-
-    let previous = pbx.status.clone().unwrap_or_default();
-    if let Some(why) = connect_denied {
-        // Not dialled at all: the probe conditions say why.
-        components.push(status::connect_not_allowed(why));
-    } else if pbx.spec.probes.enabled {
-        let r = probe_results.as_ref();
-        components.extend(status::probe_verdicts(
-            &pbx.spec.probes,
-            [
-                r.and_then(|r| r.wss.as_ref()),
-                r.and_then(|r| r.register.as_ref()),
-                r.and_then(|r| r.echo.as_ref()),
-            ],
-            waiting_for_workload,
-            &previous.conditions,
-            ctx.flap_threshold,
-        ));
-        if let Some((report, at)) = probe_results.as_ref().and_then(|r| r.last.as_ref()) {
-            new_status.probes = Some(status::probe_figures(report, certs::rfc3339(*at)));
-        }
-    } else {
-        new_status.probes = None;
-    }
-    // A pod the scheduler cannot place changes nothing the controller
-    // watches: look again while the workload is not ready.
-    if components
-        .iter()
-        .any(|(v, _)| v.type_ == types::WORKLOAD_READY && v.status != Tri::True)
-    {
-        recheck = Some(recheck.map_or(WORKLOAD_RECHECK, |r: Duration| r.min(WORKLOAD_RECHECK)));
-    }
-    update_status::update_status(&ctx, &pbx, &previous, &mut new_status, components, now).await?;
+    };
+    let rejection = outcome.rejection.take();
+    let recheck = update_status::update_status(ctx, &pbx, outcome, now).await?;
     if let Some(message) = rejection {
         // After the status: the error policy backs off and counts it.
         return Err(Error::Rejected(message));
@@ -460,6 +338,89 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, ctx: Arc<Context>) -> Result<Actio
         Some(d) => Action::requeue(d),
         None => Action::await_change(),
     })
+}
+
+/// Render and certificate (build), apply, prune, and the probe schedule
+/// that follows. `None`: the caches are behind one of our own writes.
+async fn build_and_apply(
+    run: &Run,
+    pbx: &WebRtcPbx,
+    validated: &ValidatedPbx,
+    fetched: &Fetched,
+    workload: (Verdict, Blocking),
+    now: OffsetDateTime,
+) -> Result<Option<Outcome>, Error> {
+    let ctx = &run.ctx;
+    let (ns, name) = (&validated.namespace, &validated.name);
+    let rendered = render::render(validated);
+    let cert = certificate_step(validated, fetched, now)?;
+    // Certificates first, the StatefulSet last: it mounts them.
+    let mut desired = cert.objects;
+    desired.extend(rendered.objects);
+    let (written, refused) = match apply::apply_stages(&ctx.client, ns, &desired, fetched).await {
+        Ok(apply::Stages::Done { written, refused }) => (written, refused),
+        Ok(apply::Stages::CacheBehind(object)) => {
+            tracing::debug!(pbx = %name, %object, "cache behind; retrying");
+            return Ok(None);
+        }
+        Err(e) => return Err(Error::Apply(e)),
+    };
+    if !refused.is_empty() {
+        let [config, workload] = status::refusal_verdicts(&refused, desired.len(), workload);
+        let message = config.0.message.clone();
+        warn!(pbx = %name, namespace = %ns, %message, "children refused");
+        let mut outcome = Outcome::kept(vec![config, cert.verdict, workload], run, pbx);
+        outcome.rejection = Some(message);
+        return Ok(Some(outcome));
+    }
+    let pruned = apply::prune(run, pbx, ns, &desired, fetched.stores.as_ref())
+        .await
+        .map_err(Error::Prune)?;
+    if stale_pending_pod(fetched.pod.as_ref(), fetched.stateful_set.as_ref()) {
+        // Not running, so nothing is lost; the StatefulSet recreates it.
+        info!(pbx = %name, "replacing the unschedulable pod of an outdated revision");
+        Api::<Pod>::namespaced(ctx.client.clone(), ns)
+            .delete(&names::pod_name(name), &Default::default())
+            .await
+            .map_err(Error::Apply)?;
+    }
+    if !written.is_empty() || pruned > 0 {
+        info!(pbx = %name, namespace = %ns, written = ?written, pruned, "applied");
+    }
+    // Probing starts when the pod is ready; a new plan probes at once. A
+    // PBX already probed stays probed while its pod is not ready (a crashed
+    // container): the probes then name what a client sees
+    // (ConnectionRefused), not a stale True.
+    let key = ObjectRef::from_obj(pbx);
+    let waiting_for_workload = workload.0.status != Tri::True;
+    let probing = ctx.prober.current(&key).is_some();
+    let connect_denied = connect_check(&ctx.policy, validated, fetched.pod.as_ref());
+    let plan = probes::plan(validated, cert.ca_pem.clone())
+        .filter(|_| !waiting_for_workload || probing)
+        .filter(|_| connect_denied.is_none())
+        .map(|p| probes::Plan {
+            generation: pbx.metadata.generation,
+            ..p
+        });
+    Ok(Some(Outcome {
+        components: vec![
+            status::config_rendered(desired.len()),
+            cert.verdict,
+            workload,
+        ],
+        endpoints: Some(EndpointsStatus {
+            wss_url: validated.wss_url(),
+        }),
+        certificate: cert.facts.map(|f| CertificateStatus {
+            not_after: Some(certs::rfc3339(f.not_after)),
+            dns_names: f.dns_names,
+        }),
+        recheck: cert.recheck,
+        probe_results: ctx.prober.ensure(&key, plan, &run.exists()),
+        waiting_for_workload,
+        connect_denied,
+        rejection: None,
+    }))
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The update-status step: the verdicts summarized into conditions, the
+//! The update-status step: what the earlier steps and the probes found
+//! made into the status, the verdicts summarized into conditions, the
 //! condition gauges, and the status patch and Events, sent only when
 //! something other than a timestamp changed.
 
@@ -10,24 +11,56 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tracing::warn;
 
-use super::{Context, Error};
-use crate::api::{WebRtcPbx, WebRtcPbxStatus};
-use crate::names::FIELD_MANAGER;
-use crate::status::{self, Blocking, Verdict};
+use std::time::Duration;
 
-/// Writes `new_status` (its conditions computed here from `components`)
-/// and the Events of what changed since `previous`.
+use kube::runtime::reflector::ObjectRef;
+
+use super::{Context, Error, Run, probes};
+use crate::api::{CertificateStatus, EndpointsStatus, ProbeFigures, WebRtcPbx, WebRtcPbxStatus};
+use crate::certs;
+use crate::names::FIELD_MANAGER;
+use crate::status::{self, Blocking, Tri, Verdict, types};
+use crate::validate;
+
+/// How often a PBX whose pod is not ready is looked at again.
+const WORKLOAD_RECHECK: Duration = Duration::from_secs(10);
+
+/// Writes the status the earlier steps' `outcome` and the probes make (the
+/// conditions computed here) and the Events of what changed. Returns when
+/// to look again.
 pub(super) async fn update_status(
     ctx: &Context,
     pbx: &WebRtcPbx,
-    previous: &WebRtcPbxStatus,
-    new_status: &mut WebRtcPbxStatus,
-    components: Vec<(Verdict, Blocking)>,
+    mut outcome: Outcome,
     now: OffsetDateTime,
-) -> Result<(), Error> {
+) -> Result<Option<Duration>, Error> {
     let ns = pbx.namespace().unwrap_or_default();
     let name = pbx.name_any();
     let client = &ctx.client;
+    let previous = &pbx.status.clone().unwrap_or_default();
+    let mut new_status = WebRtcPbxStatus {
+        observed_generation: pbx.metadata.generation,
+        probes: previous.probes.clone(),
+        endpoints: outcome.endpoints.take(),
+        certificate: outcome.certificate.take(),
+        ..WebRtcPbxStatus::default()
+    };
+    let probed = probe_conditions(pbx, &outcome, previous, ctx.flap_threshold);
+    if let Some(figures) = probed.figures {
+        new_status.probes = figures;
+    }
+    let mut components = outcome.components;
+    components.extend(probed.components);
+    // A pod the scheduler cannot place changes nothing the controller
+    // watches: look again while the workload is not ready.
+    let mut recheck = outcome.recheck;
+    if components
+        .iter()
+        .any(|(v, _)| v.type_ == types::WORKLOAD_READY && v.status != Tri::True)
+    {
+        recheck = Some(recheck.map_or(WORKLOAD_RECHECK, |r| r.min(WORKLOAD_RECHECK)));
+    }
+    let new_status = &mut new_status;
     let verdicts = status::summarize(components);
     let now_time =
         Time(k8s_openapi::jiff::Timestamp::from_second(now.unix_timestamp()).unwrap_or_default());
@@ -77,5 +110,104 @@ pub(super) async fn update_status(
             }
         }
     }
-    Ok(())
+    Ok(recheck)
+}
+
+/// What the steps up to the apply found, for the status step.
+pub(super) struct Outcome {
+    /// ConfigRendered, CertificateReady and WorkloadReady.
+    pub(super) components: Vec<(Verdict, Blocking)>,
+    pub(super) endpoints: Option<EndpointsStatus>,
+    pub(super) certificate: Option<CertificateStatus>,
+    /// When to look again (a certificate coming due).
+    pub(super) recheck: Option<Duration>,
+    /// What the PBX's probe schedule found so far.
+    pub(super) probe_results: Option<probes::Results>,
+    /// Probes are planned but the pod is not ready yet.
+    pub(super) waiting_for_workload: bool,
+    /// Why the probe may not dial the PBX's connect address.
+    pub(super) connect_denied: Option<String>,
+    /// A refused child's message: the reconcile fails once status says so.
+    pub(super) rejection: Option<String>,
+}
+
+impl Outcome {
+    /// An invalid spec keeps what runs and the running probe schedule; the
+    /// status tells the user what to change, and the controller waits.
+    pub(super) fn invalid(
+        problems: &[validate::Problem],
+        workload: (Verdict, Blocking),
+        run: &Run,
+        pbx: &WebRtcPbx,
+    ) -> Self {
+        Self::kept(
+            vec![
+                status::config_invalid(problems),
+                status::certificate_pending(),
+                workload,
+            ],
+            run,
+            pbx,
+        )
+    }
+
+    pub(super) fn kept(components: Vec<(Verdict, Blocking)>, run: &Run, pbx: &WebRtcPbx) -> Self {
+        Self {
+            components,
+            endpoints: None,
+            certificate: None,
+            recheck: None,
+            probe_results: run.ctx.prober.current(&ObjectRef::from_obj(pbx)),
+            waiting_for_workload: false,
+            connect_denied: None,
+            rejection: None,
+        }
+    }
+}
+
+/// The probe conditions, and the figures for `status.probes`
+/// (`Some(None)`: clear them; `None`: keep what status has).
+struct ProbeConditions {
+    components: Vec<(Verdict, Blocking)>,
+    figures: Option<Option<ProbeFigures>>,
+}
+
+fn probe_conditions(
+    pbx: &WebRtcPbx,
+    outcome: &Outcome,
+    previous: &WebRtcPbxStatus,
+    flap_threshold: u32,
+) -> ProbeConditions {
+    if let Some(why) = &outcome.connect_denied {
+        // Not dialled at all: the probe conditions say why.
+        return ProbeConditions {
+            components: vec![status::connect_not_allowed(why.clone())],
+            figures: None,
+        };
+    }
+    if !pbx.spec.probes.enabled {
+        return ProbeConditions {
+            components: Vec::new(),
+            figures: Some(None),
+        };
+    }
+    let r = outcome.probe_results.as_ref();
+    let components = status::probe_verdicts(
+        &pbx.spec.probes,
+        [
+            r.and_then(|r| r.wss.as_ref()),
+            r.and_then(|r| r.register.as_ref()),
+            r.and_then(|r| r.echo.as_ref()),
+        ],
+        outcome.waiting_for_workload,
+        &previous.conditions,
+        flap_threshold,
+    );
+    let figures = r
+        .and_then(|r| r.last.as_ref())
+        .map(|(report, at)| Some(status::probe_figures(report, certs::rfc3339(*at))));
+    ProbeConditions {
+        components,
+        figures,
+    }
 }

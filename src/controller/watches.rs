@@ -19,7 +19,7 @@ use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use tracing::warn;
 
-use super::{Context, apply, cache, error_policy, reconcile};
+use super::{Context, Run, apply, cache, error_policy, reconcile};
 use crate::api::WebRtcPbx;
 use crate::names::{self};
 use crate::validate;
@@ -185,18 +185,11 @@ pub async fn run(
     let (services, services_writer) = reflector::store::<Service>();
     let (stateful_sets, stateful_sets_writer) = reflector::store::<StatefulSet>();
     let (pods, pods_writer) = reflector::store::<Pod>();
-    if let Ok(mut children) = ctx.children.write() {
-        *children = Some(ChildStores::new(
-            secrets,
-            config_maps,
-            services,
-            stateful_sets,
-            pods,
-        ));
-    }
-    if let Ok(mut pbxes) = ctx.pbxes.write() {
-        *pbxes = Some(controller.store());
-    }
+    let run = Arc::new(Run {
+        ctx: ctx.clone(),
+        pbxes: controller.store(),
+        children: ChildStores::new(secrets, config_maps, services, stateful_sets, pods),
+    });
     // A user's Secret or ConfigMap changed: re-render the PBXs that use it.
     let store = controller.store();
     let secret_users = move |secret: PartialObjectMeta<Secret>| {
@@ -295,7 +288,7 @@ pub async fn run(
             config_map_users,
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, run)
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(pbx = %obj, "reconciled"),
