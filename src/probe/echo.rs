@@ -13,7 +13,9 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 
 use super::digest;
-use super::register::{Account, Session, TxError};
+use super::register::Account;
+use super::session::{Session, TxError};
+use super::step::{Check, Step};
 
 /// Marks our packets in the PCMU payload.
 const MAGIC: [u8; 4] = *b"WPBX";
@@ -506,6 +508,21 @@ async fn media_loop(
             }
         }
     }
+}
+
+/// The echo-call step: [`call`], and its EchoCall verdict.
+pub async fn step(
+    ws: &mut super::transport::Wss,
+    account: &Account,
+    options: &EchoOptions,
+) -> Step<EchoResult> {
+    let figures = call(ws, account, options).await;
+    let check = Check {
+        ok: figures.outcome == EchoOutcome::Healthy,
+        reason: figures.outcome.reason().into(),
+        message: figures.message(options),
+    };
+    Step { check, figures }
 }
 
 #[cfg(test)]

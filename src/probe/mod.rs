@@ -6,15 +6,19 @@
 pub mod digest;
 pub mod echo;
 pub mod register;
+pub mod session;
 pub mod sip;
+pub mod step;
 pub mod transport;
+
+#[cfg(test)]
+mod test_server;
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
-/// The reason of a check skipped because an earlier one failed.
-pub const NOT_ATTEMPTED: &str = "NotAttempted";
+pub use step::{Check, NOT_ATTEMPTED, Step};
 
 /// What to probe.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,17 +29,6 @@ pub struct Request {
     pub account: Option<register::Account>,
     /// The echo call (needs `account`).
     pub echo: Option<echo::EchoOptions>,
-}
-
-/// One check's verdict.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Check {
-    /// Passed.
-    pub ok: bool,
-    /// Machine reason (the condition reason).
-    pub reason: String,
-    /// Human message.
-    pub message: String,
 }
 
 /// Everything one probe run found.
@@ -136,69 +129,38 @@ fn new_report(request: &Request) -> Report {
     }
 }
 
-/// Runs the requested checks.
+/// Runs the requested checks: each step in turn, the next only when the
+/// one before passed.
 pub async fn run(request: &Request) -> Report {
     let target = &request.target;
     let mut report = new_report(request);
-    let mut ws = match transport::connect(target).await {
-        Ok((ws, timings, certificate)) => {
-            report.timings = timings;
-            let expiry = certificate
-                .as_ref()
-                .map(|c| format!("; certificate expires in {} days", c.days_to_expiry))
-                .unwrap_or_default();
-            report.wss = Check {
-                ok: true,
-                reason: "Connected".into(),
-                message: format!("WebSocket with subprotocol sip open{expiry}"),
-            };
-            report.certificate = certificate;
-            ws
-        }
-        Err((failure, timings)) => {
-            report.timings = timings;
-            report.failed_phase = Some(failure.phase());
-            report.wss = Check {
-                ok: false,
-                reason: failure.reason().into(),
-                message: failure.to_string(),
-            };
-            let not_attempted = || Check {
-                ok: false,
-                reason: NOT_ATTEMPTED.into(),
-                message: "not attempted: the WebSocket did not open".into(),
-            };
-            report.register = request.account.as_ref().map(|_| not_attempted());
-            report.echo = request.echo.as_ref().map(|_| not_attempted());
-            return report;
-        }
+    let (wss, ws) = transport::step(target).await;
+    report.wss = wss.check;
+    report.timings = wss.figures.timings;
+    report.failed_phase = wss.figures.failed_phase;
+    report.certificate = wss.figures.certificate;
+    let Some(mut ws) = ws else {
+        let skipped = || Check::not_attempted("the WebSocket did not open");
+        report.register = request.account.as_ref().map(|_| skipped());
+        report.echo = request.echo.as_ref().map(|_| skipped());
+        return report;
     };
     if let Some(account) = &request.account {
-        let result = register::probe(&mut ws, account, target.timeout).await;
-        report.register = Some(Check {
-            ok: result.outcome == register::Outcome::Registered,
-            reason: result.outcome.reason().into(),
-            message: result.outcome.message(account),
-        });
-        report.register_result = Some(result);
-        let registered = report.register.as_ref().is_some_and(|c| c.ok);
-        if request.echo.is_some() && !registered {
-            // The INVITE would fail the same way: name the real cause.
-            report.echo = Some(Check {
-                ok: false,
-                reason: NOT_ATTEMPTED.into(),
-                message: "not attempted: REGISTER failed, so no call was placed".into(),
-            });
-        }
-        if let Some(options) = request.echo.as_ref().filter(|_| registered) {
-            let result = echo::call(&mut ws, account, options).await;
-            let message = result.message(options);
-            report.echo = Some(Check {
-                ok: result.outcome == echo::EchoOutcome::Healthy,
-                reason: result.outcome.reason().into(),
-                message,
-            });
-            report.echo_result = Some(result);
+        let register = register::step(&mut ws, account, target.timeout).await;
+        let registered = register.check.ok;
+        report.register = Some(register.check);
+        report.register_result = Some(register.figures);
+        if let Some(options) = &request.echo {
+            if registered {
+                let echo = echo::step(&mut ws, account, options).await;
+                report.echo = Some(echo.check);
+                report.echo_result = Some(echo.figures);
+            } else {
+                // The INVITE would fail the same way: name the real cause.
+                report.echo = Some(Check::not_attempted(
+                    "REGISTER failed, so no call was placed",
+                ));
+            }
         }
     }
     let _ = ws.close(None).await;

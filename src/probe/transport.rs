@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
+use super::step::{Check, Step};
+
 /// A SIP WebSocket over TLS.
 pub type Wss = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
@@ -357,6 +359,54 @@ fn ws_limits() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
         .max_frame_size(Some(MAX_WS_MESSAGE))
 }
 
+/// What the WSS step measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Connection {
+    /// Phase timings (those reached, on failure).
+    pub timings: Timings,
+    /// The phase a failure happened in.
+    pub failed_phase: Option<Phase>,
+    /// The served certificate.
+    pub certificate: Option<ServedCertificate>,
+}
+
+/// The WSS step: [`connect`], its WssConnected verdict, and the open
+/// WebSocket for the next steps when it passed.
+pub async fn step(target: &Target) -> (Step<Connection>, Option<Wss>) {
+    match connect(target).await {
+        Ok((ws, timings, certificate)) => {
+            let expiry = certificate
+                .as_ref()
+                .map(|c| format!("; certificate expires in {} days", c.days_to_expiry))
+                .unwrap_or_default();
+            let check = Check {
+                ok: true,
+                reason: "Connected".into(),
+                message: format!("WebSocket with subprotocol sip open{expiry}"),
+            };
+            let figures = Connection {
+                timings,
+                failed_phase: None,
+                certificate,
+            };
+            (Step { check, figures }, Some(ws))
+        }
+        Err((failure, timings)) => {
+            let check = Check {
+                ok: false,
+                reason: failure.reason().into(),
+                message: failure.to_string(),
+            };
+            let figures = Connection {
+                timings,
+                failed_phase: Some(failure.phase()),
+                certificate: None,
+            };
+            (Step { check, figures }, None)
+        }
+    }
+}
+
 /// Opens the SIP WebSocket. Returns it with the timings and the served
 /// certificate, or the first failure with the timings reached so far.
 pub async fn connect(
@@ -515,4 +565,70 @@ fn served_certificate(der: &CertificateDer<'_>) -> Option<ServedCertificate> {
         days_to_expiry: (facts.not_after - now).whole_days(),
         not_after_unix: facts.not_after.unix_timestamp(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::probe::test_server::{self, HOST};
+
+    #[tokio::test]
+    async fn the_step_opens_a_sip_websocket_and_reports_the_certificate() {
+        let server = test_server::serve(Some("sip"), Arc::new(|_| Vec::new())).await;
+        let (step, ws) = step(&server.target()).await;
+        assert!(step.check.ok, "{:?}", step.check);
+        assert_eq!(step.check.reason, "Connected");
+        assert!(ws.is_some());
+        let cert = step.figures.certificate.expect("the served certificate");
+        assert_eq!(cert.dns_names, vec![HOST.to_string()]);
+        assert!(cert.days_to_expiry > 0);
+        let t = &step.figures.timings;
+        assert!(t.connect_ms.is_some() && t.tls_ms.is_some() && t.upgrade_ms.is_some());
+        assert_eq!(step.figures.failed_phase, None);
+    }
+
+    #[tokio::test]
+    async fn a_server_without_the_sip_subprotocol_fails_the_upgrade() {
+        let server = test_server::serve(None, Arc::new(|_| Vec::new())).await;
+        let (step, ws) = step(&server.target()).await;
+        assert!(!step.check.ok);
+        assert!(ws.is_none());
+        assert_eq!(
+            step.figures.failed_phase,
+            Some(Phase::Upgrade),
+            "{:?}",
+            step.check
+        );
+        let message = step.check.message.to_lowercase();
+        assert!(message.contains("subprotocol"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_certificate_fails_in_tls_and_nothing_listening_in_connect() {
+        let server = test_server::serve(Some("sip"), Arc::new(|_| Vec::new())).await;
+        let other = test_server::serve(Some("sip"), Arc::new(|_| Vec::new())).await;
+        let mut target = server.target();
+        target.ca_pem = Some(other.ca_pem.clone());
+        let (untrusted, _) = step(&target).await;
+        assert_eq!(
+            untrusted.figures.failed_phase,
+            Some(Phase::Tls),
+            "{:?}",
+            untrusted.check
+        );
+        // A port nobody listens on (bound, then released).
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        drop(free);
+        target.connect_to = Some(format!("127.0.0.1:{port}"));
+        let (refused, _) = step(&target).await;
+        assert_eq!(
+            refused.check.reason, "ConnectionRefused",
+            "{:?}",
+            refused.check
+        );
+        assert_eq!(refused.figures.failed_phase, Some(Phase::Connect));
+    }
 }
