@@ -2,6 +2,10 @@
 //! admission rules the apiserver enforces from the generated schema. Owns the
 //! *shape* of user input; the checks only the controller can make live in
 //! [`crate::validate`].
+//!
+//! Over 600 lines on purpose: the field docs here *are* the CRD's schema
+//! descriptions (`kubectl explain`), so the whole API reads in one file, in
+//! the order of the generated YAML; there is no logic to split out.
 
 use std::collections::BTreeMap;
 

@@ -3,6 +3,9 @@
 //! serves (`Secret` and `CertManager` modes) into a CertificateReady outcome.
 //! The caller passes the clock and the key pairs: no clock or key generation
 //! in here.
+//!
+//! About 530 lines of code; the rest are its unit tests (issue, renew,
+//! chain and name-constraint cases), kept beside the code they pin down.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,

@@ -1,6 +1,9 @@
 //! The WSS transport of the probes: DNS, TCP connect, TLS handshake and
 //! WebSocket upgrade (subprotocol `sip`), each timed, each failure named the
 //! way a PBX admin needs it (the browser only says "1006").
+//!
+//! About 570 lines of code (most of it naming TLS and upgrade failures);
+//! the rest are the step's unit tests against a local WSS server.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
