@@ -16,21 +16,19 @@
 //!   echo call.
 #![forbid(unsafe_code)]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
+use harness::fixture::Pbx;
+use harness::{Requests, api_requests, reconciles};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
-use support::{Requests, api_requests, reconciles};
 use tokio_tungstenite::tungstenite::Message;
 use webrtc_pbx_operator::api::WebRtcPbx;
 use webrtc_pbx_operator::probe::{self, digest, register, transport};
@@ -64,28 +62,17 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn spec(domain: &str) -> Value {
-    json!({"domain": domain, "network": {"mode": "Service"},
-           "rtp": {"portRange": {"start": 20000, "end": 20003}}, "probes": {"enabled": false}})
+/// Bench PBX `name`: domain `NAME.bench.test`, off the host network, probes off.
+fn bench_pbx(name: &str) -> Pbx {
+    Pbx::new(name, json!({"domain": format!("{name}.bench.test")})).quiet()
 }
 
-/// Creates bench PBX `name` (domain `NAME.bench.test`, probes off).
-async fn create(pbxes: &Api<WebRtcPbx>, name: &str, ns: &str) {
+/// Creates bench PBX `name` through `pbxes`.
+async fn create(pbxes: &Api<WebRtcPbx>, name: &str) {
     pbxes
-        .create(
-            &PostParams::default(),
-            &manifest(name, ns, spec(&format!("{name}.bench.test"))),
-        )
+        .create(&PostParams::default(), &bench_pbx(name).typed())
         .await
         .unwrap();
-}
-
-fn manifest(name: &str, ns: &str, spec: Value) -> WebRtcPbx {
-    serde_json::from_value(json!({
-        "apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
-        "metadata": {"name": name, "namespace": ns}, "spec": spec
-    }))
-    .unwrap()
 }
 
 /// True once every named object exists.
@@ -133,10 +120,9 @@ fn children(name: &str) -> Vec<(&'static str, String)> {
 /// input file is written to `dir`), as YAML text.
 fn render_pbx(dir: &std::path::Path, name: &str, ns: &str) -> Vec<u8> {
     let input = dir.join(format!("{name}.yaml"));
-    let pbx =
-        serde_json::to_string(&manifest(name, ns, spec(&format!("{name}.bench.test")))).unwrap();
+    let pbx = bench_pbx(name).json_in(ns).to_string();
     std::fs::write(&input, pbx).unwrap();
-    let rendered = Command::new(support::operator_exe())
+    let rendered = Command::new(harness::operator_exe())
         .arg("render")
         .arg(&input)
         .output()
@@ -181,16 +167,16 @@ async fn ssa(client: &Client, ns: &str, doc: &Value) {
 
 async fn convergence(rows: &mut Vec<Row>) {
     println!("convergence (20 runs each)");
-    let client = support::client().await;
-    let ns = support::namespace(&client, "bench-conv").await;
-    let _operator = support::operator_binary(&ns, support::free_port(), None);
+    let client = harness::client().await;
+    let ns = harness::namespace(&client, "bench-conv").await;
+    let _operator = harness::operator_binary(&ns, harness::free_port(), None);
     let pbxes = Api::<WebRtcPbx>::namespaced(client.clone(), &ns);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut operator_ms = Vec::new();
     for i in 0..20 {
         let name = format!("c{i}");
         let t0 = Instant::now();
-        create(&pbxes, &name, &ns).await;
+        create(&pbxes, &name).await;
         let names = children(&name);
         loop {
             let observed = pbxes
@@ -208,16 +194,16 @@ async fn convergence(rows: &mut Vec<Row>) {
         operator_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
     // The physical limit: kubectl applying exactly what `render` prints.
-    let raw = support::namespace(&client, "bench-raw").await;
-    let dir = support::scratch_dir("bench-render");
+    let raw = harness::namespace(&client, "bench-raw").await;
+    let dir = harness::scratch_dir("bench-render");
     let mut kubectl_ms = Vec::new();
     for i in 0..20 {
         let name = format!("r{i}");
         let rendered = render_pbx(&dir, &name, &raw);
         let t0 = Instant::now();
-        let mut apply = Command::new(support::ground_env("KUBECTL"))
+        let mut apply = Command::new(harness::ground_env("KUBECTL"))
             .arg("--kubeconfig")
-            .arg(&support::control_plane().kubeconfig)
+            .arg(&harness::control_plane().kubeconfig)
             .args(["apply", "--server-side", "--field-manager=bench", "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -285,7 +271,7 @@ async fn convergence(rows: &mut Vec<Row>) {
         "<= 1.5",
         Some(op / kc <= 1.5),
     );
-    support::remove_dir(&dir);
+    harness::remove_dir(&dir);
 }
 
 /// Peak resident set of a process (VmHWM), MiB.
@@ -350,13 +336,13 @@ async fn wait_all(pbxes: &Api<WebRtcPbx>, n: usize, type_: &str, deadline: Insta
 async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
     const N: usize = 500;
     println!("scale: {N} WebRtcPbx at once, probes off");
-    let client = support::client().await;
-    let ns = support::namespace(&client, "bench-scale").await;
-    let port = support::free_port();
+    let client = harness::client().await;
+    let ns = harness::namespace(&client, "bench-scale").await;
+    let port = harness::free_port();
     let log = std::env::temp_dir().join("wpbx-bench-scale-operator.log");
     let _ = std::fs::remove_file(&log);
     println!("  operator log: {}", log.display());
-    let mut operator = support::operator_binary(&ns, port, Some(&log));
+    let mut operator = harness::operator_binary(&ns, port, Some(&log));
     let pid = operator.id();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = api_requests(port);
@@ -365,10 +351,9 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
     futures::stream::iter(0..N)
         .map(|i| {
             let pbxes = pbxes.clone();
-            let ns = ns.clone();
             async move {
                 let name = format!("s{i:03}");
-                create(&pbxes, &name, &ns).await;
+                create(&pbxes, &name).await;
             }
         })
         .buffer_unordered(32)
@@ -457,9 +442,9 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
         .args(["-TERM", &pid.to_string()])
         .status();
     let _ = operator.wait();
-    let port = support::free_port();
+    let port = harness::free_port();
     let t1 = Instant::now();
-    let second = support::operator_binary(&ns, port, Some(&log));
+    let second = harness::operator_binary(&ns, port, Some(&log));
     while reconciles(port) < N as u64 {
         assert!(
             t1.elapsed() < Duration::from_secs(300),
@@ -523,8 +508,8 @@ const RECONCILES: usize = 16;
 /// Secrets (sent together, the StatefulSet last, as the operator does), then
 /// a ConfigRendered status, for `n` PBXs, [`RECONCILES`] at a time.
 async fn scale_floor(client: &Client, n: usize) -> Duration {
-    let ns = support::namespace(client, "bench-scale-raw").await;
-    let dir = support::scratch_dir("bench-scale-render");
+    let ns = harness::namespace(client, "bench-scale-raw").await;
+    let dir = harness::scratch_dir("bench-scale-render");
     let work: Vec<(String, Vec<Value>)> = (0..n)
         .map(|i| {
             let name = format!("b{i:03}");
@@ -545,7 +530,7 @@ async fn scale_floor(client: &Client, n: usize) -> Duration {
         .map(|(name, docs)| {
             let (pbxes, ns) = (pbxes.clone(), ns.clone());
             async move {
-                create(&pbxes, name, &ns).await;
+                create(&pbxes, name).await;
                 let (mounted, workload): (Vec<&Value>, Vec<&Value>) =
                     docs.iter().partition(|d| d["kind"] != "StatefulSet");
                 futures::future::join_all(mounted.into_iter().map(|d| ssa(client, &ns, d))).await;
@@ -571,7 +556,7 @@ async fn scale_floor(client: &Client, n: usize) -> Duration {
         .collect::<Vec<_>>()
         .await;
     let took = t0.elapsed();
-    support::remove_dir(&dir);
+    harness::remove_dir(&dir);
     took
 }
 
@@ -668,7 +653,7 @@ fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'sta
 /// follows), milliseconds.
 async fn engine_register(port: u16, ca_pem: &str) -> f64 {
     let request = probe::Request {
-        target: support::target(port, "/ws", DOMAIN, ca_pem),
+        target: harness::target(port, "/ws", DOMAIN, ca_pem),
         account: Some(register::Account {
             domain: DOMAIN.into(),
             user: "1001".into(),
@@ -696,12 +681,12 @@ const PROBE_RUNS: u32 = 50;
 
 async fn probe_cost(rows: &mut Vec<Row>) {
     println!("probe cost (real Asterisk on loopback)");
-    let dir = support::scratch_dir("bench-probe");
-    let port = support::free_port();
-    let etc = support::render_config(&dir, DOMAIN, port, "");
-    let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let dir = harness::scratch_dir("bench-probe");
+    let port = harness::free_port();
+    let etc = harness::render_config(&dir, DOMAIN, port, "");
+    let ca = harness::write_self_signed(&etc.join("keys"), &[DOMAIN]);
     std::fs::write(dir.join("ca.crt"), &ca).unwrap();
-    let mut asterisk = support::Asterisk::start(&etc);
+    let mut asterisk = harness::Asterisk::start(&etc);
     asterisk.wait_wss(port, DOMAIN, &ca, Instant::now()).await;
     // Warm up both paths, then alternate them.
     engine_register(port, &ca).await;
@@ -738,7 +723,7 @@ async fn probe_cost(rows: &mut Vec<Row>) {
 
     // The same REGISTER by JsSIP in Node.
     let node = Command::new("node")
-        .arg(support::repo().join("benches/jssip-register.cjs"))
+        .arg(harness::repo().join("benches/jssip-register.cjs"))
         .args([
             &format!("wss://{DOMAIN}:{port}/ws"),
             DOMAIN,
@@ -747,7 +732,7 @@ async fn probe_cost(rows: &mut Vec<Row>) {
             "20",
         ])
         .arg(dir.join("ca.crt"))
-        .env("BROWSER_DIR", support::ground_env("BROWSER_DIR"))
+        .env("BROWSER_DIR", harness::ground_env("BROWSER_DIR"))
         .output()
         .unwrap();
     let out: Value = serde_json::from_slice(&node.stdout).unwrap_or_else(|_| {
@@ -782,7 +767,7 @@ async fn probe_cost(rows: &mut Vec<Row>) {
                 let ca = ca.clone();
                 async move {
                     let report = probe::run(&probe::Request {
-                        target: support::target(port, "/ws", DOMAIN, &ca),
+                        target: harness::target(port, "/ws", DOMAIN, &ca),
                         account: Some(register::Account {
                             domain: DOMAIN.into(),
                             user: "1001".into(),
@@ -817,24 +802,24 @@ async fn probe_cost(rows: &mut Vec<Row>) {
     asterisk.kill();
 
     // CPU per second of echo call: the probe command in a test host, 10 s.
-    let netns = support::Netns::new("bench-echo");
-    let echo_dir = support::scratch_dir("bench-echo");
-    let port = support::free_port();
-    let etc = support::render_config(&echo_dir, DOMAIN, port, "");
-    support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let netns = harness::Netns::new("bench-echo");
+    let echo_dir = harness::scratch_dir("bench-echo");
+    let port = harness::free_port();
+    let etc = harness::render_config(&echo_dir, DOMAIN, port, "");
+    harness::write_self_signed(&etc.join("keys"), &[DOMAIN]);
     let mut rtp = std::fs::read_to_string(etc.join("rtp.conf")).unwrap();
     rtp.push_str(&format!(
         "\n[ice_host_candidates]\n{} => 127.0.0.1\n",
-        support::Netns::MEDIA_ADDRESS
+        harness::Netns::MEDIA_ADDRESS
     ));
     std::fs::write(etc.join("rtp.conf"), rtp).unwrap();
     std::fs::copy(etc.join("keys/ca.crt"), echo_dir.join("ca.crt")).unwrap();
-    let mut asterisk = support::Asterisk::start_in(&etc, Some(&netns));
+    let mut asterisk = harness::Asterisk::start_in(&etc, Some(&netns));
     asterisk.wait_booted();
     let script = format!(
         "{} probe --url wss://{DOMAIN}:{port}/ws --connect-to 127.0.0.1:{port} --ca-file {} --user 1001 --password pw-1001 \
          --echo-extension '*43' --echo-duration 10s --output json >/dev/null; times",
-        support::operator_exe().display(),
+        harness::operator_exe().display(),
         echo_dir.join("ca.crt").display()
     );
     let out = netns
@@ -859,8 +844,8 @@ async fn probe_cost(rows: &mut Vec<Row>) {
     );
     asterisk.kill();
     drop(netns);
-    support::remove_dir(&dir);
-    support::remove_dir(&echo_dir);
+    harness::remove_dir(&dir);
+    harness::remove_dir(&echo_dir);
 }
 
 #[tokio::main]
@@ -876,7 +861,7 @@ async fn main() {
     );
     let mut rows = Vec::new();
     let started = Instant::now();
-    support::install_project_crds(&support::client().await).await;
+    harness::install_project_crds(&harness::client().await).await;
     // The probe section first: later sections leave the control plane
     // busy with hundreds of PBXs, which would weigh on its timings.
     if wanted("probe") {
@@ -905,7 +890,7 @@ async fn main() {
     println!(
         "\nBenchmarks, {} on {cores} cores / {memory:.0} GiB, Kubernetes {} (kwok nodes), Asterisk 22, debug={} ({:.0} s)\n",
         String::from_utf8_lossy(&date.stdout).trim(),
-        support::ground_env("K8S_VERSION"),
+        harness::ground_env("K8S_VERSION"),
         cfg!(debug_assertions),
         started.elapsed().as_secs_f64()
     );

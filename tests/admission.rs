@@ -1,21 +1,19 @@
 //! Admission against the real kube-apiserver: the generated CRD accepts the
 //! examples and refuses bad input with a message that says what to change.
 
-mod support;
-
 use kube::api::{Api, DynamicObject};
 use serde_json::{Value, json};
 use webrtc_pbx_operator::api::WebRtcPbx;
 
-use support::admission::{create, resource, spec_with};
+use harness::fixture::{Pbx, untyped_api};
 
 #[tokio::test]
 async fn examples_are_accepted_with_defaults_applied() {
-    let client = support::client().await;
-    support::install_project_crds(&client).await;
-    let ns = support::namespace(&client, "admission-ok").await;
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource());
-    let dir = support::repo().join("deploy/examples");
+    let client = harness::client().await;
+    harness::install_project_crds(&client).await;
+    let ns = harness::namespace(&client, "admission-ok").await;
+    let api: Api<DynamicObject> = untyped_api(&client, &ns);
+    let dir = harness::repo().join("deploy/examples");
     let mut accepted = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path().join("pbx.yaml");
@@ -26,7 +24,8 @@ async fn examples_are_accepted_with_defaults_applied() {
         let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
         for doc in docs.iter().filter(|d| d["kind"] == "WebRtcPbx") {
             let name = doc["metadata"]["name"].as_str().unwrap().to_string();
-            let created = create(&api, &name, doc["spec"].clone())
+            let created = Pbx::new(&name, doc["spec"].clone())
+                .try_create_untyped(&api)
                 .await
                 .unwrap_or_else(|e| panic!("{} rejected: {e}", path.display()));
             // Defaults are the apiserver's job too: the stored object is complete.
@@ -40,7 +39,8 @@ async fn examples_are_accepted_with_defaults_applied() {
     }
     assert_eq!(accepted, 4, "every example under deploy/examples");
     // The minimal spec gets every default.
-    let minimal = create(&api, "minimal", json!({"domain": "pbx.example.com"}))
+    let minimal = Pbx::new("minimal", json!({"domain": "pbx.example.com"}))
+        .try_create_untyped(&api)
         .await
         .unwrap();
     let spec = &minimal.data["spec"];
@@ -57,10 +57,10 @@ async fn examples_are_accepted_with_defaults_applied() {
 
 #[tokio::test]
 async fn invalid_manifests_are_rejected_with_what_to_change() {
-    let client = support::client().await;
-    support::install_project_crds(&client).await;
-    let ns = support::namespace(&client, "admission-bad").await;
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource());
+    let client = harness::client().await;
+    harness::install_project_crds(&client).await;
+    let ns = harness::namespace(&client, "admission-bad").await;
+    let api: Api<DynamicObject> = untyped_api(&client, &ns);
     let cases: Vec<(&str, Value, &str)> = vec![
         (
             "no-domain",
@@ -277,7 +277,7 @@ async fn invalid_manifests_are_rejected_with_what_to_change() {
     assert!(cases.len() >= 25);
     let mut failures = Vec::new();
     for (name, patch, expected) in cases {
-        match create(&api, name, spec_with(patch)).await {
+        match Pbx::valid_with(name, patch).try_create_untyped(&api).await {
             Ok(_) => failures.push(format!(
                 "{name}: accepted, expected rejection with {expected:?}"
             )),

@@ -3,8 +3,6 @@
 //! password and fails with another, and the probe endpoint reaches the echo
 //! extension and nothing else.
 
-mod support;
-
 use std::time::Instant;
 
 use webrtc_pbx_operator::cli;
@@ -37,8 +35,8 @@ stringData: {{alice: "alice;secret"}}
 
 #[tokio::test]
 async fn rendered_config_runs_in_real_asterisk() {
-    let dir = support::scratch_dir("asterisk-render");
-    let port = support::free_port();
+    let dir = harness::scratch_dir("asterisk-render");
+    let port = harness::free_port();
     let input = dir.join("pbx.yaml");
     std::fs::write(&input, manifest(port)).unwrap();
     let inputs = cli::read_inputs(&[input]).unwrap();
@@ -52,10 +50,10 @@ async fn rendered_config_runs_in_real_asterisk() {
     let rendered = render::render(&validated);
     cli::write_config_dir(&dir, &rendered, None).unwrap();
     let etc = dir.join("etc/asterisk");
-    let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let ca = harness::write_self_signed(&etc.join("keys"), &[DOMAIN]);
 
     let started = Instant::now();
-    let mut asterisk = support::Asterisk::start(&etc);
+    let mut asterisk = harness::Asterisk::start(&etc);
     let ready = asterisk.wait_wss(port, DOMAIN, &ca, started).await;
     eprintln!("rendered config: WSS ready after {ready:?}");
 
@@ -84,7 +82,7 @@ async fn rendered_config_runs_in_real_asterisk() {
         "{modules}"
     );
 
-    let mut ws = support::wss_connect(port, "/ws", DOMAIN, &ca)
+    let mut ws = harness::wss_connect(port, "/ws", DOMAIN, &ca)
         .await
         .unwrap();
     let account = |user: &str, password: &str| register::Account {
@@ -156,19 +154,19 @@ async fn rendered_config_runs_in_real_asterisk() {
     // Certificate rotation: new files under the same names reach WSS on
     // `core reload` (what the pod's config-reloader runs), without a restart.
     let pid = asterisk.pid();
-    let rotated_ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let rotated_ca = harness::write_self_signed(&etc.join("keys"), &[DOMAIN]);
     assert!(
-        support::wss_connect(port, "/ws", DOMAIN, &rotated_ca)
+        harness::wss_connect(port, "/ws", DOMAIN, &rotated_ca)
             .await
             .is_err(),
         "new CA trusted before reload"
     );
     let reload = asterisk.cli("core reload");
-    support::wait_until(
+    harness::wait_until(
         std::time::Duration::from_secs(5),
         "rotated certificate served",
         || async {
-            support::wss_connect(port, "/ws", DOMAIN, &rotated_ca)
+            harness::wss_connect(port, "/ws", DOMAIN, &rotated_ca)
                 .await
                 .ok()
                 .map(|_| ())
@@ -176,7 +174,7 @@ async fn rendered_config_runs_in_real_asterisk() {
     )
     .await;
     assert!(
-        support::wss_connect(port, "/ws", DOMAIN, &ca)
+        harness::wss_connect(port, "/ws", DOMAIN, &ca)
             .await
             .is_err(),
         "old certificate still served after: {reload}"

@@ -3,7 +3,6 @@
 //! chart renders (`UPDATE_GOLDEN=1` rewrites it), and the rendered objects
 //! accepted by the real apiserver (server-side dry run) in a namespace that
 //! enforces the restricted Pod Security Standard, without warnings.
-mod support;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,11 +17,11 @@ const SYSTEM_NAMESPACE: &str = "webrtc-pbx-system";
 const RELEASE: &str = "webrtc-pbx-operator";
 
 fn chart() -> PathBuf {
-    support::repo().join("charts/webrtc-pbx-operator")
+    harness::repo().join("charts/webrtc-pbx-operator")
 }
 
 fn helm(args: &[&str]) -> String {
-    let out = Command::new(support::ground_env("HELM"))
+    let out = Command::new(harness::ground_env("HELM"))
         .args(args)
         .output()
         .expect("run helm (scripts/ground provision helm)");
@@ -81,7 +80,7 @@ fn helm_lint_is_clean() {
 
 #[test]
 fn chart_crds_are_the_generated_ones() {
-    for entry in std::fs::read_dir(support::repo().join("crds")).unwrap() {
+    for entry in std::fs::read_dir(harness::repo().join("crds")).unwrap() {
         let path = entry.unwrap().path();
         let copy = chart().join("crds").join(path.file_name().unwrap());
         assert_eq!(
@@ -96,7 +95,7 @@ fn chart_crds_are_the_generated_ones() {
 
 #[test]
 fn plain_manifests_are_rendered_from_the_chart() {
-    let path = support::repo().join("deploy/operator.yaml");
+    let path = harness::repo().join("deploy/operator.yaml");
     let want = plain_manifests();
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &want).unwrap();
@@ -110,7 +109,7 @@ fn plain_manifests_are_rendered_from_the_chart() {
 
 #[test]
 fn values_outside_the_schema_are_refused() {
-    let out = Command::new(support::ground_env("HELM"))
+    let out = Command::new(harness::ground_env("HELM"))
         .args(["template", "x", chart().to_str().unwrap()])
         .args([
             "--set",
@@ -141,9 +140,9 @@ fn optional_parts_render() {
 }
 
 fn dry_run(namespace: &str, manifests: &str) -> (bool, String) {
-    let mut child = Command::new(support::ground_env("KUBECTL"))
+    let mut child = Command::new(harness::ground_env("KUBECTL"))
         .arg("--kubeconfig")
-        .arg(&support::control_plane().kubeconfig)
+        .arg(&harness::control_plane().kubeconfig)
         .args(["apply", "--dry-run=server", "-n", namespace, "-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -169,9 +168,9 @@ fn dry_run(namespace: &str, manifests: &str) -> (bool, String) {
 
 #[tokio::test]
 async fn the_apiserver_accepts_the_chart_under_restricted_pod_security() {
-    let client = support::client().await;
-    support::install_project_crds(&client).await;
-    let ns = support::namespace(&client, "chart").await;
+    let client = harness::client().await;
+    harness::install_project_crds(&client).await;
+    let ns = harness::namespace(&client, "chart").await;
     Api::<Namespace>::all(client.clone())
         .patch(
             &ns,
@@ -200,11 +199,11 @@ async fn the_chart_service_account_gets_what_the_operator_uses_and_no_more() {
     // The RBAC pass of scripts/test (WPBX_TEST_AS_CHART_SA=1) runs the
     // controller and e2e tests as this identity; here: it is really that
     // identity, and it is refused what the operator never does.
-    let client = support::client().await;
-    support::install_project_crds(&client).await;
-    let ns = support::namespace(&client, "rbac").await;
-    let user = support::install_chart_rbac(&ns);
-    let operator = support::client_as(&user).await;
+    let client = harness::client().await;
+    harness::install_project_crds(&client).await;
+    let ns = harness::namespace(&client, "rbac").await;
+    let user = harness::install_chart_rbac(&ns);
+    let operator = harness::client_as(&user).await;
     let review: serde_json::Value = operator
         .request(
             http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")

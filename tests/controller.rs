@@ -3,11 +3,8 @@
 //! orphans pruned, and every certificate outcome. The controller runs in the
 //! test process, scoped to the test's namespace, on an injectable clock.
 
-mod support;
-
-use support::inprocess::{
-    Running, condition, create_pbx, create_secret, off_host, start, versions, wait_condition,
-};
+use harness::fixture::Pbx;
+use harness::inprocess::{Running, condition, create_secret, start, versions, wait_condition};
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -27,7 +24,7 @@ use webrtc_pbx_operator::controller::{self, Context};
 
 fn canonical_spec() -> serde_json::Value {
     let text =
-        std::fs::read_to_string(support::repo().join("deploy/examples/host-network-nat/pbx.yaml"))
+        std::fs::read_to_string(harness::repo().join("deploy/examples/host-network-nat/pbx.yaml"))
             .unwrap();
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
     docs.into_iter().find(|d| d["kind"] == "WebRtcPbx").unwrap()["spec"].clone()
@@ -48,11 +45,11 @@ async fn canonical_pbx_becomes_ready_and_stays_quiet() {
     spec["nodeSelector"] = json!({"kubernetes.io/hostname": "kwok-node-0"});
     // Nothing serves this PBX: tests/e2e.rs probes the canonical one for real.
     spec["probes"]["enabled"] = json!(false);
-    let pbx = create_pbx(&r, "acme", spec).await;
+    let pbx = r.create(Pbx::new("acme", spec)).await;
     let uid = pbx.uid().unwrap();
 
     // Every child exists, owned by the PBX.
-    let children = support::wait_until(Duration::from_secs(30), "children created", || async {
+    let children = harness::wait_until(Duration::from_secs(30), "children created", || async {
         let secrets = Api::<Secret>::namespaced(r.client.clone(), &r.ns);
         let names = ["acme-asterisk", "acme-tls", "acme-ca"];
         let mut owned = 0;
@@ -125,9 +122,9 @@ async fn canonical_pbx_becomes_ready_and_stays_quiet() {
     );
 
     // kubectl wait sees it as users would.
-    let out = Command::new(support::ground_env("KUBECTL"))
+    let out = Command::new(harness::ground_env("KUBECTL"))
         .arg("--kubeconfig")
-        .arg(&support::control_plane().kubeconfig)
+        .arg(&harness::control_plane().kubeconfig)
         .args([
             "wait",
             "--for=condition=Ready",
@@ -161,7 +158,7 @@ async fn canonical_pbx_becomes_ready_and_stays_quiet() {
     // no-op apply, which changes no resourceVersion): counted in the
     // apiserver's audit log of writes.
     let patches = || {
-        let log = std::fs::read_to_string(support::control_plane().dir.join("logs/audit.log"))
+        let log = std::fs::read_to_string(harness::control_plane().dir.join("logs/audit.log"))
             .unwrap_or_default();
         log.lines()
             .filter(|l| l.contains(&format!("\"namespace\":\"{}\"", r.ns)))
@@ -198,11 +195,11 @@ async fn canonical_pbx_becomes_ready_and_stays_quiet() {
 #[tokio::test]
 async fn drift_is_restored_and_orphans_pruned() {
     let r = start("ctl-drift").await;
-    create_pbx(&r, "svc", json!({"domain": "pbx.svc.test", "network": {"mode": "Service"}, "rtp": {"portRange": {"start": 20000, "end": 20003}}})).await;
+    r.create(Pbx::new("svc", json!({"domain": "pbx.svc.test", "network": {"mode": "Service"}, "rtp": {"portRange": {"start": 20000, "end": 20003}}}))).await;
     let services = Api::<Service>::namespaced(r.client.clone(), &r.ns);
     let cms = Api::<ConfigMap>::namespaced(r.client.clone(), &r.ns);
     let sts = Api::<StatefulSet>::namespaced(r.client.clone(), &r.ns);
-    support::wait_until(Duration::from_secs(30), "RTP Service", || async {
+    harness::wait_until(Duration::from_secs(30), "RTP Service", || async {
         services.get_opt("svc-rtp").await.ok()?
     })
     .await;
@@ -213,7 +210,7 @@ async fn drift_is_restored_and_orphans_pruned() {
         "one Service port per RTP port"
     );
     // The StatefulSet is applied after the Services: wait for it too.
-    let original = support::wait_until(Duration::from_secs(30), "StatefulSet", || async {
+    let original = harness::wait_until(Duration::from_secs(30), "StatefulSet", || async {
         sts.get_opt("svc").await.ok()?
     })
     .await;
@@ -223,7 +220,7 @@ async fn drift_is_restored_and_orphans_pruned() {
         .await
         .unwrap();
     let t = Instant::now();
-    support::wait_until(Duration::from_secs(30), "ConfigMap restored", || async {
+    harness::wait_until(Duration::from_secs(30), "ConfigMap restored", || async {
         let cm = cms.get_opt("svc-asterisk").await.ok()??;
         cm.data?.contains_key("pjsip.conf").then_some(())
     })
@@ -235,7 +232,7 @@ async fn drift_is_restored_and_orphans_pruned() {
     sts.patch("svc", &PatchParams::default(), &Patch::Strategic(&patch))
         .await
         .unwrap();
-    support::wait_until(Duration::from_secs(30), "image restored", || async {
+    harness::wait_until(Duration::from_secs(30), "image restored", || async {
         let s = sts.get("svc").await.ok()?;
         let image = s
             .spec?
@@ -258,7 +255,7 @@ async fn drift_is_restored_and_orphans_pruned() {
         .delete("svc-wss", &DeleteParams::default())
         .await
         .unwrap();
-    support::wait_until(Duration::from_secs(30), "WSS Service restored", || async {
+    harness::wait_until(Duration::from_secs(30), "WSS Service restored", || async {
         services.get_opt("svc-wss").await.ok()?
     })
     .await;
@@ -274,7 +271,7 @@ async fn drift_is_restored_and_orphans_pruned() {
     api.patch("svc", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    support::wait_until(
+    harness::wait_until(
         Duration::from_secs(30),
         "RTP Service pruned and config updated",
         || async {
@@ -308,7 +305,7 @@ async fn drift_is_restored_and_orphans_pruned() {
 #[tokio::test]
 async fn invalid_input_stalls_with_a_reason_and_recovers() {
     let r = start("ctl-invalid").await;
-    create_pbx(&r, "lost", off_host(json!({"domain": "pbx.lost.test", "users": [{"extension": "7", "passwordSecretRef": {"name": "nowhere", "key": "7"}}]})))
+    r.create(Pbx::new("lost", json!({"domain": "pbx.lost.test", "users": [{"extension": "7", "passwordSecretRef": {"name": "nowhere", "key": "7"}}]})).off_host())
         .await;
     wait_condition(
         &r,
@@ -333,7 +330,7 @@ async fn invalid_input_stalls_with_a_reason_and_recovers() {
     )
     .await;
     let secrets = Api::<Secret>::namespaced(r.client.clone(), &r.ns);
-    support::wait_until(Duration::from_secs(30), "new password rendered", || async {
+    harness::wait_until(Duration::from_secs(30), "new password rendered", || async {
         let s = secrets.get("lost-asterisk").await.ok()?;
         let auth = String::from_utf8(s.data?.get("pjsip_auth.conf")?.0.clone()).ok()?;
         auth.contains("password = changed-pw").then_some(())
@@ -345,7 +342,8 @@ async fn invalid_input_stalls_with_a_reason_and_recovers() {
 #[tokio::test]
 async fn self_signed_certificate_renews_on_the_injected_clock() {
     let r = start("ctl-renew").await;
-    create_pbx(&r, "renew", off_host(json!({"domain": "pbx.renew.test"}))).await;
+    r.create(Pbx::new("renew", json!({"domain": "pbx.renew.test"})).off_host())
+        .await;
     wait_condition(
         &r,
         "renew",
@@ -372,7 +370,7 @@ async fn self_signed_certificate_renews_on_the_injected_clock() {
     )
     .await
     .unwrap();
-    let renewed = support::wait_until(Duration::from_secs(30), "certificate renewed", || async {
+    let renewed = harness::wait_until(Duration::from_secs(30), "certificate renewed", || async {
         let t = not_after(secrets.get("renew-tls").await.ok()?);
         (t > first).then_some(t)
     })
@@ -432,11 +430,7 @@ async fn user_certificate_faults_have_their_reasons() {
             ("ca.crt", m.ca_crt.clone()),
         ])
     };
-    create_pbx(
-        &r,
-        "user",
-        off_host(json!({"domain": "pbx.user.test", "tls": {"mode": "Secret", "secretName": "user-cert"}})),
-    )
+    r.create(Pbx::new("user", json!({"domain": "pbx.user.test", "tls": {"mode": "Secret", "secretName": "user-cert"}})).off_host())
     .await;
     wait_condition(
         &r,
@@ -489,14 +483,14 @@ async fn cert_manager_mode_follows_the_certificate_status() {
                 "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
     }))
     .unwrap();
-    support::install_crd(&r.client, &crd).await;
-    create_pbx(&r, "cm", off_host(json!({"domain": "pbx.cm.test", "tls": {"mode": "CertManager", "issuerRef": {"name": "le", "kind": "ClusterIssuer"}}}))).await;
+    harness::install_crd(&r.client, &crd).await;
+    r.create(Pbx::new("cm", json!({"domain": "pbx.cm.test", "tls": {"mode": "CertManager", "issuerRef": {"name": "le", "kind": "ClusterIssuer"}}})).off_host()).await;
     let certs_api: Api<DynamicObject> = Api::namespaced_with(
         r.client.clone(),
         &r.ns,
         &controller::apply::certificate_resource(),
     );
-    let cert = support::wait_until(Duration::from_secs(30), "Certificate applied", || async {
+    let cert = harness::wait_until(Duration::from_secs(30), "Certificate applied", || async {
         certs_api.get_opt("cm-tls").await.ok()?
     })
     .await;
@@ -550,9 +544,9 @@ async fn overlapping_host_ports_on_the_same_node_report_port_conflict() {
     let r = start("ctl-ports").await;
     // Both pinned to one node: the second cannot get its host ports there.
     let spec = |domain: &str| json!({"domain": domain, "nodeSelector": {"kubernetes.io/hostname": "kwok-node-7"}});
-    create_pbx(&r, "first", spec("first.test")).await;
+    r.create(Pbx::new("first", spec("first.test"))).await;
     wait_condition(&r, "first", "WorkloadReady", "True", Some("PodsReady")).await;
-    create_pbx(&r, "second", spec("second.test")).await;
+    r.create(Pbx::new("second", spec("second.test"))).await;
     wait_condition(&r, "second", "WorkloadReady", "False", Some("PortConflict")).await;
     let (_, _, message) = condition(&r, "second", "WorkloadReady").await.unwrap();
     assert!(
@@ -577,10 +571,10 @@ async fn overlapping_host_ports_on_the_same_node_report_port_conflict() {
 
 #[tokio::test]
 async fn one_leader_reconciles_and_a_follower_takes_over() {
-    let client = support::client().await;
-    support::install_project_crds(&client).await;
-    let ns = support::namespace(&client, "ctl-leader").await;
-    let operator = support::operator_client(&ns).await;
+    let client = harness::client().await;
+    harness::install_project_crds(&client).await;
+    let ns = harness::namespace(&client, "ctl-leader").await;
+    let operator = harness::operator_client(&ns).await;
     let instance = |identity: &str| {
         let ctx = Arc::new(Context::new(
             operator.clone(),
@@ -605,7 +599,8 @@ async fn one_leader_reconciles_and_a_follower_takes_over() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (b, task_b) = instance("b");
     let r = Running::observing(client.clone(), ns.clone());
-    create_pbx(&r, "led", off_host(json!({"domain": "pbx.led.test"}))).await;
+    r.create(Pbx::new("led", json!({"domain": "pbx.led.test"})).off_host())
+        .await;
     wait_condition(&r, "led", "ConfigRendered", "True", None).await;
     let (ra, rb) = (a.metrics.reconciles.get(), b.metrics.reconciles.get());
     assert!(
@@ -625,7 +620,7 @@ async fn one_leader_reconciles_and_a_follower_takes_over() {
     )
     .await
     .unwrap();
-    support::wait_until(
+    harness::wait_until(
         Duration::from_secs(30),
         "follower observes generation 2",
         || async {
@@ -695,17 +690,19 @@ async fn passwords(r: &Running, name: &str) -> BTreeMap<String, Vec<u8>> {
 
 #[tokio::test]
 async fn killed_mid_reconcile_the_binary_restarts_to_the_same_state() {
-    let client = support::client().await;
-    support::install_project_crds(&client).await;
-    let ns = support::namespace(&client, "ctl-kill").await;
+    let client = harness::client().await;
+    harness::install_project_crds(&client).await;
+    let ns = harness::namespace(&client, "ctl-kill").await;
     let r = Running::observing(client.clone(), ns.clone());
-    let mut operator = support::operator_binary(&ns, support::free_port(), None);
+    let mut operator = harness::operator_binary(&ns, harness::free_port(), None);
     let names: Vec<String> = (0..5).map(|i| format!("k{i}")).collect();
     for n in &names {
-        create_pbx(
-            &r,
-            n,
-            off_host(json!({"domain": format!("{n}.kill.test"), "users": [{"extension": "1002"}]})),
+        r.create(
+            Pbx::new(
+                n,
+                json!({"domain": format!("{n}.kill.test"), "users": [{"extension": "1002"}]}),
+            )
+            .off_host(),
         )
         .await;
     }
@@ -713,7 +710,7 @@ async fn killed_mid_reconcile_the_binary_restarts_to_the_same_state() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     operator.kill().unwrap();
     operator.wait().unwrap();
-    let mut operator = support::operator_binary(&ns, support::free_port(), None);
+    let mut operator = harness::operator_binary(&ns, harness::free_port(), None);
     for n in &names {
         wait_condition(&r, n, "ConfigRendered", "True", None).await;
         wait_condition(&r, n, "CertificateReady", "True", None).await;
@@ -725,11 +722,11 @@ async fn killed_mid_reconcile_the_binary_restarts_to_the_same_state() {
     // A second kill and restart once settled changes nothing.
     operator.kill().unwrap();
     operator.wait().unwrap();
-    let port = support::free_port();
-    let mut operator = support::operator_binary(&ns, port, None);
+    let port = harness::free_port();
+    let mut operator = harness::operator_binary(&ns, port, None);
     // It leads once the killed one's Lease expires, then reconciles all.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while support::reconciles(port) < names.len() as u64 {
+    while harness::reconciles(port) < names.len() as u64 {
         assert!(
             Instant::now() < deadline,
             "the restarted operator did not reconcile"
@@ -739,7 +736,7 @@ async fn killed_mid_reconcile_the_binary_restarts_to_the_same_state() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Nothing written: not even a re-apply of what its caches had not
     // loaded yet when the first reconciles ran.
-    let writes: Vec<_> = support::api_requests(port)
+    let writes: Vec<_> = harness::api_requests(port)
         .into_iter()
         .filter(|((method, resource), _)| {
             ["POST", "PATCH", "PUT", "DELETE"].contains(&method.as_str()) && resource != "leases"
@@ -782,13 +779,9 @@ async fn convergence_time_from_apply_to_all_children() {
     for i in 0..20 {
         let name = format!("c{i}");
         let t = Instant::now();
-        create_pbx(
-            &r,
-            &name,
-            off_host(json!({"domain": format!("{name}.conv.test")})),
-        )
-        .await;
-        support::wait_until(Duration::from_secs(30), "children", || async {
+        r.create(Pbx::new(&name, json!({"domain": format!("{name}.conv.test")})).off_host())
+            .await;
+        harness::wait_until(Duration::from_secs(30), "children", || async {
             let secrets = Api::<Secret>::namespaced(r.client.clone(), &r.ns);
             for s in ["asterisk", "tls", "ca"] {
                 secrets.get_opt(&format!("{name}-{s}")).await.ok()??;
@@ -827,9 +820,9 @@ async fn convergence_time_from_apply_to_all_children() {
 async fn a_secret_derived_from_a_stale_copy_is_refused() {
     use webrtc_pbx_operator::controller::apply::{self, Applied};
     use webrtc_pbx_operator::render::Object;
-    let client = support::client().await;
-    let ns = support::namespace(&client, "stale").await;
-    let operator = support::operator_client(&ns).await;
+    let client = harness::client().await;
+    let ns = harness::namespace(&client, "stale").await;
+    let operator = harness::operator_client(&ns).await;
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
     let secret = |password: &str| {
         let mut s: Secret = serde_json::from_value(json!({

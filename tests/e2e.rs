@@ -8,13 +8,13 @@
 //! rendered (config-reloader sidecar, startup probe, nested mounts, host
 //! network). Then faults, one at a time, each named by its condition; and a
 //! real browser (headless Chromium with JsSIP) calls the echo extension.
-mod support;
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use harness::fixture::Pbx;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret};
 use kube::Client;
@@ -35,21 +35,21 @@ const RELEASE: &str = "webrtc-pbx-operator";
 /// The chart, installed once per test binary, as a user installs it.
 fn operator() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| support::install_chart(RELEASE, OPERATOR_NS));
+    INSTALLED.get_or_init(|| harness::install_chart(RELEASE, OPERATOR_NS));
 }
 
 struct Ground {
     client: Client,
     ns: String,
-    node: &'static support::Node,
+    node: &'static harness::Node,
 }
 
 impl Ground {
     async fn new(prefix: &str) -> Ground {
-        let node = support::real_node();
-        let client = support::client().await;
+        let node = harness::real_node();
+        let client = harness::client().await;
         operator();
-        let ns = support::namespace(&client, prefix).await;
+        let ns = harness::namespace(&client, prefix).await;
         Ground { client, ns, node }
     }
 
@@ -62,7 +62,7 @@ impl Ground {
     }
 
     async fn condition(&self, type_: &str) -> Option<(String, String, String)> {
-        support::condition(&self.client, &self.ns, NAME, type_).await
+        harness::condition(&self.client, &self.ns, NAME, type_).await
     }
 
     async fn pod(&self) -> Option<Pod> {
@@ -138,9 +138,9 @@ impl Ground {
     /// Pods, the operator's and Asterisk's logs (tails), for failure messages.
     fn diagnostics(&self) -> String {
         let logs = |args: &[&str]| {
-            Command::new(support::ground_env("KUBECTL"))
+            Command::new(harness::ground_env("KUBECTL"))
                 .arg("--kubeconfig")
-                .arg(&support::control_plane().kubeconfig)
+                .arg(&harness::control_plane().kubeconfig)
                 .args(args)
                 .output()
                 .map(|o| {
@@ -185,7 +185,7 @@ impl Ground {
         pods.items
             .iter()
             .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
-            .filter_map(|ip| support::http_get_at(&format!("{ip}:8080"), "/metrics"))
+            .filter_map(|ip| harness::http_get_at(&format!("{ip}:8080"), "/metrics"))
             .max_by_key(|m| probe_runs(m))
             .unwrap_or_default()
     }
@@ -227,7 +227,7 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     let (client, ns, node) = (g.client.clone(), g.ns.clone(), g.node);
 
     // The minimal example with the probes every 5 s; they dial the Service.
-    let (pbx, users) = support::minimal_example(json!({
+    let (pbx, users) = Pbx::minimal_example(json!({
         "interval": "5s", "timeout": "3s", "echoCall": {"duration": "2s"},
     }));
     let applied = Instant::now();
@@ -235,10 +235,7 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         .create(&PostParams::default(), &users)
         .await
         .unwrap();
-    Api::<WebRtcPbx>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &pbx)
-        .await
-        .unwrap();
+    pbx.create(&client, &ns).await;
 
     // Ready, with every probe condition True.
     g.wait("Ready", "True", None, Duration::from_secs(90)).await;
@@ -278,8 +275,8 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     }
     eprintln!(
         "{}",
-        support::kubectl(&["get", "pod", "-n", &ns, "-o", "wide"])
-            + &support::kubectl(&["get", "wpbx", "-n", &ns])
+        harness::kubectl(&["get", "pod", "-n", &ns, "-o", "wide"])
+            + &harness::kubectl(&["get", "wpbx", "-n", &ns])
     );
     let status = g.pbx().await.unwrap().status.unwrap();
     let figures = status.probes.clone().unwrap();
@@ -296,7 +293,7 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     );
     assert!(figures.echo_round_trip_ms.is_some() && figures.register_ms.is_some());
     assert_eq!(figures.loss_percent, Some(0.0));
-    support::kubectl(&[
+    harness::kubectl(&[
         "wait",
         "--for=condition=Ready",
         &format!("wpbx/{NAME}"),
@@ -413,7 +410,7 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         reload.as_secs_f64()
     );
     let runs = g.probe_runs().await;
-    support::wait_until(two_intervals(), "one more probe run", || async {
+    harness::wait_until(two_intervals(), "one more probe run", || async {
         (g.probe_runs().await > runs).then_some(())
     })
     .await;
@@ -530,7 +527,7 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         .await
         .unwrap();
     let deleted = Instant::now();
-    support::wait_until(
+    harness::wait_until(
         Duration::from_secs(60),
         "pod and children collected",
         || async {
@@ -585,28 +582,23 @@ async fn a_service_mode_pbx_runs_in_the_pod_network() {
         "metadata": {"name": "demo-users"}, "stringData": {"200": "change-me-reception"}
     }))
     .unwrap();
-    let pbx: WebRtcPbx = serde_json::from_value(json!({
-        "apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
-        "metadata": {"name": NAME},
-        "spec": {
+    let pbx = Pbx::new(
+        NAME,
+        json!({
             "domain": DOMAIN,
             "network": {"mode": "Service"},
             "wss": {"port": WSS_PORT},
             "rtp": {"portRange": {"start": 20000, "end": 20009}},
             "users": [{"extension": "200", "passwordSecretRef": {"name": "demo-users", "key": "200"}}],
             "probes": {"interval": "5s", "timeout": "3s", "echoCall": {"duration": "2s"}}
-        }
-    }))
-    .unwrap();
+        }),
+    );
     Api::<Secret>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &users)
         .await
         .unwrap();
     let applied = Instant::now();
-    Api::<WebRtcPbx>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &pbx)
-        .await
-        .unwrap();
+    pbx.create(&client, &ns).await;
     g.wait("Ready", "True", None, Duration::from_secs(90)).await;
     let to_ready = applied.elapsed();
     let pod = g.pod().await.unwrap();
@@ -618,7 +610,7 @@ async fn a_service_mode_pbx_runs_in_the_pod_network() {
     );
     assert_ne!(pod_ip, g.node.ip);
     // The RTP Service selects the pod on every port of the range.
-    let slices = support::kubectl(&[
+    let slices = harness::kubectl(&[
         "get",
         "endpointslices",
         "-n",
@@ -689,13 +681,13 @@ async fn register_as(ip: &str, user: &str, password: &str) -> String {
 /// fake microphone.
 async fn browser_check(g: &Ground) {
     let inside = g.node.ip.as_str();
-    let dir = support::scratch_dir("browser");
+    let dir = harness::scratch_dir("browser");
     std::fs::copy(
-        support::repo().join("tests/browser/echo.html"),
+        harness::repo().join("tests/browser/echo.html"),
         dir.join("echo.html"),
     )
     .unwrap();
-    std::fs::copy(support::ground_env("JSSIP_JS"), dir.join("jssip.js")).unwrap();
+    std::fs::copy(harness::ground_env("JSSIP_JS"), dir.join("jssip.js")).unwrap();
     // Trust exactly the served certificate, as a user who installed the CA would.
     let tls = Api::<Secret>::namespaced(g.client.clone(), &g.ns)
         .get(&format!("{NAME}-tls"))
@@ -724,7 +716,7 @@ async fn browser_check(g: &Ground) {
     let started = Instant::now();
     let mut chromium = g
         .node
-        .command(support::ground_env("CHROMIUM"))
+        .command(harness::ground_env("CHROMIUM"))
         .args([
             "--headless=new",
             "--no-sandbox",
@@ -794,7 +786,7 @@ async fn browser_check(g: &Ground) {
         r["packetsReceived"].as_u64().unwrap_or(0) > 100,
         "4 s of audio echoed: {r}"
     );
-    support::remove_dir(&dir);
+    harness::remove_dir(&dir);
 }
 
 /// Base64 of the SHA-256 of a certificate's SubjectPublicKeyInfo (Chromium's pin format).

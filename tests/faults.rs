@@ -2,11 +2,11 @@
 //! ConfigMaps and certificates (each named by its reason, nothing crashes),
 //! and SIGKILL at 20 random moments while 100 PBXs are created, changed and
 //! deleted (the end state equals a clean run's: no orphans, no duplicates).
-mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use harness::fixture::Pbx;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -19,23 +19,13 @@ use webrtc_pbx_operator::certs;
 
 const MANAGED: &str = "app.kubernetes.io/managed-by=webrtc-pbx-operator";
 
-/// Service mode on a small range and probes off: many PBXs on the shared
-/// fake nodes, nothing to probe.
+/// The spec of a quiet fixture ([`Pbx::quiet`]) for `domain`: many PBXs
+/// on the shared fake nodes, nothing to probe.
 fn spec(domain: &str) -> Value {
-    json!({"domain": domain, "network": {"mode": "Service"},
-           "rtp": {"portRange": {"start": 20000, "end": 20003}}, "probes": {"enabled": false}})
-}
-
-async fn create_pbx(client: &Client, ns: &str, name: &str, spec: Value) {
-    let pbx: WebRtcPbx = serde_json::from_value(json!({
-        "apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
-        "metadata": {"name": name}, "spec": spec
-    }))
-    .unwrap();
-    Api::<WebRtcPbx>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &pbx)
-        .await
-        .unwrap();
+    Pbx::new("-", json!({"domain": domain}))
+        .quiet()
+        .spec()
+        .clone()
 }
 
 async fn create<K>(client: &Client, ns: &str, object: Value)
@@ -84,10 +74,10 @@ type Case<'a> = (&'a str, Value, Vec<(&'a str, Value)>, &'a str, &'a str);
 
 #[tokio::test]
 async fn malformed_secrets_configmaps_and_certificates_each_get_their_reason() {
-    let client = support::client().await;
-    support::install_project_crds(&client).await;
-    let ns = support::namespace(&client, "malformed").await;
-    let mut operator = support::operator_binary(&ns, support::free_port(), None);
+    let client = harness::client().await;
+    harness::install_project_crds(&client).await;
+    let ns = harness::namespace(&client, "malformed").await;
+    let mut operator = harness::operator_binary(&ns, harness::free_port(), None);
     let now = OffsetDateTime::now_utc();
     let domain = |name: &str| format!("{name}.faults.test");
     let with_user = |name: &str, secret: &str, key: &str| {
@@ -273,20 +263,20 @@ async fn malformed_secrets_configmaps_and_certificates_each_get_their_reason() {
                 _ => create::<ConfigMap>(&client, &ns, object.clone()).await,
             }
         }
-        create_pbx(&client, &ns, name, spec.clone()).await;
+        Pbx::new(name, spec.clone()).create(&client, &ns).await;
     }
     for (name, _, _, condition, reason) in &cases {
-        support::wait_until(
+        harness::wait_until(
             Duration::from_secs(60),
             &format!("{name}: {condition}=False ({reason})"),
             || async {
-                let (status, why, _) = support::condition(&client, &ns, name, condition).await?;
+                let (status, why, _) = harness::condition(&client, &ns, name, condition).await?;
                 (status == "False" && why == *reason).then_some(())
             },
         )
         .await;
         // A bad input waits for the user: Stalled, not a retry loop.
-        let (stalled, _, message) = support::condition(&client, &ns, name, "Stalled")
+        let (stalled, _, message) = harness::condition(&client, &ns, name, "Stalled")
             .await
             .unwrap();
         assert_eq!(stalled, "True", "{name}: {message}");
@@ -356,7 +346,7 @@ async fn operations(client: Client, ns: String) {
             let n = batch * 10 + i;
             let mut s = spec(&format!("p{n:03}.kill.test"));
             s["users"] = json!([{"extension": "1"}]);
-            create_pbx(&client, &ns, &format!("p{n:03}"), s).await;
+            Pbx::new(&format!("p{n:03}"), s).create(&client, &ns).await;
         }
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
@@ -453,24 +443,24 @@ async fn settled(client: &Client, ns: &str) -> Option<()> {
 
 #[tokio::test]
 async fn killed_at_20_random_moments_the_end_state_equals_a_clean_run() {
-    let client = support::client().await;
-    support::install_project_crds(&client).await;
+    let client = harness::client().await;
+    harness::install_project_crds(&client).await;
 
     // The clean run.
-    let clean = support::namespace(&client, "clean").await;
-    let _clean_operator = support::operator_binary(&clean, support::free_port(), None);
+    let clean = harness::namespace(&client, "clean").await;
+    let _clean_operator = harness::operator_binary(&clean, harness::free_port(), None);
     let started = Instant::now();
     operations(client.clone(), clean.clone()).await;
-    support::wait_until(Duration::from_secs(240), "the clean run settled", || {
+    harness::wait_until(Duration::from_secs(240), "the clean run settled", || {
         settled(&client, &clean)
     })
     .await;
     let clean_took = started.elapsed();
 
     // The same operations, while the operator is killed and restarted.
-    let killed = support::namespace(&client, "killed").await;
-    let port = support::free_port();
-    let mut operator = support::operator_binary(&killed, port, None);
+    let killed = harness::namespace(&client, "killed").await;
+    let port = harness::free_port();
+    let mut operator = harness::operator_binary(&killed, port, None);
     let started = Instant::now();
     let driver = tokio::spawn(operations(client.clone(), killed.clone()));
     let mut moments = Vec::new();
@@ -480,7 +470,7 @@ async fn killed_at_20_random_moments_the_end_state_equals_a_clean_run() {
         operator.kill().unwrap();
         operator.wait().unwrap();
         moments.push(started.elapsed().as_secs_f64());
-        operator = support::operator_binary(&killed, port, None);
+        operator = harness::operator_binary(&killed, port, None);
     }
     driver.await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(240);

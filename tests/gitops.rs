@@ -2,7 +2,6 @@
 //! way Argo CD runs it) and the Flux `healthCheckExprs` (CEL) give the kstatus
 //! verdicts, on Argo CD's test cases and on live WebRtcPbx objects the real
 //! operator put into each state on the real apiserver.
-mod support;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use webrtc_pbx_operator::api::WebRtcPbx;
 use webrtc_pbx_operator::controller::{self, Context};
 
 fn argocd_dir() -> PathBuf {
-    support::repo().join("deploy/gitops/argocd/pbx.webrtc.io/WebRtcPbx")
+    harness::repo().join("deploy/gitops/argocd/pbx.webrtc.io/WebRtcPbx")
 }
 
 /// Argo CD's verdict: (status, message).
@@ -41,7 +40,7 @@ fn argocd_health(object: &Value) -> (String, String) {
 /// the object in progress, as Flux does.
 fn flux_health(object: &Value) -> &'static str {
     let text =
-        std::fs::read_to_string(support::repo().join("deploy/gitops/flux/kustomization.yaml"))
+        std::fs::read_to_string(harness::repo().join("deploy/gitops/flux/kustomization.yaml"))
             .unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
     let exprs = docs[0]["spec"]["healthCheckExprs"]
@@ -115,7 +114,7 @@ fn argocd_cm_snippet_carries_health_lua() {
             want.push_str(&format!("    {line}\n"));
         }
     }
-    let path = support::repo().join("deploy/gitops/argocd/argocd-cm.yaml");
+    let path = harness::repo().join("deploy/gitops/argocd/argocd-cm.yaml");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &want).unwrap();
     }
@@ -138,7 +137,7 @@ async fn live(api: &Api<WebRtcPbx>, name: &str) -> Value {
 
 /// Waits until Argo CD would say `status` for `name`.
 async fn wait_health(api: &Api<WebRtcPbx>, name: &str, status: &str) -> Value {
-    support::wait_until(
+    harness::wait_until(
         Duration::from_secs(60),
         &format!("{name} {status}"),
         || async {
@@ -151,9 +150,9 @@ async fn wait_health(api: &Api<WebRtcPbx>, name: &str, status: &str) -> Value {
 
 #[tokio::test]
 async fn live_objects_in_every_state_read_as_kstatus_says() {
-    let client = support::client().await;
-    support::install_project_crds(&client).await;
-    let ns = support::namespace(&client, "gitops").await;
+    let client = harness::client().await;
+    harness::install_project_crds(&client).await;
+    let ns = harness::namespace(&client, "gitops").await;
     let api = Api::<WebRtcPbx>::namespaced(client.clone(), &ns);
     let create = |name: &'static str, spec: Value| {
         let api = api.clone();
@@ -184,7 +183,7 @@ async fn live_objects_in_every_state_read_as_kstatus_says() {
         let ns = ns.clone();
         async move {
             let ctx = Arc::new(Context::new(
-                support::operator_client(&ns).await,
+                harness::operator_client(&ns).await,
                 Arc::new(controller::SystemClock),
             ));
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -210,7 +209,7 @@ async fn live_objects_in_every_state_read_as_kstatus_says() {
     let mut waiting = base("waiting.gitops.test");
     waiting["nodeSelector"] = json!({"gitops.test/none": "true"});
     create("waiting", waiting).await;
-    let object = support::wait_until(Duration::from_secs(60), "waiting Reconciling", || async {
+    let object = harness::wait_until(Duration::from_secs(60), "waiting Reconciling", || async {
         let object = live(&api, "waiting").await;
         object["status"]["conditions"]
             .as_array()?

@@ -5,14 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-mod support;
-
 use webrtc_pbx_operator::cli;
 use webrtc_pbx_operator::render;
 use webrtc_pbx_operator::validate::{self, Generated, Referenced};
 
 fn root() -> PathBuf {
-    support::repo()
+    harness::repo()
 }
 
 fn updating() -> bool {

@@ -3,7 +3,6 @@
 //! down; processes, mounts, links, routes, network namespaces, nft and
 //! iptables rules, cgroups and the sysctls the kubelet changes are compared
 //! with what was there before. Its own test binary: nothing else runs beside it.
-mod support;
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -120,7 +119,7 @@ fn machine_state() -> BTreeSet<String> {
 
 #[test]
 fn ground_down_leaves_the_machine_as_it_was() {
-    support::require_provisioned();
+    harness::require_provisioned();
     // The grounds of earlier test binaries may still be going down.
     let settle = Instant::now();
     let mut before = machine_state();
@@ -131,12 +130,12 @@ fn ground_down_leaves_the_machine_as_it_was() {
         before = machine_state();
     }
     let dir = std::env::temp_dir().join(format!("webrtc-pbx-ground.down-{}", std::process::id()));
-    let ground = support::repo().join("scripts/ground");
+    let ground = harness::repo().join("scripts/ground");
     // Down even when an assertion below fails.
     struct Down(std::path::PathBuf);
     impl Drop for Down {
         fn drop(&mut self) {
-            let _ = Command::new(support::repo().join("scripts/ground"))
+            let _ = Command::new(harness::repo().join("scripts/ground"))
                 .args(["down", "--dir"])
                 .arg(&self.0)
                 .output();
@@ -156,7 +155,7 @@ fn ground_down_leaves_the_machine_as_it_was() {
     );
     let up_time = started.elapsed();
     let kubeconfig = dir.join("kubeconfig");
-    let kubectl = |args: &[&str]| support::kubectl_at(&kubeconfig, args);
+    let kubectl = |args: &[&str]| harness::kubectl_at(&kubeconfig, args);
     let image = webrtc_pbx_operator::api::DEFAULT_IMAGE;
     let manifest = format!(
         r#"{{"apiVersion": "v1", "kind": "List", "items": [

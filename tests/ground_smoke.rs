@@ -1,8 +1,6 @@
 //! Smoke tests of the test ground itself: the control plane validates,
 //! schedules, runs (kwok) and garbage-collects; Asterisk 22 serves WSS.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -18,8 +16,8 @@ fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
 
 #[tokio::test]
 async fn statefulset_pod_runs_and_children_are_garbage_collected() {
-    let client = support::client().await;
-    let ns = support::namespace(&client, "smoke-gc").await;
+    let client = harness::client().await;
+    let ns = harness::namespace(&client, "smoke-gc").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let owner = cms
         .create(
@@ -66,7 +64,7 @@ async fn statefulset_pod_runs_and_children_are_garbage_collected() {
     .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let started = Instant::now();
-    support::wait_until(Duration::from_secs(60), "pod pbx-0 Running", || async {
+    harness::wait_until(Duration::from_secs(60), "pod pbx-0 Running", || async {
         let pod = pods.get("pbx-0").await.ok()?;
         (pod.status?.phase.as_deref() == Some("Running")).then_some(())
     })
@@ -84,7 +82,7 @@ async fn statefulset_pod_runs_and_children_are_garbage_collected() {
     .unwrap();
     let started = Instant::now();
     // The garbage collector learns about new types on a resync: allow time.
-    support::wait_until(
+    harness::wait_until(
         Duration::from_secs(90),
         "children garbage-collected",
         || async {
@@ -100,7 +98,7 @@ async fn statefulset_pod_runs_and_children_are_garbage_collected() {
 
 #[tokio::test]
 async fn crd_cel_rule_rejects_bad_object_with_its_message() {
-    let client = support::client().await;
+    let client = harness::client().await;
     let crd: CustomResourceDefinition = from_json(json!({
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
         "metadata": {"name": "widgets.smoke.webrtc.io"},
@@ -116,8 +114,8 @@ async fn crd_cel_rule_rejects_bad_object_with_its_message() {
             }}}]
         }
     }));
-    support::install_crd(&client, &crd).await;
-    let ns = support::namespace(&client, "smoke-cel").await;
+    harness::install_crd(&client, &crd).await;
+    let ns = harness::namespace(&client, "smoke-cel").await;
     let gvk = GroupVersionKind::gvk("smoke.webrtc.io", "v1", "Widget");
     let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &ApiResource::from_gvk(&gvk));
     let mut good = DynamicObject::new("good", &ApiResource::from_gvk(&gvk));
@@ -136,10 +134,10 @@ async fn crd_cel_rule_rejects_bad_object_with_its_message() {
 
 #[tokio::test]
 async fn asterisk_serves_wss_with_sip_subprotocol() {
-    let dir = support::scratch_dir("smoke-asterisk");
+    let dir = harness::scratch_dir("smoke-asterisk");
     let etc = dir.join("etc");
-    let port = support::free_port();
-    let ca = support::write_self_signed(&etc.join("keys"), &["localhost"]);
+    let port = harness::free_port();
+    let ca = harness::write_self_signed(&etc.join("keys"), &["localhost"]);
     std::fs::write(
         etc.join("http.conf"),
         format!(
@@ -166,7 +164,7 @@ async fn asterisk_serves_wss_with_sip_subprotocol() {
     )
     .unwrap();
     let started = Instant::now();
-    let mut asterisk = support::Asterisk::start(&etc);
+    let mut asterisk = harness::Asterisk::start(&etc);
     let ready = asterisk.wait_wss(port, "localhost", &ca, started).await;
     eprintln!("Asterisk WSS ready (101 + sip) after {ready:?}");
     assert!(
@@ -174,13 +172,13 @@ async fn asterisk_serves_wss_with_sip_subprotocol() {
         "Asterisk took {ready:?} to serve WSS"
     );
     assert_eq!(
-        support::ws_upgrade(port, "/ws", "localhost", &ca)
+        harness::ws_upgrade(port, "/ws", "localhost", &ca)
             .await
             .unwrap(),
         (101, Some("sip".into()))
     );
     assert_eq!(
-        support::ws_upgrade(port, "/nope", "localhost", &ca)
+        harness::ws_upgrade(port, "/nope", "localhost", &ca)
             .await
             .unwrap()
             .0,

@@ -7,16 +7,15 @@
 //! probe targets and bounds, memory, metrics, logs and leadership, each on
 //! the real control plane.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use harness::fixture::{Pbx, untyped_api};
+use harness::inprocess::{Running, condition, start_with, wait_condition};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::inprocess::{Running, condition, create_pbx, off_host, start_with, wait_condition};
 use webrtc_pbx_operator::controller::Context;
 use webrtc_pbx_operator::policy::Policy;
 
@@ -236,9 +235,7 @@ fn cases() -> Vec<Case> {
 
 /// Writes case `c` as a manifest for `render`.
 fn manifest(dir: &std::path::Path, name: &str, c: &Case) -> std::path::PathBuf {
-    let spec = support::admission::spec_with(c.patch.clone());
-    let pbx = json!({"apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
-                     "metadata": {"name": name, "namespace": "voice"}, "spec": spec});
+    let pbx = Pbx::valid_with(name, c.patch.clone()).json_in("voice");
     let mut docs = vec![pbx.to_string()];
     if let Some(mut s) = c.secret.clone() {
         s["metadata"]["namespace"] = json!("voice");
@@ -253,19 +250,18 @@ fn manifest(dir: &std::path::Path, name: &str, c: &Case) -> std::path::PathBuf {
 #[tokio::test]
 async fn hostile_values_are_refused_where_they_enter_with_the_field_named() {
     let cases = cases();
-    let dir = support::scratch_dir("hostile-render");
-    let client = support::client().await;
-    support::install_project_crds(&client).await;
-    let ns = support::namespace(&client, "hostile-admission").await;
-    let api: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(client.clone(), &ns, &support::admission::resource());
+    let dir = harness::scratch_dir("hostile-render");
+    let client = harness::client().await;
+    harness::install_project_crds(&client).await;
+    let ns = harness::namespace(&client, "hostile-admission").await;
+    let api = untyped_api(&client, &ns);
     let mut failures = Vec::new();
     let (mut refused_offline, mut refused_by_apiserver) = (0, 0);
     let mut reasons = BTreeMap::new();
     for c in &cases {
         // The offline door: `render --config-dir` refuses, naming the field, and writes nothing.
         let out_dir = dir.join(format!("out-{}", c.name));
-        let out = support::render_to_dir(&manifest(&dir, c.name, c), &out_dir);
+        let out = harness::render_to_dir(&manifest(&dir, c.name, c), &out_dir);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() || !stderr.contains(&format!("spec.{}", c.field)) {
             failures.push(format!(
@@ -280,12 +276,9 @@ async fn hostile_values_are_refused_where_they_enter_with_the_field_named() {
         }
         // The apiserver's door.
         if let Some(expected) = c.admission {
-            match support::admission::create(
-                &api,
-                c.name,
-                support::admission::spec_with(c.patch.clone()),
-            )
-            .await
+            match Pbx::valid_with(c.name, c.patch.clone())
+                .try_create_untyped(&api)
+                .await
             {
                 Ok(_) => failures.push(format!("{}: the apiserver accepted it", c.name)),
                 Err(e) if e.contains(expected) => {
@@ -304,7 +297,9 @@ async fn hostile_values_are_refused_where_they_enter_with_the_field_named() {
             "metadata.name must be at most 52 characters",
         ),
     ] {
-        match support::admission::create(&api, name, support::admission::spec_with(json!({}))).await
+        match Pbx::valid_with(name, json!({}))
+            .try_create_untyped(&api)
+            .await
         {
             Ok(_) => failures.push(format!("name {name}: accepted")),
             Err(e) if e.contains(expected) => refused_by_apiserver += 1,
@@ -312,8 +307,9 @@ async fn hostile_values_are_refused_where_they_enter_with_the_field_named() {
         }
     }
     let longest = "x".repeat(52);
-    if let Err(e) =
-        support::admission::create(&api, &longest, support::admission::spec_with(json!({}))).await
+    if let Err(e) = Pbx::valid_with(&longest, json!({}))
+        .try_create_untyped(&api)
+        .await
     {
         failures.push(format!("a 52-character name was refused: {e}"));
     }
@@ -328,21 +324,21 @@ async fn hostile_values_are_refused_where_they_enter_with_the_field_named() {
         cases.len() + 2,
         reasons.len()
     );
-    support::remove_dir(&dir);
+    harness::remove_dir(&dir);
 }
 
 #[tokio::test]
 async fn storage_cannot_change_in_place_and_says_what_to_do() {
-    let client = support::client().await;
-    support::install_project_crds(&client).await;
-    let ns = support::namespace(&client, "hostile-storage").await;
-    let api: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(client.clone(), &ns, &support::admission::resource());
-    let with = |size: &str| support::admission::spec_with(json!({"storage": {"size": size}}));
-    support::admission::create(&api, "kept", with("1Gi"))
+    let client = harness::client().await;
+    harness::install_project_crds(&client).await;
+    let ns = harness::namespace(&client, "hostile-storage").await;
+    let api = untyped_api(&client, &ns);
+    Pbx::valid_with("kept", json!({"storage": {"size": "1Gi"}}))
+        .try_create_untyped(&api)
         .await
         .unwrap();
-    support::admission::create(&api, "bare", support::admission::spec_with(json!({})))
+    Pbx::valid_with("bare", json!({}))
+        .try_create_untyped(&api)
         .await
         .unwrap();
     let patch = |spec: Value| Patch::Merge(json!({"spec": spec}));
@@ -402,8 +398,8 @@ fn rendered_password(etc: &std::path::Path, user: &str) -> String {
 async fn values_full_of_config_syntax_stay_values_in_real_asterisk() {
     use webrtc_pbx_operator::probe::register;
     const DOMAIN: &str = "did.example.org";
-    let dir = support::scratch_dir("hostile-asterisk");
-    let port = support::free_port();
+    let dir = harness::scratch_dir("hostile-asterisk");
+    let port = harness::free_port();
     let tricky = "Front; Desk [main] #include x = y";
     let password = "p;w [x] #include y = z";
     let input = dir.join("pbx.yaml");
@@ -419,15 +415,15 @@ async fn values_full_of_config_syntax_stay_values_in_real_asterisk() {
     let secret = json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "did-users", "namespace": "voice"}, "stringData": {"alice": password}});
     std::fs::write(&input, format!("{pbx}\n---\n{secret}")).unwrap();
-    let out = support::render_to_dir(&input, &dir);
+    let out = harness::render_to_dir(&input, &dir);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let etc = dir.join("etc/asterisk");
-    let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
-    let mut asterisk = support::Asterisk::start(&etc);
+    let ca = harness::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let mut asterisk = harness::Asterisk::start(&etc);
     asterisk.wait_wss(port, DOMAIN, &ca, Instant::now()).await;
 
     // Exactly the intended endpoints and auths: no value opened a section.
@@ -457,7 +453,7 @@ async fn values_full_of_config_syntax_stay_values_in_real_asterisk() {
     assert!(!contexts.contains("'evil'"), "{contexts}");
 
     // The users register with what they were given, config syntax included.
-    let mut ws = support::wss_connect(port, "/ws", DOMAIN, &ca)
+    let mut ws = harness::wss_connect(port, "/ws", DOMAIN, &ca)
         .await
         .unwrap();
     let timeout = Duration::from_secs(5);
@@ -476,35 +472,25 @@ async fn values_full_of_config_syntax_stay_values_in_real_asterisk() {
         assert_eq!(r.outcome, register::Outcome::Registered, "REGISTER {user}");
     }
     asterisk.kill();
-    support::remove_dir(&dir);
-}
-
-fn pbx_json(name: &str, spec: Value) -> Value {
-    json!({"apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
-           "metadata": {"name": name}, "spec": spec})
-}
-
-fn quiet(spec: Value) -> Value {
-    let mut spec = off_host(spec);
-    spec["probes"] = json!({"enabled": false});
-    spec
+    harness::remove_dir(&dir);
 }
 
 #[tokio::test]
 async fn secrets_are_read_as_hostile_input_and_never_logged() {
-    let client = support::client().await;
-    support::install_project_crds(&client).await;
-    let ns = support::namespace(&client, "hostile-secrets").await;
-    let dir = support::scratch_dir("hostile-secrets");
+    let client = harness::client().await;
+    harness::install_project_crds(&client).await;
+    let ns = harness::namespace(&client, "hostile-secrets").await;
+    let dir = harness::scratch_dir("hostile-secrets");
     let log = dir.join("operator.log");
     let _operator =
-        support::operator_binary_with(&ns, support::free_port(), Some(&log), &[], "debug");
+        harness::operator_binary_with(&ns, harness::free_port(), Some(&log), &[], "debug");
     // E.164 numbers and feature codes with generated passwords: the
     // operator's Secret must be one the apiserver accepts.
-    let did = quiet(json!({"domain": "did.hostile.test", "users": [
-        {"extension": "+4930123456"}, {"extension": "*99"}, {"extension": "#12"}, {"extension": "1001"}]}));
-    support::apply_json::<webrtc_pbx_operator::api::WebRtcPbx>(&client, &ns, pbx_json("did", did))
-        .await;
+    Pbx::new("did", json!({"domain": "did.hostile.test", "users": [
+        {"extension": "+4930123456"}, {"extension": "*99"}, {"extension": "#12"}, {"extension": "1001"}]}))
+    .quiet()
+    .apply(&client, &ns)
+    .await;
     let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
     for (name, patch, secret) in [
         (
@@ -523,19 +509,13 @@ async fn secrets_are_read_as_hostile_input_and_never_logged() {
             json!({"metadata": {"name": "evil-turn-creds"}, "stringData": {"username": INJECTED, "password": "ok"}}),
         ),
     ] {
-        support::apply_json::<Secret>(&client, &ns, secret).await;
-        let spec = quiet(support::admission::spec_with(
-            json!({"domain": format!("{name}.hostile.test")}),
-        ));
-        let mut spec = spec;
-        support::admission::merge(&mut spec, patch);
-        support::apply_json::<webrtc_pbx_operator::api::WebRtcPbx>(
-            &client,
-            &ns,
-            pbx_json(name, spec),
-        )
-        .await;
-        let message = support::wait_for_condition(
+        harness::apply_json::<Secret>(&client, &ns, secret).await;
+        Pbx::valid_with(name, json!({"domain": format!("{name}.hostile.test")}))
+            .quiet()
+            .merged(patch)
+            .apply(&client, &ns)
+            .await;
+        let message = harness::wait_for_condition(
             &client,
             &ns,
             name,
@@ -550,7 +530,7 @@ async fn secrets_are_read_as_hostile_input_and_never_logged() {
         );
         *reasons.entry("InvalidSpec".into()).or_insert(0) += 1;
     }
-    support::wait_for_condition(
+    harness::wait_for_condition(
         &client,
         &ns,
         "did",
@@ -584,7 +564,7 @@ async fn secrets_are_read_as_hostile_input_and_never_logged() {
         )
         .await
         .unwrap();
-    support::wait_until(Duration::from_secs(30), "the Secret restored", || async {
+    harness::wait_until(Duration::from_secs(30), "the Secret restored", || async {
         let s = secrets.get("did-asterisk").await.ok()?;
         let text = String::from_utf8(s.data.as_ref()?.get("pjsip_auth.conf")?.0.clone()).ok()?;
         (s.resource_version() != before && !text.contains("tampered")).then_some(())
@@ -624,7 +604,7 @@ async fn secrets_are_read_as_hostile_input_and_never_logged() {
         values.len(),
         logged.lines().count()
     );
-    support::remove_dir(&dir);
+    harness::remove_dir(&dir);
 }
 
 /// The resident memory of process `pid`, KiB.
@@ -640,10 +620,10 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test]
 async fn labelled_junk_in_a_tenants_namespace_does_not_grow_the_operator() {
-    let client = support::client().await;
-    support::install_project_crds(&client).await;
-    let junk_ns = support::namespace(&client, "hostile-junk").await;
-    let clean_ns = support::namespace(&client, "hostile-clean").await;
+    let client = harness::client().await;
+    harness::install_project_crds(&client).await;
+    let junk_ns = harness::namespace(&client, "hostile-junk").await;
+    let clean_ns = harness::namespace(&client, "hostile-clean").await;
     // 200 ConfigMaps of 1 MiB carrying the operator's label, owned by nothing.
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &junk_ns);
     let blob = "x".repeat(1 << 20);
@@ -662,16 +642,14 @@ async fn labelled_junk_in_a_tenants_namespace_does_not_grow_the_operator() {
         "200 MiB of labelled ConfigMaps created in {:?}",
         started.elapsed()
     );
-    let junk_op = support::operator_binary(&junk_ns, support::free_port(), None);
-    let clean_op = support::operator_binary(&clean_ns, support::free_port(), None);
+    let junk_op = harness::operator_binary(&junk_ns, harness::free_port(), None);
+    let clean_op = harness::operator_binary(&clean_ns, harness::free_port(), None);
     for ns in [&junk_ns, &clean_ns] {
-        support::apply_json::<webrtc_pbx_operator::api::WebRtcPbx>(
-            &client,
-            ns,
-            pbx_json("pbx", quiet(json!({"domain": "pbx.hostile.test"}))),
-        )
-        .await;
-        support::wait_for_condition(
+        Pbx::new("pbx", json!({"domain": "pbx.hostile.test"}))
+            .quiet()
+            .apply(&client, ns)
+            .await;
+        harness::wait_for_condition(
             &client,
             ns,
             "pbx",
@@ -741,7 +719,8 @@ async fn refused_writes_foreign_objects_and_policy_each_become_a_condition() {
         "spec": {"hard": {"configmaps": "0"}}}))
     .unwrap();
     quotas.create(&PostParams::default(), &quota).await.unwrap();
-    create_pbx(&r, "quota", quiet(json!({"domain": "quota.hostile.test"}))).await;
+    r.create(Pbx::new("quota", json!({"domain": "quota.hostile.test"})).quiet())
+        .await;
     wait_condition(
         &r,
         "quota",
@@ -776,7 +755,8 @@ async fn refused_writes_foreign_objects_and_policy_each_become_a_condition() {
     )
     .unwrap();
     secrets.create(&PostParams::default(), &mine).await.unwrap();
-    create_pbx(&r, "mine", quiet(json!({"domain": "mine.hostile.test"}))).await;
+    r.create(Pbx::new("mine", json!({"domain": "mine.hostile.test"})).quiet())
+        .await;
     wait_condition(
         &r,
         "mine",
@@ -794,12 +774,8 @@ async fn refused_writes_foreign_objects_and_policy_each_become_a_condition() {
     *reasons.entry("OwnershipConflict").or_insert(0) += 1;
 
     // The Secret the spec now names as the user's is let go, not pruned.
-    create_pbx(
-        &r,
-        "switch",
-        quiet(json!({"domain": "switch.hostile.test"})),
-    )
-    .await;
+    r.create(Pbx::new("switch", json!({"domain": "switch.hostile.test"})).quiet())
+        .await;
     wait_condition(&r, "switch", "CertificateReady", "True", None).await;
     let pbxes: Api<webrtc_pbx_operator::api::WebRtcPbx> = Api::namespaced(r.client.clone(), &r.ns);
     pbxes
@@ -810,7 +786,7 @@ async fn refused_writes_foreign_objects_and_policy_each_become_a_condition() {
         )
         .await
         .unwrap();
-    support::wait_until(Duration::from_secs(30), "switch-tls released", || async {
+    harness::wait_until(Duration::from_secs(30), "switch-tls released", || async {
         let s = secrets.get_opt("switch-tls").await.ok()??;
         s.owner_references().is_empty().then_some(())
     })
@@ -823,10 +799,12 @@ async fn refused_writes_foreign_objects_and_policy_each_become_a_condition() {
     );
 
     // Policy: an image the operator does not run; nothing is applied.
-    create_pbx(
-        &r,
-        "miner",
-        quiet(json!({"domain": "miner.hostile.test", "image": "docker.io/evil/miner:1"})),
+    r.create(
+        Pbx::new(
+            "miner",
+            json!({"domain": "miner.hostile.test", "image": "docker.io/evil/miner:1"}),
+        )
+        .quiet(),
     )
     .await;
     wait_condition(&r, "miner", "ConfigRendered", "False", Some("PolicyDenied")).await;
@@ -838,10 +816,10 @@ async fn refused_writes_foreign_objects_and_policy_each_become_a_condition() {
     // The probe does not dial where the spec points it (a port scan from
     // the operator's network position).
     let (port, accepted) = tarpit().await;
-    let mut spec = off_host(json!({"domain": "scan.hostile.test"}));
-    spec["probes"] =
-        json!({"connectAddress": format!("127.0.0.1:{port}"), "interval": "5s", "timeout": "1s"});
-    create_pbx(&r, "scan", spec.clone()).await;
+    let scan = Pbx::new("scan", json!({"domain": "scan.hostile.test"}))
+        .off_host()
+        .merged(json!({"probes": {"connectAddress": format!("127.0.0.1:{port}"), "interval": "5s", "timeout": "1s"}}));
+    r.create(scan.clone()).await;
     wait_condition(
         &r,
         "scan",
@@ -867,8 +845,8 @@ async fn refused_writes_foreign_objects_and_policy_each_become_a_condition() {
         })
     })
     .await;
-    create_pbx(&allowing, "scan", spec).await;
-    support::wait_until(
+    allowing.create(scan).await;
+    harness::wait_until(
         Duration::from_secs(60),
         "the allowed target dialled",
         || async { (accepted.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(()) },
@@ -882,7 +860,7 @@ async fn refused_writes_foreign_objects_and_policy_each_become_a_condition() {
 async fn an_emptied_ca_or_a_leaf_of_another_ca_is_replaced_once_then_quiet() {
     let r = start_with("hostile-ca", Context::new).await;
     // The longest renewal window admission allows still settles.
-    create_pbx(&r, "ca", quiet(json!({"domain": "ca.hostile.test", "tls": {"renewBefore": "1440h", "extraDnsNames": ["sip.hostile.test"]}}))).await;
+    r.create(Pbx::new("ca", json!({"domain": "ca.hostile.test", "tls": {"renewBefore": "1440h", "extraDnsNames": ["sip.hostile.test"]}})).quiet()).await;
     wait_condition(&r, "ca", "CertificateReady", "True", None).await;
     let secrets: Api<Secret> = Api::namespaced(r.client.clone(), &r.ns);
     let settled = |what: &'static str| {
@@ -890,9 +868,9 @@ async fn an_emptied_ca_or_a_leaf_of_another_ca_is_replaced_once_then_quiet() {
         async move {
             // Everything written first: the workload's verdict comes last.
             wait_condition(r, "ca", "Ready", "True", None).await;
-            let first = support::inprocess::versions(r).await;
+            let first = harness::inprocess::versions(r).await;
             tokio::time::sleep(Duration::from_secs(4)).await;
-            let second = support::inprocess::versions(r).await;
+            let second = harness::inprocess::versions(r).await;
             assert_eq!(first, second, "{what}: writes while settled");
         }
     };
@@ -940,7 +918,7 @@ async fn an_emptied_ca_or_a_leaf_of_another_ca_is_replaced_once_then_quiet() {
             )
             .await
             .unwrap();
-        support::wait_until(
+        harness::wait_until(
             Duration::from_secs(30),
             &format!("{what}: a leaf of the CA in ca-ca"),
             || async {
@@ -965,11 +943,11 @@ async fn stalled_tenants_do_not_starve_another_namespaces_probes() {
     use webrtc_pbx_operator::controller::probes::{Plan, Prober};
     use webrtc_pbx_operator::probe::{Request, transport::Target};
     const DOMAIN: &str = "fair.hostile.test";
-    let dir = support::scratch_dir("hostile-fair");
-    let port = support::free_port();
-    let etc = support::render_config(&dir, DOMAIN, port, "");
-    let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
-    let mut asterisk = support::Asterisk::start(&etc);
+    let dir = harness::scratch_dir("hostile-fair");
+    let port = harness::free_port();
+    let etc = harness::render_config(&dir, DOMAIN, port, "");
+    let ca = harness::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let mut asterisk = harness::Asterisk::start(&etc);
     asterisk.wait_wss(port, DOMAIN, &ca, Instant::now()).await;
     let (stalled_port, _) = tarpit().await;
     let metrics = std::sync::Arc::new(webrtc_pbx_operator::telemetry::Metrics::default());
@@ -981,7 +959,7 @@ async fn stalled_tenants_do_not_starve_another_namespaces_probes() {
         request: Request {
             target: Target {
                 timeout: Duration::from_secs(timeout),
-                ..support::target(port, "/ws", DOMAIN, &ca)
+                ..harness::target(port, "/ws", DOMAIN, &ca)
             },
             account: None,
             echo: None,
@@ -1027,7 +1005,7 @@ async fn stalled_tenants_do_not_starve_another_namespaces_probes() {
         "first run after {first:?}"
     );
     assert!(results.runs >= 3 && ok, "{} runs, ok {ok}", results.runs);
-    support::remove_dir(&dir);
+    harness::remove_dir(&dir);
 }
 
 /// A WSS server (TLS, WebSocket with subprotocol sip) for `names`, whose
@@ -1111,7 +1089,7 @@ async fn a_hostile_pbx_cannot_make_the_probe_take_in_what_it_sends() {
     })
     .await;
     let request = probe::Request {
-        target: support::target(port, "/ws", DOMAIN, &ca),
+        target: harness::target(port, "/ws", DOMAIN, &ca),
         account: Some(register::Account {
             domain: DOMAIN.into(),
             user: "1001".into(),
@@ -1200,7 +1178,8 @@ async fn the_metrics_server_cuts_off_slow_and_surplus_clients_and_forgets_delete
         Context::with_probes(client, clock, 32, registry)
     })
     .await;
-    create_pbx(&r, "gone", quiet(json!({"domain": "gone.hostile.test"}))).await;
+    r.create(Pbx::new("gone", json!({"domain": "gone.hostile.test"})).quiet())
+        .await;
     wait_condition(&r, "gone", "ConfigRendered", "True", None).await;
     let series = |m: &Metrics| {
         m.encode()
@@ -1213,7 +1192,7 @@ async fn the_metrics_server_cuts_off_slow_and_surplus_clients_and_forgets_delete
         .delete("gone", &DeleteParams::default())
         .await
         .unwrap();
-    support::wait_until(
+    harness::wait_until(
         Duration::from_secs(30),
         "the deleted PBX's series dropped",
         || async { (series(&metrics) == 0).then_some(()) },
@@ -1225,10 +1204,10 @@ async fn the_metrics_server_cuts_off_slow_and_surplus_clients_and_forgets_delete
 #[tokio::test]
 async fn a_leader_whose_controller_ends_exits_and_lets_go_of_the_lease() {
     use webrtc_pbx_operator::controller::leader::{self, LeaderError, LeaseConfig};
-    let client = support::client().await;
-    let ns = support::namespace(&client, "hostile-leader").await;
+    let client = harness::client().await;
+    let ns = harness::namespace(&client, "hostile-leader").await;
     let ctx = std::sync::Arc::new(Context::new(
-        support::operator_client(&ns).await,
+        harness::operator_client(&ns).await,
         std::sync::Arc::new(webrtc_pbx_operator::controller::SystemClock),
     ));
     let lease = LeaseConfig {
@@ -1264,11 +1243,13 @@ async fn without_cert_manager_a_cert_manager_pbx_waits_and_is_not_refused() {
     // This binary's control plane never has cert-manager's CRD: the
     // Certificate's 404 is CertificateReady's to report, not a refusal.
     let r = start_with("hostile-no-certmgr", Context::new).await;
-    create_pbx(
-        &r,
-        "cm",
-        quiet(json!({"domain": "cm.hostile.test",
-        "tls": {"mode": "CertManager", "issuerRef": {"name": "le", "kind": "ClusterIssuer"}}})),
+    r.create(
+        Pbx::new(
+            "cm",
+            json!({"domain": "cm.hostile.test",
+        "tls": {"mode": "CertManager", "issuerRef": {"name": "le", "kind": "ClusterIssuer"}}}),
+        )
+        .quiet(),
     )
     .await;
     wait_condition(

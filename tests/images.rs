@@ -2,7 +2,6 @@
 //! engine: reproducible (built twice, the same digests, equal to the ones the
 //! ground imported), labelled, and holding what the rendered pod and the chart
 //! need and nothing of what they do not.
-mod support;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -123,14 +122,14 @@ fn build(out: &Path, names: &[&str]) -> BTreeMap<String, String> {
     // The release binary where scripts/images itself would build it.
     let binary = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(support::ground_env("WEBRTC_PBX_CACHE")).join("target"))
+        .unwrap_or_else(|| PathBuf::from(harness::ground_env("WEBRTC_PBX_CACHE")).join("target"))
         .join("release/webrtc-pbx-operator");
     assert!(
         binary.exists(),
         "{} is missing; build it with: cargo build --release (scripts/test does)",
         binary.display()
     );
-    let status = Command::new(support::repo().join("scripts/images"))
+    let status = Command::new(harness::repo().join("scripts/images"))
         .args(["build", "--out"])
         .arg(out)
         .args(names)
@@ -149,15 +148,15 @@ fn build(out: &Path, names: &[&str]) -> BTreeMap<String, String> {
 
 #[test]
 fn images_are_reproducible_labelled_and_hold_what_the_pods_run() {
-    support::require_provisioned();
-    let first = support::scratch_dir("images-1");
-    let second = support::scratch_dir("images-2");
+    harness::require_provisioned();
+    let first = harness::scratch_dir("images-1");
+    let second = harness::scratch_dir("images-2");
     let names = ["asterisk", "operator", "pause"];
     let a = build(&first, &names);
     let b = build(&second, &names);
     assert_eq!(a, b, "two builds of the same inputs give the same digests");
     // The Asterisk and pause images the ground imported are these.
-    let cached = PathBuf::from(support::ground_env("IMAGES_DIR"));
+    let cached = PathBuf::from(harness::ground_env("IMAGES_DIR"));
     for n in ["asterisk", "pause"] {
         let digest = std::fs::read_to_string(cached.join(format!("{n}.digest"))).unwrap();
         assert_eq!(digest.trim(), a[n], "{n}: the ground imports this build");
@@ -264,15 +263,15 @@ fn images_are_reproducible_labelled_and_hold_what_the_pods_run() {
     for shell in ["bin/sh", "usr/bin/sh", "bin/bash", "usr/bin/bash"] {
         assert!(!operator.entries.contains_key(shell), "no shell: {shell}");
     }
-    support::remove_dir(&first);
-    support::remove_dir(&second);
+    harness::remove_dir(&first);
+    harness::remove_dir(&second);
 }
 
 #[test]
 fn the_versions_come_from_the_crate() {
     let version = env!("CARGO_PKG_VERSION");
     let chart =
-        std::fs::read_to_string(support::repo().join("charts/webrtc-pbx-operator/Chart.yaml"))
+        std::fs::read_to_string(harness::repo().join("charts/webrtc-pbx-operator/Chart.yaml"))
             .unwrap();
     assert!(
         chart.contains(&format!("\nversion: {version}\n")),
@@ -286,7 +285,7 @@ fn the_versions_come_from_the_crate() {
         webrtc_pbx_operator::api::DEFAULT_IMAGE,
         format!("ghcr.io/webrtc-pbx-operator/asterisk:{version}")
     );
-    let out = Command::new(support::repo().join("scripts/images"))
+    let out = Command::new(harness::repo().join("scripts/images"))
         .args(["ref", "operator"])
         .output()
         .unwrap();

@@ -2,8 +2,6 @@
 //! timings; each fault, produced by a real cause, gets its reason and a
 //! non-zero exit.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -30,22 +28,22 @@ fn probe(args: &[&str]) -> (i32, Value, String) {
 }
 
 fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
-    support::render_config(dir, DOMAIN, port, "")
+    harness::render_config(dir, DOMAIN, port, "")
 }
 
 fn write_config_with(dir: &Path, port: u16, extra_users: &str) -> std::path::PathBuf {
-    support::render_config(dir, DOMAIN, port, extra_users)
+    harness::render_config(dir, DOMAIN, port, extra_users)
 }
 
 #[tokio::test]
 async fn probe_names_each_fault() {
-    let dir = support::scratch_dir("probe");
-    let port = support::free_port();
+    let dir = harness::scratch_dir("probe");
+    let port = harness::free_port();
     let etc = write_config(&dir, port);
-    let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let ca = harness::write_self_signed(&etc.join("keys"), &[DOMAIN]);
     let ca_file = dir.join("ca.crt");
     std::fs::write(&ca_file, &ca).unwrap();
-    let mut asterisk = support::Asterisk::start(&etc);
+    let mut asterisk = harness::Asterisk::start(&etc);
     asterisk.wait_wss(port, DOMAIN, &ca, Instant::now()).await;
     let url = format!("wss://{DOMAIN}:{port}/ws");
     let connect_to = format!("127.0.0.1:{port}");
@@ -215,20 +213,20 @@ fn bad_arguments_exit_2_with_a_message() {
 #[tokio::test]
 async fn one_process_runs_hundreds_of_register_probes_at_once() {
     const N: usize = 200;
-    let dir = support::scratch_dir("probe-many");
-    let port = support::free_port();
+    let dir = harness::scratch_dir("probe-many");
+    let port = harness::free_port();
     let users: String = (0..N)
         .map(|i| format!("    - {{extension: \"{}\"}}\n", 2000 + i))
         .collect();
     let etc = write_config_with(&dir, port, &users);
-    let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
-    let mut asterisk = support::Asterisk::start(&etc);
+    let ca = harness::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let mut asterisk = harness::Asterisk::start(&etc);
     asterisk.wait_wss(port, DOMAIN, &ca, Instant::now()).await;
 
     let started = Instant::now();
     let probes = (0..N).map(|i| {
         let request = webrtc_pbx_operator::probe::Request {
-            target: support::target(port, "/ws", DOMAIN, &ca),
+            target: harness::target(port, "/ws", DOMAIN, &ca),
             account: Some(webrtc_pbx_operator::probe::register::Account {
                 domain: DOMAIN.into(),
                 user: (2000 + i).to_string(),
@@ -269,13 +267,13 @@ async fn one_process_runs_hundreds_of_register_probes_at_once() {
 
 #[tokio::test]
 async fn a_frozen_pbx_times_out_in_the_phase_it_froze() {
-    let dir = support::scratch_dir("probe-frozen");
-    let port = support::free_port();
+    let dir = harness::scratch_dir("probe-frozen");
+    let port = harness::free_port();
     let etc = write_config(&dir, port);
-    let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
-    let mut asterisk = support::Asterisk::start(&etc);
+    let ca = harness::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let mut asterisk = harness::Asterisk::start(&etc);
     asterisk.wait_wss(port, DOMAIN, &ca, Instant::now()).await;
-    let mut target = support::target(port, "/ws", DOMAIN, &ca);
+    let mut target = harness::target(port, "/ws", DOMAIN, &ca);
     target.timeout = std::time::Duration::from_secs(1);
     let account = webrtc_pbx_operator::probe::register::Account {
         domain: DOMAIN.into(),
@@ -318,21 +316,21 @@ async fn a_frozen_pbx_times_out_in_the_phase_it_froze() {
 
 #[test]
 fn echo_call_hears_its_audio_back() {
-    let dir = support::scratch_dir("probe-echo");
-    let port = support::free_port();
+    let dir = harness::scratch_dir("probe-echo");
+    let port = harness::free_port();
     let etc = write_config(&dir, port);
-    let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let ca = harness::write_self_signed(&etc.join("keys"), &[DOMAIN]);
     let ca_file = dir.join("ca.crt");
     std::fs::write(&ca_file, &ca).unwrap();
     // Asterisk offers the namespace's non-loopback address; map it to loopback.
     let mut rtp = std::fs::read_to_string(etc.join("rtp.conf")).unwrap();
     rtp.push_str(&format!(
         "\n[ice_host_candidates]\n{} => 127.0.0.1\n",
-        support::Netns::MEDIA_ADDRESS
+        harness::Netns::MEDIA_ADDRESS
     ));
     std::fs::write(etc.join("rtp.conf"), rtp).unwrap();
-    let netns = support::Netns::new("echo");
-    let mut asterisk = support::Asterisk::start_in(&etc, Some(&netns));
+    let netns = harness::Netns::new("echo");
+    let mut asterisk = harness::Asterisk::start_in(&etc, Some(&netns));
     asterisk.wait_booted();
     let url = format!("wss://{DOMAIN}:{port}/ws");
     let out = netns
@@ -399,20 +397,20 @@ fn echo_ground(
     name: &str,
     extra_users: &str,
     mapping: &str,
-) -> (std::path::PathBuf, u16, support::Netns, support::Asterisk) {
-    let dir = support::scratch_dir(name);
-    let port = support::free_port();
+) -> (std::path::PathBuf, u16, harness::Netns, harness::Asterisk) {
+    let dir = harness::scratch_dir(name);
+    let port = harness::free_port();
     let etc = write_config_with(&dir, port, extra_users);
-    let ca = support::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let ca = harness::write_self_signed(&etc.join("keys"), &[DOMAIN]);
     std::fs::write(dir.join("ca.crt"), &ca).unwrap();
     let mut rtp = std::fs::read_to_string(etc.join("rtp.conf")).unwrap();
     rtp.push_str(&format!(
         "\n[ice_host_candidates]\n{} => {mapping}\n",
-        support::Netns::MEDIA_ADDRESS
+        harness::Netns::MEDIA_ADDRESS
     ));
     std::fs::write(etc.join("rtp.conf"), rtp).unwrap();
-    let netns = support::Netns::new(name);
-    let mut asterisk = support::Asterisk::start_in(&etc, Some(&netns));
+    let netns = harness::Netns::new(name);
+    let mut asterisk = harness::Asterisk::start_in(&etc, Some(&netns));
     asterisk.wait_booted();
     (dir, port, netns, asterisk)
 }
@@ -420,7 +418,7 @@ fn echo_ground(
 fn echo_probe(
     dir: &Path,
     port: u16,
-    netns: &support::Netns,
+    netns: &harness::Netns,
     user: &str,
     extra: &[&str],
 ) -> Command {

@@ -4,15 +4,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-mod support;
-
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_webrtc-pbx-operator"))
 }
 
 /// `deploy/examples/*/pbx.yaml`.
 fn examples() -> Vec<PathBuf> {
-    let dir = support::repo().join("deploy/examples");
+    let dir = harness::repo().join("deploy/examples");
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path().join("pbx.yaml"))
@@ -51,8 +49,8 @@ fn config_dir_writes_asterisk_files_with_secret_modes() {
     use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(format!("wpbx-render-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let file = support::repo().join("deploy/examples/host-network-nat/pbx.yaml");
-    let out = support::render_to_dir(&file, &dir);
+    let file = harness::repo().join("deploy/examples/host-network-nat/pbx.yaml");
+    let out = harness::render_to_dir(&file, &dir);
     assert!(
         out.status.success(),
         "{}",
@@ -109,7 +107,7 @@ spec:
 "#,
     )
     .unwrap();
-    let out = support::render_to_dir(&manifest, &dir);
+    let out = harness::render_to_dir(&manifest, &dir);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();

@@ -3,7 +3,6 @@
 //! operator's watches resume and no change is missed; it backs off while
 //! the API is gone and never exits. One test (this binary's control plane is
 //! shared, and restarting it would disturb any other test in the binary).
-mod support;
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +30,7 @@ async fn create(client: &Client, ns: &str, name: &str) {
 async fn ready(client: &Client, ns: &str, name: &str, limit: Duration) -> Duration {
     let api = Api::<WebRtcPbx>::namespaced(client.clone(), ns);
     let start = Instant::now();
-    support::wait_until(limit, &format!("{name} Ready and observed"), || async {
+    harness::wait_until(limit, &format!("{name} Ready and observed"), || async {
         let pbx = api.get(name).await.ok()?;
         let status = pbx.status?;
         (status.observed_generation == pbx.metadata.generation
@@ -48,7 +47,7 @@ async fn ready(client: &Client, ns: &str, name: &str, limit: Duration) -> Durati
 /// Waits until the apiserver answers again.
 async fn api_back(client: &Client, ns: &str) -> Duration {
     let start = Instant::now();
-    support::wait_until(Duration::from_secs(90), "the apiserver back", || async {
+    harness::wait_until(Duration::from_secs(90), "the apiserver back", || async {
         Api::<Namespace>::all(client.clone())
             .get(ns)
             .await
@@ -61,18 +60,18 @@ async fn api_back(client: &Client, ns: &str) -> Duration {
 
 #[tokio::test]
 async fn apiserver_and_etcd_restarts_lose_no_change_and_crash_nothing() {
-    let client = support::client().await;
-    support::install_project_crds(&client).await;
-    let ns = support::namespace(&client, "restarts").await;
-    let dir = support::scratch_dir("restarts");
+    let client = harness::client().await;
+    harness::install_project_crds(&client).await;
+    let ns = harness::namespace(&client, "restarts").await;
+    let dir = harness::scratch_dir("restarts");
     let log = dir.join("operator.log");
-    let metrics_port = support::free_port();
-    let mut operator = support::operator_binary(&ns, metrics_port, Some(&log));
+    let metrics_port = harness::free_port();
+    let mut operator = harness::operator_binary(&ns, metrics_port, Some(&log));
     create(&client, &ns, "a").await;
     ready(&client, &ns, "a", Duration::from_secs(60)).await;
 
     // kube-apiserver killed and back after 2 s: every watch breaks.
-    support::restart_component("kube-apiserver", Duration::from_secs(2));
+    harness::restart_component("kube-apiserver", Duration::from_secs(2));
     let back = api_back(&client, &ns).await;
     // Changes right after it is back: a new PBX, a spec change, a deleted child.
     create(&client, &ns, "b").await;
@@ -91,7 +90,7 @@ async fn apiserver_and_etcd_restarts_lose_no_change_and_crash_nothing() {
         .unwrap();
     let new_pbx = ready(&client, &ns, "b", Duration::from_secs(60)).await;
     let changed = ready(&client, &ns, "a", Duration::from_secs(60)).await;
-    support::wait_until(
+    harness::wait_until(
         Duration::from_secs(60),
         "a's ConfigMap restored",
         || async {
@@ -113,12 +112,12 @@ async fn apiserver_and_etcd_restarts_lose_no_change_and_crash_nothing() {
 
     // etcd killed for 10 s: the API fails underneath the operator.
     let failures_before = failures(metrics_port);
-    support::restart_component("etcd", Duration::from_secs(10));
+    harness::restart_component("etcd", Duration::from_secs(10));
     let back = api_back(&client, &ns).await;
     create(&client, &ns, "c").await;
     let recovered = ready(&client, &ns, "c", Duration::from_secs(120)).await;
     assert!(operator_alive(&mut operator), "{}", tail(&log));
-    let health = support::http_get(metrics_port, "/healthz").unwrap_or_default();
+    let health = harness::http_get(metrics_port, "/healthz").unwrap_or_default();
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     eprintln!(
         "etcd down 10 s: API back {:.1} s after the restart, new PBX Ready {:.1} s later; reconcile failures counted meanwhile: {}; same operator process throughout",
@@ -127,16 +126,16 @@ async fn apiserver_and_etcd_restarts_lose_no_change_and_crash_nothing() {
         failures(metrics_port) - failures_before
     );
     let _ = operator.kill();
-    support::remove_dir(&dir);
+    harness::remove_dir(&dir);
 }
 
-fn operator_alive(operator: &mut support::Operator) -> bool {
+fn operator_alive(operator: &mut harness::Operator) -> bool {
     operator.try_wait().ok().flatten().is_none()
 }
 
 /// webrtc_pbx_reconcile_failures_total, all categories.
 fn failures(port: u16) -> u64 {
-    support::http_get(port, "/metrics")
+    harness::http_get(port, "/metrics")
         .unwrap_or_default()
         .lines()
         .filter(|l| l.starts_with("webrtc_pbx_reconcile_failures_total{"))

@@ -3,7 +3,9 @@
 //! chroot. Nothing is mocked; a missing ground fails the test and says how to
 //! provision it. Teardown is by watchdogs keyed to the test binary's PID, so
 //! a panic or a kill leaks neither processes nor mounts.
-#![allow(dead_code)]
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -19,7 +21,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use webrtc_pbx_operator::probe::transport::{self, Target, Wss, WssFailure};
 
-pub mod admission;
+pub mod fixture;
 pub mod inprocess;
 
 /// The repository root, as cargo tells the running test. Not `env!`: one
@@ -652,25 +654,6 @@ pub async fn condition(
         .into_iter()
         .find(|c| c.type_ == type_)?;
     Some((c.status, c.reason, c.message))
-}
-
-/// `deploy/examples/minimal` as a user would apply it (the PBX and its
-/// users' Secret), with `probes` as its spec.probes.
-pub fn minimal_example(
-    probes: serde_json::Value,
-) -> (
-    webrtc_pbx_operator::api::WebRtcPbx,
-    k8s_openapi::api::core::v1::Secret,
-) {
-    let text = std::fs::read_to_string(repo().join("deploy/examples/minimal/pbx.yaml")).unwrap();
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
-    let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap().clone();
-    let mut pbx = find("WebRtcPbx");
-    pbx["spec"]["probes"] = probes;
-    (
-        serde_json::from_value(pbx).unwrap(),
-        serde_json::from_value(find("Secret")).unwrap(),
-    )
 }
 
 /// Writes the rendered config of a PBX for `domain` with WSS on

@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret, Service};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use time::OffsetDateTime;
 use webrtc_pbx_operator::api::WebRtcPbx;
+
+use crate::fixture::Pbx;
 use webrtc_pbx_operator::controller::{self, Clock, Context};
 
 /// A clock the test moves.
@@ -25,14 +27,19 @@ impl Clock for TestClock {
 }
 
 impl TestClock {
+    /// Moves the clock on by `by`.
     pub fn advance(&self, by: time::Duration) {
         *self.0.lock().unwrap() += by;
     }
 }
 
+/// A controller running in the test process for one namespace.
 pub struct Running {
+    /// An admin client (the test's; the controller has its own).
     pub client: Client,
+    /// The namespace the controller watches.
     pub ns: String,
+    /// The controller's clock.
     pub clock: Arc<TestClock>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -50,6 +57,16 @@ impl Running {
         }
     }
 
+    /// Creates `pbx` in the namespace, with probes off unless its spec
+    /// sets them: nothing serves these PBXs (tests/e2e.rs probes real
+    /// Asterisk).
+    pub async fn create(&self, pbx: Pbx) -> WebRtcPbx {
+        pbx.probes_off_unless_set()
+            .create(&self.client, &self.ns)
+            .await
+    }
+
+    /// Stops the controller (and waits up to 10 s for it to end).
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
@@ -67,11 +84,11 @@ pub async fn start_with(
     prefix: &str,
     make: impl FnOnce(Client, Arc<dyn Clock>) -> Context,
 ) -> Running {
-    let client = super::client().await;
-    super::install_project_crds(&client).await;
-    let ns = super::namespace(&client, prefix).await;
+    let client = crate::client().await;
+    crate::install_project_crds(&client).await;
+    let ns = crate::namespace(&client, prefix).await;
     let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
-    let ctx = Arc::new(make(super::operator_client(&ns).await, clock.clone()));
+    let ctx = Arc::new(make(crate::operator_client(&ns).await, clock.clone()));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(controller::run(ctx, Some(ns.clone()), async move {
         let _ = rx.await;
@@ -85,38 +102,13 @@ pub async fn start_with(
     }
 }
 
-/// Service mode with a small RTP range: no host ports, so tests running at
-/// the same time on the shared fake nodes cannot block each other.
-pub fn off_host(mut spec: serde_json::Value) -> serde_json::Value {
-    spec["network"] = json!({"mode": "Service"});
-    spec["rtp"] = json!({"portRange": {"start": 20000, "end": 20003}});
-    spec
-}
-
-pub fn pbx_manifest(name: &str, mut spec: serde_json::Value) -> WebRtcPbx {
-    // These tests are about the reconciler; nothing serves the PBXs here, so
-    // probes are off unless a test asks (tests/e2e.rs probes real Asterisk).
-    if spec.get("probes").is_none() {
-        spec["probes"] = json!({"enabled": false});
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
-        "metadata": {"name": name}, "spec": spec
-    }))
-    .unwrap()
-}
-
-pub async fn create_pbx(r: &Running, name: &str, spec: serde_json::Value) -> WebRtcPbx {
-    let api: Api<WebRtcPbx> = Api::namespaced(r.client.clone(), &r.ns);
-    api.create(&PostParams::default(), &pbx_manifest(name, spec))
-        .await
-        .unwrap()
-}
-
+/// PBX `name`'s condition `type_` as (status, reason, message).
 pub async fn condition(r: &Running, name: &str, type_: &str) -> Option<(String, String, String)> {
-    super::condition(&r.client, &r.ns, name, type_).await
+    crate::condition(&r.client, &r.ns, name, type_).await
 }
 
+/// Waits until PBX `name`'s condition `type_` has `status` (and `reason`,
+/// when given); returns how long that took.
 pub async fn wait_condition(
     r: &Running,
     name: &str,
@@ -125,12 +117,13 @@ pub async fn wait_condition(
     reason: Option<&str>,
 ) -> Duration {
     let start = Instant::now();
-    super::wait_for_condition(&r.client, &r.ns, name, type_, status, reason).await;
+    crate::wait_for_condition(&r.client, &r.ns, name, type_, status, reason).await;
     start.elapsed()
 }
 
+/// Creates (applies) Secret `name` with `data` as its stringData.
 pub async fn create_secret(r: &Running, name: &str, data: BTreeMap<&str, String>) {
-    super::apply_json::<Secret>(
+    crate::apply_json::<Secret>(
         &r.client,
         &r.ns,
         json!({"metadata": {"name": name}, "stringData": data}),
