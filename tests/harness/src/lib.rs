@@ -1,5 +1,6 @@
-//! The test harness on the real ground (`scripts/ground`): one control plane
-//! per test binary, one namespace per test, real Asterisk processes from the
+//! The test harness on the real ground (`scripts/ground`), a development-only
+//! crate of the workspace shared by the tests and the benchmark: one control
+//! plane per test binary, one namespace per test, real Asterisk processes from the
 //! chroot. Nothing is mocked; a missing ground fails the test and says how to
 //! provision it. Teardown is by watchdogs keyed to the test binary's PID, so
 //! a panic or a kill leaks neither processes nor mounts.
@@ -430,19 +431,16 @@ where
     }
 }
 
-/// The operator binary Cargo built with this test (or the demo example,
-/// which Cargo gives no `CARGO_BIN_EXE_*`: it sits in `examples/` beside it).
+/// The operator binary Cargo built with this test or benchmark.
 pub fn operator_exe() -> PathBuf {
-    match option_env!("CARGO_BIN_EXE_webrtc-pbx-operator") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            let exe = std::env::current_exe().expect("current exe");
-            exe.parent()
-                .and_then(Path::parent)
-                .expect("target dir")
-                .join("webrtc-pbx-operator")
-        }
-    }
+    // Cargo sets CARGO_BIN_EXE_* for the operator crate's own test targets,
+    // not for this crate; cargo builds the binary for them beside `deps/`,
+    // where the test executable runs from.
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("webrtc-pbx-operator")
 }
 
 /// The operator binary (`run`) for namespace `ns`, serving metrics on

@@ -1237,36 +1237,3 @@ async fn a_leader_whose_controller_ends_exits_and_lets_go_of_the_lease() {
     let holder = held.spec.and_then(|s| s.holder_identity);
     assert_ne!(holder.as_deref(), Some("doomed"), "the lease is still held");
 }
-
-#[tokio::test]
-async fn without_cert_manager_a_cert_manager_pbx_waits_and_is_not_refused() {
-    // This binary's control plane never has cert-manager's CRD: the
-    // Certificate's 404 is CertificateReady's to report, not a refusal.
-    let r = start_with("hostile-no-certmgr", Context::new).await;
-    r.create(
-        Pbx::new(
-            "cm",
-            json!({"domain": "cm.hostile.test",
-        "tls": {"mode": "CertManager", "issuerRef": {"name": "le", "kind": "ClusterIssuer"}}}),
-        )
-        .quiet(),
-    )
-    .await;
-    wait_condition(
-        &r,
-        "cm",
-        "CertificateReady",
-        "False",
-        Some("IssuerNotReady"),
-    )
-    .await;
-    let (_, _, message) = condition(&r, "cm", "CertificateReady").await.unwrap();
-    assert!(message.contains("is cert-manager installed?"), "{message}");
-    let (status, reason, message) = condition(&r, "cm", "ConfigRendered").await.unwrap();
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("True", "Rendered"),
-        "{message}"
-    );
-    r.stop().await;
-}

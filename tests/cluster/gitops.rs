@@ -104,7 +104,7 @@ fn argocd_cm_snippet_carries_health_lua() {
     let mut want = String::from(
         "# Argo CD: the WebRtcPbx health check, for the argocd-cm ConfigMap (merge it\n\
          # into yours). Generated from argocd/pbx.webrtc.io/WebRtcPbx/health.lua by\n\
-         # tests/gitops.rs (UPDATE_GOLDEN=1 rewrites it).\n\
+         # tests/cluster/gitops.rs (UPDATE_GOLDEN=1 rewrites it).\n\
          apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: argocd-cm\n  namespace: argocd\n  labels:\n    app.kubernetes.io/part-of: argocd\ndata:\n  resource.customizations.health.pbx.webrtc.io_WebRtcPbx: |\n",
     );
     for line in lua.lines() {
@@ -121,7 +121,7 @@ fn argocd_cm_snippet_carries_health_lua() {
     assert_eq!(
         std::fs::read_to_string(&path).unwrap_or_default(),
         want,
-        "argocd-cm.yaml is stale: UPDATE_GOLDEN=1 cargo test --test gitops"
+        "argocd-cm.yaml is stale: UPDATE_GOLDEN=1 cargo test --test cluster gitops::"
     );
     // And it is valid YAML carrying the script unchanged.
     let doc: Value = serde_saphyr::from_str(&want).unwrap();

@@ -53,8 +53,8 @@ fn template(namespace: &str, sets: &[&str]) -> String {
 /// The plain manifests: the namespace, the CRDs and the chart's objects.
 fn plain_manifests() -> String {
     let mut out = String::from(
-        "# Generated from charts/webrtc-pbx-operator (tests/chart.rs keeps it in sync:\n\
-         # UPDATE_GOLDEN=1 cargo test --test chart). Install with:\n\
+        "# Generated from charts/webrtc-pbx-operator (tests/cluster/chart.rs keeps it in sync:\n\
+         # UPDATE_GOLDEN=1 cargo test --test cluster chart::). Install with:\n\
          #   kubectl apply --server-side -f deploy/operator.yaml\n",
     );
     out.push_str(&format!(
@@ -103,7 +103,7 @@ fn plain_manifests_are_rendered_from_the_chart() {
     assert_eq!(
         std::fs::read_to_string(&path).unwrap_or_default(),
         want,
-        "deploy/operator.yaml is stale: UPDATE_GOLDEN=1 cargo test --test chart"
+        "deploy/operator.yaml is stale: UPDATE_GOLDEN=1 cargo test --test cluster chart::"
     );
 }
 
