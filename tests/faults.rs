@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use harness::fixture::Pbx;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -26,21 +26,6 @@ fn spec(domain: &str) -> Value {
         .quiet()
         .spec()
         .clone()
-}
-
-async fn create<K>(client: &Client, ns: &str, object: Value)
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let object: K = serde_json::from_value(object).unwrap();
-    Api::<K>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap();
 }
 
 fn tls_secret(name: &str, crt: &str, key: Option<&str>) -> Value {
@@ -259,8 +244,8 @@ async fn malformed_secrets_configmaps_and_certificates_each_get_their_reason() {
     for (name, spec, objects, _, _) in &cases {
         for (kind, object) in objects {
             match *kind {
-                "Secret" => create::<Secret>(&client, &ns, object.clone()).await,
-                _ => create::<ConfigMap>(&client, &ns, object.clone()).await,
+                "Secret" => harness::apply_json::<Secret>(&client, &ns, object.clone()).await,
+                _ => harness::apply_json::<ConfigMap>(&client, &ns, object.clone()).await,
             }
         }
         Pbx::new(name, spec.clone()).create(&client, &ns).await;

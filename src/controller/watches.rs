@@ -127,6 +127,34 @@ impl ChildStores {
     }
 }
 
+/// The watch of one kind of child: the operator's label only, without
+/// managedFields, cut to what `keep` leaves (`cache.rs`), into `writer`'s
+/// cache; yields each object touched.
+fn owned_stream<K>(
+    client: &Client,
+    ns: Option<&str>,
+    config: &watcher::Config,
+    writer: reflector::store::Writer<K>,
+    keep: fn(&mut K),
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(scoped::<K>(client, ns), config.clone())
+        .modify(move |object| {
+            cache::slim(object);
+            keep(object);
+        })
+        .reflect(writer)
+        .touched_objects()
+}
+
 pub(super) fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -223,54 +251,38 @@ pub async fn run(
         // The children: cached whole (only the operator's, by label), and
         // read from the caches instead of GETs. Users' Secrets and
         // ConfigMaps below: metadata only, so no other Secret's data is held.
-        .owns_stream(
-            watcher(scoped::<Secret>(&client, ns), owned.clone())
-                .modify(|s| {
-                    cache::slim(s);
-                    cache::secret(s);
-                })
-                .reflect(secrets_writer)
-                .touched_objects(),
-        )
-        .owns_stream(
-            watcher(scoped::<ConfigMap>(&client, ns), owned.clone())
-                .modify(|c| {
-                    cache::slim(c);
-                    cache::config_map(c);
-                })
-                .reflect(config_maps_writer)
-                .touched_objects(),
-        )
-        .owns_stream(
-            watcher(scoped::<Service>(&client, ns), owned.clone())
-                .modify(|s| {
-                    cache::slim(s);
-                    cache::service(s);
-                })
-                .reflect(services_writer)
-                .touched_objects(),
-        )
-        .owns_stream(
-            watcher(scoped::<StatefulSet>(&client, ns), owned.clone())
-                .modify(|s| {
-                    cache::slim(s);
-                    cache::stateful_set(s);
-                })
-                .reflect(stateful_sets_writer)
-                .touched_objects(),
-        )
+        .owns_stream(owned_stream(
+            &client,
+            ns,
+            &owned,
+            secrets_writer,
+            cache::secret,
+        ))
+        .owns_stream(owned_stream(
+            &client,
+            ns,
+            &owned,
+            config_maps_writer,
+            cache::config_map,
+        ))
+        .owns_stream(owned_stream(
+            &client,
+            ns,
+            &owned,
+            services_writer,
+            cache::service,
+        ))
+        .owns_stream(owned_stream(
+            &client,
+            ns,
+            &owned,
+            stateful_sets_writer,
+            cache::stateful_set,
+        ))
         // Pods are owned by the StatefulSet, so they trigger nothing; the
-        // watch keeps the cache the scheduler verdicts are read from.
-        .owns_stream(
-            watcher(scoped::<Pod>(&client, ns), owned)
-                .modify(|pod: &mut Pod| {
-                    cache::slim(pod);
-                    // Only labels and status are read (scheduling verdicts).
-                    cache::pod(pod);
-                })
-                .reflect(pods_writer)
-                .touched_objects(),
-        )
+        // watch keeps the cache the scheduler verdicts are read from (only
+        // labels and status are kept).
+        .owns_stream(owned_stream(&client, ns, &owned, pods_writer, cache::pod))
         .watches_stream(
             watcher(
                 scoped::<PartialObjectMeta<Secret>>(&client, ns),
