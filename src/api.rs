@@ -63,6 +63,12 @@ pub const DEFAULT_IMAGE: &str = concat!(
         description = "Median echo-call round trip in milliseconds"
     ),
     printcolumn(
+        name = "MOS",
+        type_ = "number",
+        json_path = ".status.probes.mos",
+        description = "E-model MOS estimate of the last echo call"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -689,6 +695,17 @@ pub struct ProbesSpec {
     /// The echo-call probe.
     #[serde(default)]
     pub echo_call: EchoCallProbe,
+    /// The lowest acceptable call quality: an echo call whose ITU-T G.107
+    /// E-model MOS estimate (from its round trip, loss and jitter) is below
+    /// this fails as PoorCallQuality (default 3.6, 1 to 4.5; 4.41 is a
+    /// perfect narrowband call).
+    #[serde(default = "default_min_mos")]
+    #[schemars(range(min = 1.0, max = 4.5))]
+    pub min_mos: f64,
+}
+
+fn default_min_mos() -> f64 {
+    crate::probe::quality::DEFAULT_MIN_MOS
 }
 
 impl Default for ProbesSpec {
@@ -698,6 +715,7 @@ impl Default for ProbesSpec {
             interval: default_probe_interval(),
             timeout: default_probe_timeout(),
             connect_address: String::new(),
+            min_mos: default_min_mos(),
             register: ProbeToggle::default(),
             echo_call: EchoCallProbe::default(),
         }
@@ -828,4 +846,22 @@ pub struct ProbeFigures {
     /// Echo-call interarrival jitter (RFC 3550), milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jitter_ms: Option<f64>,
+    /// ITU-T G.107 E-model MOS estimate of the echo call (1-4.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mos: Option<f64>,
+    /// E-model transmission rating R of the echo call (0-100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r_factor: Option<f64>,
+    /// Echo call: INVITE sent to its 200 OK, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite_ms: Option<f64>,
+    /// Echo call: 200 OK to ICE connected, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ice_ms: Option<f64>,
+    /// Echo call: ICE connected to DTLS-SRTP done, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtls_ms: Option<f64>,
+    /// Echo call: DTLS done to the first packet echoed, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_echo_ms: Option<f64>,
 }

@@ -111,6 +111,10 @@ struct ProbeArgs {
     /// Median echo round trip above this (ms) fails as HighLatency.
     #[arg(long, default_value_t = 400.0)]
     max_rtt: f64,
+    /// An echo call whose E-model MOS estimate is below this fails as
+    /// PoorCallQuality.
+    #[arg(long, default_value_t = webrtc_pbx_operator::probe::quality::DEFAULT_MIN_MOS)]
+    min_mos: f64,
     /// Limit of each phase and SIP transaction (Go duration).
     #[arg(long, default_value = "10s")]
     timeout: String,
@@ -328,6 +332,7 @@ fn run_probe(args: ProbeArgs) -> ExitCode {
                 media_ip,
                 max_loss_percent: args.max_loss,
                 max_rtt_ms: args.max_rtt,
+                min_mos: args.min_mos,
             })
         }
     };

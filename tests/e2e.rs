@@ -281,7 +281,7 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     let status = g.pbx().await.unwrap().status.unwrap();
     let figures = status.probes.clone().unwrap();
     eprintln!(
-        "apply -> Ready=True {:.2} s on real pods; probe from the operator pod: connect {:?} ms, tls {:?} ms, upgrade {:?} ms, REGISTER {:?} ms, echo rtt {:?} ms, loss {:?} %, jitter {:?} ms",
+        "apply -> Ready=True {:.2} s on real pods; probe from the operator pod: connect {:?} ms, tls {:?} ms, upgrade {:?} ms, REGISTER {:?} ms, echo rtt {:?} ms, loss {:?} %, jitter {:?} ms, MOS {:?}; call setup: invite {:?} ms, ice {:?} ms, dtls {:?} ms, first echo {:?} ms",
         to_ready.as_secs_f64(),
         figures.connect_ms,
         figures.tls_ms,
@@ -289,10 +289,28 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         figures.register_ms,
         figures.echo_round_trip_ms,
         figures.loss_percent,
-        figures.jitter_ms
+        figures.jitter_ms,
+        figures.mos,
+        figures.invite_ms,
+        figures.ice_ms,
+        figures.dtls_ms,
+        figures.first_echo_ms
     );
     assert!(figures.echo_round_trip_ms.is_some() && figures.register_ms.is_some());
     assert_eq!(figures.loss_percent, Some(0.0));
+    // A clean call on one node rates near the narrowband ceiling (4.41).
+    assert!(figures.mos.is_some_and(|m| m > 4.3), "{figures:?}");
+    assert!(
+        [
+            figures.invite_ms,
+            figures.ice_ms,
+            figures.dtls_ms,
+            figures.first_echo_ms
+        ]
+        .iter()
+        .all(Option::is_some),
+        "{figures:?}"
+    );
     harness::kubectl(&[
         "wait",
         "--for=condition=Ready",
@@ -315,6 +333,8 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         "probe_phase_duration_seconds{",
         "probe_phase_seconds_bucket{",
         "probe_echo_loss_ratio{",
+        "probe_echo_mos{",
+        "phase=\"first_echo\"",
     ] {
         assert!(metrics.contains(name), "{name} not in:\n{metrics}");
     }

@@ -607,3 +607,77 @@ fn figures_over_20_runs() {
     drop(netns);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn echo_call_quality_is_rated_by_the_e_model_and_its_setup_timed_by_phase() {
+    use webrtc_pbx_operator::probe::quality::{self, Codec};
+    let (dir, port, netns, mut asterisk) = echo_ground("echo-mos", "", "127.0.0.1");
+    let figures = |json: &Value| {
+        let r = &json["echo_result"];
+        let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"));
+        (
+            f("rtt_median_ms"),
+            f("loss_percent"),
+            f("jitter_ms"),
+            f("mos"),
+            f("r_factor"),
+        )
+    };
+    // A clean loopback call: near the narrowband ceiling (4.41), every
+    // phase of the setup timed.
+    let clean = echo_json(echo_probe(
+        &dir,
+        port,
+        &netns,
+        "1001",
+        &["--echo-duration", "5s"],
+    ));
+    assert_eq!(
+        clean["echo"]["reason"],
+        "Healthy",
+        "{clean}\n{}",
+        asterisk.output()
+    );
+    let (rtt, loss, jitter, mos, r) = figures(&clean);
+    assert!(mos > 4.3, "{clean}");
+    let phases = &clean["echo_result"]["phases"];
+    for phase in ["invite_ms", "ice_ms", "dtls_ms", "first_echo_ms"] {
+        let ms = phases[phase].as_f64().unwrap_or(-1.0);
+        assert!((0.0..3000.0).contains(&ms), "{phase}: {phases}");
+    }
+    eprintln!(
+        "loopback: rtt {rtt} ms, loss {loss} %, jitter {jitter:.2} ms -> R {r:.1}, MOS {mos:.2}; setup {phases}"
+    );
+    // 3 % of UDP dropped at random on arrival: both legs arrive in the
+    // test host, so about 6 % of the echoes are lost.
+    netns.lose_udp(3);
+    let lossy = echo_json(echo_probe(
+        &dir,
+        port,
+        &netns,
+        "1001",
+        &[
+            "--echo-duration",
+            "5s",
+            "--max-loss",
+            "50",
+            "--min-mos",
+            "4.2",
+        ],
+    ));
+    netns.allow_all();
+    assert_eq!(lossy["echo"]["reason"], "PoorCallQuality", "{lossy}");
+    let message = lossy["echo"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("below 4.2"), "{message}");
+    let (rtt, loss, jitter, mos, r) = figures(&lossy);
+    assert!(loss > 1.0 && mos < 4.2, "{lossy}");
+    // What the probe reported is the model applied to what it measured.
+    let expected = quality::rate(rtt, loss, jitter, Codec::Pcmu);
+    assert!((expected.mos - mos).abs() < 0.01, "{expected:?} vs {lossy}");
+    eprintln!(
+        "3 % of UDP dropped per leg: rtt {rtt} ms, loss {loss} %, jitter {jitter:.2} ms -> R {r:.1}, MOS {mos:.2}"
+    );
+    asterisk.kill();
+    drop(netns);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -81,6 +81,7 @@ pub fn plan(pbx: &ValidatedPbx, ca_pem: Option<String>) -> Option<Plan> {
         media_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         max_loss_percent: MAX_LOSS_PERCENT,
         max_rtt_ms: MAX_RTT_MS,
+        min_mos: probes.min_mos,
     });
     Some(Plan {
         uid: pbx.uid.clone().unwrap_or_default(),

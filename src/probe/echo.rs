@@ -13,6 +13,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 
 use super::digest;
+use super::quality;
 use super::register::Account;
 use super::session::{Session, TxError};
 use super::step::{Check, Step};
@@ -39,6 +40,8 @@ pub struct EchoOptions {
     pub max_loss_percent: f64,
     /// Median round trip above this, ms, is HighLatency.
     pub max_rtt_ms: f64,
+    /// An E-model MOS below this is PoorCallQuality ([`quality`]).
+    pub min_mos: f64,
 }
 
 /// How the echo call ended.
@@ -69,6 +72,8 @@ pub enum EchoOutcome {
     HighLoss,
     /// Round trip too long.
     HighLatency,
+    /// The E-model's MOS estimate below the threshold.
+    PoorCallQuality,
     /// No final answer to the INVITE in time.
     Timeout,
     /// The WebSocket closed.
@@ -88,6 +93,7 @@ impl EchoOutcome {
             EchoOutcome::CallDropped { .. } => "CallDropped",
             EchoOutcome::HighLoss => "HighLoss",
             EchoOutcome::HighLatency => "HighLatency",
+            EchoOutcome::PoorCallQuality => "PoorCallQuality",
             EchoOutcome::Timeout => "Timeout",
             EchoOutcome::TransportClosed => "TransportClosed",
         }
@@ -113,6 +119,26 @@ pub struct EchoResult {
     pub rtt_p95_ms: Option<f64>,
     /// Interarrival jitter (RFC 3550), ms.
     pub jitter_ms: Option<f64>,
+    /// E-model transmission rating R of the call ([`quality`]).
+    pub r_factor: Option<f64>,
+    /// E-model MOS estimate of the call (1-4.5).
+    pub mos: Option<f64>,
+    /// How long each phase of the call's setup took.
+    pub phases: CallPhases,
+}
+
+/// The call's setup, phase by phase, milliseconds: a slow setup points at
+/// its phase (SIP, ICE, DTLS, the PBX's media path).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct CallPhases {
+    /// INVITE sent to its 200 OK (the digest challenge included).
+    pub invite_ms: Option<f64>,
+    /// 200 OK to ICE connected.
+    pub ice_ms: Option<f64>,
+    /// ICE connected to DTLS-SRTP done.
+    pub dtls_ms: Option<f64>,
+    /// DTLS done to the first of our packets echoed back.
+    pub first_echo_ms: Option<f64>,
 }
 
 impl EchoResult {
@@ -159,6 +185,15 @@ impl EchoResult {
                 ms(self.rtt_median_ms),
                 options.max_rtt_ms
             ),
+            EchoOutcome::PoorCallQuality => format!(
+                "estimated MOS {:.2} (E-model R {:.0}) below {}: round trip {:.1} ms, loss {:.1} %, jitter {:.1} ms",
+                ms(self.mos),
+                ms(self.r_factor),
+                options.min_mos,
+                ms(self.rtt_median_ms),
+                ms(self.loss_percent),
+                ms(self.jitter_ms)
+            ),
             EchoOutcome::Timeout => "no final answer to the INVITE in time".into(),
             EchoOutcome::TransportClosed => "the WebSocket closed during the call".into(),
         }
@@ -174,6 +209,9 @@ impl EchoResult {
             rtt_median_ms: None,
             rtt_p95_ms: None,
             jitter_ms: None,
+            r_factor: None,
+            mos: None,
+            phases: CallPhases::default(),
         }
     }
 }
@@ -213,6 +251,10 @@ pub async fn call(
     let mut rtc = Rtc::builder()
         .clear_codecs()
         .enable_pcmu(true, false)
+        // Each packet as it arrives: str0m's default holds up to 15 audio
+        // packets behind a gap, which under loss added up to 300 ms to the
+        // round trip and jitter the probe measures (and to its MOS).
+        .set_reordering_size_audio(0)
         .build(start);
     let Ok(candidate) = Candidate::host(local, "udp") else {
         return EchoResult::failed(EchoOutcome::IceFailed);
@@ -263,6 +305,7 @@ pub async fn call(
             Err(TxError::Closed(_)) => return EchoResult::failed(EchoOutcome::TransportClosed),
         };
     }
+    let answered = Instant::now();
     let status = response.status().unwrap_or(0);
     if !(200..300).contains(&status) {
         session.ack_failure(&last_invite, &response).await;
@@ -292,12 +335,12 @@ pub async fn call(
     if !matches!(outcome, Some(EchoOutcome::CallDropped { .. })) {
         session.bye(&last_invite, &response).await;
     }
-    media.result(outcome, setup, opts)
+    media.result(outcome, setup, answered, opts)
 }
 
 #[derive(Default)]
 struct Media {
-    ice_connected: bool,
+    ice_connected: Option<Instant>,
     dtls_connected: Option<Instant>,
     sent_at: Vec<Instant>,
     rtts: Vec<f64>,
@@ -306,6 +349,7 @@ struct Media {
     other_packets: u32,
     jitter: f64,
     last_transit: Option<f64>,
+    first_echo: Option<Instant>,
     last_echo: Option<Instant>,
 }
 
@@ -337,6 +381,7 @@ impl Media {
         }
         self.rtts
             .push(now.duration_since(*sent).as_secs_f64() * 1000.0);
+        self.first_echo.get_or_insert(now);
         self.last_echo = Some(now);
         // RFC 3550 6.4.1, in milliseconds of transit time.
         let transit = now.duration_since(epoch).as_secs_f64() * 1000.0
@@ -351,6 +396,7 @@ impl Media {
         &self,
         outcome: Option<EchoOutcome>,
         setup: Instant,
+        answered: Instant,
         opts: &EchoOptions,
     ) -> EchoResult {
         let sent = u32::try_from(self.sent_at.len()).unwrap_or(u32::MAX);
@@ -364,8 +410,12 @@ impl Media {
         let loss =
             (sent > 0).then(|| 100.0 * f64::from(sent.saturating_sub(echoed)) / f64::from(sent));
         let median = pct(0.5);
+        let jitter = (echoed > 1).then_some(self.jitter);
+        let rated = median.zip(loss).map(|(rtt, loss)| {
+            quality::rate(rtt, loss, jitter.unwrap_or(0.0), quality::Codec::Pcmu)
+        });
         let outcome = outcome.unwrap_or_else(|| {
-            if !self.ice_connected {
+            if self.ice_connected.is_none() {
                 EchoOutcome::IceFailed
             } else if self.dtls_connected.is_none() {
                 EchoOutcome::DtlsFailed
@@ -377,6 +427,8 @@ impl Media {
                 EchoOutcome::HighLoss
             } else if median.unwrap_or(0.0) > opts.max_rtt_ms {
                 EchoOutcome::HighLatency
+            } else if rated.is_some_and(|q| q.mos < opts.min_mos) {
+                EchoOutcome::PoorCallQuality
             } else {
                 EchoOutcome::Healthy
             }
@@ -391,9 +443,28 @@ impl Media {
             loss_percent: loss,
             rtt_median_ms: median,
             rtt_p95_ms: pct(0.95),
-            jitter_ms: (echoed > 1).then_some(self.jitter),
+            jitter_ms: jitter,
+            r_factor: rated.map(|q| q.r_factor),
+            mos: rated.map(|q| q.mos),
+            phases: CallPhases {
+                invite_ms: Some(ms_between(setup, answered)),
+                ice_ms: self.ice_connected.map(|t| ms_between(answered, t)),
+                dtls_ms: self
+                    .ice_connected
+                    .zip(self.dtls_connected)
+                    .map(|(ice, dtls)| ms_between(ice, dtls)),
+                first_echo_ms: self
+                    .dtls_connected
+                    .zip(self.first_echo)
+                    .map(|(dtls, echo)| ms_between(dtls, echo)),
+            },
         }
     }
+}
+
+/// Milliseconds from `from` to `to` (0 when `to` is earlier).
+fn ms_between(from: Instant, to: Instant) -> f64 {
+    to.saturating_duration_since(from).as_secs_f64() * 1000.0
 }
 
 /// Drives str0m from the socket and the clock until the call ends. Returns
@@ -424,7 +495,7 @@ async fn media_loop(
                     Event::IceConnectionStateChange(
                         IceConnectionState::Connected | IceConnectionState::Completed,
                     ) => {
-                        media.ice_connected = true;
+                        media.ice_connected.get_or_insert_with(Instant::now);
                     }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected)
                         if media.dtls_connected.is_some() =>

@@ -5,6 +5,7 @@
 
 pub mod digest;
 pub mod echo;
+pub mod quality;
 pub mod register;
 pub mod session;
 pub mod sip;
@@ -227,6 +228,27 @@ pub fn table(report: &Report) -> String {
             format!("FAIL {}: {}", e.reason, e.message)
         };
         let _ = writeln!(out, "  {:<10} {:>10}  {verdict}", "echo", fmt_ms(ms));
+    }
+    if let Some(r) = &report.echo_result {
+        let p = &r.phases;
+        let _ = writeln!(
+            out,
+            "  {:<10} {:>10}  invite {}, ice {}, dtls {}, first echo {}",
+            "setup",
+            fmt_ms(r.setup_ms),
+            fmt_ms(p.invite_ms),
+            fmt_ms(p.ice_ms),
+            fmt_ms(p.dtls_ms),
+            fmt_ms(p.first_echo_ms)
+        );
+        if let (Some(mos), Some(r_factor)) = (r.mos, r.r_factor) {
+            let _ = writeln!(
+                out,
+                "  {:<10} {:>10}  E-model R {r_factor:.1}",
+                "mos",
+                format!("{mos:.2}")
+            );
+        }
     }
     let _ = writeln!(out, "result: {}", if report.ok { "PASS" } else { "FAIL" });
     out

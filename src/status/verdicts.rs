@@ -413,5 +413,11 @@ pub fn probe_figures(report: &probe::Report, time: String) -> ProbeFigures {
         echo_round_trip_ms: round(echo.and_then(|e| e.rtt_median_ms)),
         loss_percent: round(echo.and_then(|e| e.loss_percent)),
         jitter_ms: round(echo.and_then(|e| e.jitter_ms)),
+        mos: round(echo.and_then(|e| e.mos)),
+        r_factor: round(echo.and_then(|e| e.r_factor)),
+        invite_ms: round(echo.and_then(|e| e.phases.invite_ms)),
+        ice_ms: round(echo.and_then(|e| e.phases.ice_ms)),
+        dtls_ms: round(echo.and_then(|e| e.phases.dtls_ms)),
+        first_echo_ms: round(echo.and_then(|e| e.phases.first_echo_ms)),
     }
 }

@@ -98,6 +98,8 @@ pub struct ProbeMetrics {
     pub echo_loss_ratio: Family<PbxLabels, FloatGauge>,
     /// Echo jitter of the last run, seconds.
     pub echo_jitter: Family<PbxLabels, FloatGauge>,
+    /// E-model MOS estimate of the last echo call (1-4.5).
+    pub echo_mos: Family<PbxLabels, FloatGauge>,
     /// Phase times of every run, seconds.
     pub phase_histogram: Family<PhaseOnly, Histogram, fn() -> Histogram>,
 }
@@ -112,6 +114,7 @@ impl Default for ProbeMetrics {
             ssl_earliest_cert_expiry: Family::default(),
             echo_loss_ratio: Family::default(),
             echo_jitter: Family::default(),
+            echo_mos: Family::default(),
             // 0.5 ms .. 16 s: loopback handshakes to long echo calls.
             phase_histogram: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -121,7 +124,18 @@ impl Default for ProbeMetrics {
 }
 
 /// Phases the probe gauges and the histogram carry.
-const PHASES: [&str; 6] = ["dns", "connect", "tls", "upgrade", "register", "echo_rtt"];
+const PHASES: [&str; 10] = [
+    "dns",
+    "connect",
+    "tls",
+    "upgrade",
+    "register",
+    "echo_rtt",
+    "invite",
+    "ice",
+    "dtls",
+    "first_echo",
+];
 const CHECKS: [&str; 3] = ["wss", "register", "echo"];
 
 /// Every metric the operator exports.
@@ -167,7 +181,7 @@ impl Default for Metrics {
         );
         root.register(
             "probe_phase_duration_seconds",
-            "Phase times of the last probe run (dns, connect, tls, upgrade, register, echo_rtt)",
+            "Phase times of the last probe run (dns, connect, tls, upgrade, register, echo_rtt; the echo call's setup: invite, ice, dtls, first_echo)",
             probe.phase_duration.clone(),
         );
         root.register(
@@ -184,6 +198,11 @@ impl Default for Metrics {
             "probe_echo_jitter_seconds",
             "Echo-call interarrival jitter of the last probe run",
             probe.echo_jitter.clone(),
+        );
+        root.register(
+            "probe_echo_mos",
+            "ITU-T G.107 E-model MOS estimate of the last probe run's echo call (1-4.5)",
+            probe.echo_mos.clone(),
         );
         root.register(
             "probe_phase_seconds",
@@ -317,6 +336,10 @@ impl Metrics {
             t.upgrade_ms,
             register,
             echo.and_then(|e| e.rtt_median_ms),
+            echo.and_then(|e| e.phases.invite_ms),
+            echo.and_then(|e| e.phases.ice_ms),
+            echo.and_then(|e| e.phases.dtls_ms),
+            echo.and_then(|e| e.phases.first_echo_ms),
         ];
         for (phase, ms) in PHASES.iter().zip(values) {
             match ms {
@@ -353,10 +376,19 @@ impl Metrics {
                 p.echo_jitter
                     .get_or_create(&pbx)
                     .set(e.jitter_ms.unwrap_or_default() / 1000.0);
+                match e.mos {
+                    Some(mos) => {
+                        p.echo_mos.get_or_create(&pbx).set(mos);
+                    }
+                    None => {
+                        p.echo_mos.remove(&pbx);
+                    }
+                }
             }
             None => {
                 p.echo_loss_ratio.remove(&pbx);
                 p.echo_jitter.remove(&pbx);
+                p.echo_mos.remove(&pbx);
             }
         }
     }
@@ -389,6 +421,7 @@ impl Metrics {
         p.ssl_earliest_cert_expiry.remove(&pbx);
         p.echo_loss_ratio.remove(&pbx);
         p.echo_jitter.remove(&pbx);
+        p.echo_mos.remove(&pbx);
         for phase in PHASES {
             p.phase_duration.remove(&PhaseLabels {
                 namespace: namespace.into(),

@@ -152,6 +152,16 @@ pub(super) fn check_spec(spec: &WebRtcPbxSpec, problems: &mut Vec<Problem>) {
     if spec.wss.ws_port == Some(spec.wss.port) {
         invalid("wss.wsPort", "equals wss.port".into());
     }
+    // NaN fails the range too.
+    if !(1.0..=4.5).contains(&spec.probes.min_mos) {
+        invalid(
+            "probes.minMos",
+            format!(
+                "is {}: a MOS is between 1 and 4.5 (4.41 is a perfect narrowband call)",
+                spec.probes.min_mos
+            ),
+        );
+    }
     if spec.network.mode == crate::api::NetworkMode::Service && range.len() > 200 {
         invalid(
             "rtp.portRange",

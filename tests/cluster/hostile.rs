@@ -189,6 +189,12 @@ fn cases() -> Vec<Case> {
             "probes.timeout must be a duration between 1s and 60s",
         ),
         case(
+            "min-mos-impossible",
+            json!({"probes": {"minMos": 9}}),
+            "probes.minMos",
+            "should be less than or equal to 4.5",
+        ),
+        case(
             "probe-interval-long",
             json!({"probes": {"interval": "48h"}}),
             "probes.interval",

@@ -1039,7 +1039,20 @@ impl Netns {
         nft_drop_udp(|| self.command("nft"), ports);
     }
 
-    /// Removes what [`Netns::drop_udp`] added.
+    /// Drops `percent` % of the UDP packets arriving in the namespace, at
+    /// random (nftables `numgen`; this kernel has no netem): random loss on
+    /// both legs of a call whose ends are both inside.
+    pub fn lose_udp(&self, percent: u8) {
+        let below = percent.to_string();
+        nft_input_rule(
+            || self.command("nft"),
+            &[
+                "meta", "l4proto", "udp", "numgen", "random", "mod", "100", "<", &below, "drop",
+            ],
+        );
+    }
+
+    /// Removes what [`Netns::drop_udp`] and [`Netns::lose_udp`] added.
     pub fn allow_all(&self) {
         nft_allow_all(|| self.command("nft"));
     }
@@ -1068,6 +1081,11 @@ fn netns_command(netns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
 /// Adds table `inet wpbx` dropping UDP to `ports` on input, with the `nft`
 /// commands `nft` makes (in some network namespace).
 fn nft_drop_udp(nft: impl Fn() -> Command, ports: &str) {
+    nft_input_rule(nft, &["udp", "dport", ports, "drop"]);
+}
+
+/// Adds `rule` to an input chain of a `wpbx` table (made when missing).
+fn nft_input_rule(nft: impl Fn() -> Command, rule: &[&str]) {
     let run = |args: &[&str]| {
         let out = nft().args(args).output().expect("run nft");
         assert!(
@@ -1085,9 +1103,9 @@ fn nft_drop_udp(nft: impl Fn() -> Command, ports: &str) {
         "input",
         "{ type filter hook input priority 0; }",
     ]);
-    run(&[
-        "add", "rule", "inet", "wpbx", "input", "udp", "dport", ports, "drop",
-    ]);
+    let mut add = vec!["add", "rule", "inet", "wpbx", "input"];
+    add.extend(rule);
+    run(&add);
 }
 
 /// Removes what [`nft_drop_udp`] added.
