@@ -254,3 +254,21 @@ async fn the_chart_service_account_gets_what_the_operator_uses_and_no_more() {
             .map(|_| ())
     ));
 }
+
+#[test]
+fn the_prometheus_rule_carries_the_rules_file_promtool_tests() {
+    let rules: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(chart().join("files/alerts.yaml")).unwrap(),
+    )
+    .unwrap();
+    let off = template("voice-ops", &[]);
+    assert!(!off.contains("kind: PrometheusRule"), "off by default");
+    let on = template("voice-ops", &["metrics.prometheusRule.enabled=true"]);
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&on).unwrap();
+    let rule = docs
+        .iter()
+        .find(|d| d["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule");
+    assert_eq!(rule["metadata"]["namespace"], "voice-ops");
+    assert_eq!(rule["spec"]["groups"], rules["groups"]);
+}
