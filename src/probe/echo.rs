@@ -13,13 +13,12 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 
 use super::digest;
+use super::media::{Figures, MAGIC, Media};
 use super::quality;
 use super::register::Account;
 use super::session::{Session, TxError};
 use super::step::{Check, Step};
 
-/// Marks our packets in the PCMU payload.
-const MAGIC: [u8; 4] = *b"WPBX";
 /// PCMU at 8 kHz, 20 ms.
 const FRAME: Duration = Duration::from_millis(20);
 const SAMPLES: u64 = 160;
@@ -335,130 +334,72 @@ pub async fn call(
     if !matches!(outcome, Some(EchoOutcome::CallDropped { .. })) {
         session.bye(&last_invite, &response).await;
     }
-    media.result(outcome, setup, answered, opts)
+    result(&media, outcome, setup, answered, opts)
 }
 
-#[derive(Default)]
-struct Media {
-    ice_connected: Option<Instant>,
-    dtls_connected: Option<Instant>,
-    sent_at: Vec<Instant>,
-    rtts: Vec<f64>,
-    /// Per packet sent: whether its echo arrived.
-    echoed: Vec<bool>,
-    other_packets: u32,
-    jitter: f64,
-    last_transit: Option<f64>,
-    first_echo: Option<Instant>,
-    last_echo: Option<Instant>,
-}
-
-impl Media {
-    /// Seconds since media started (DTLS-SRTP up), 0 before.
-    fn seconds(&self) -> f64 {
-        self.dtls_connected
-            .map(|t| t.elapsed().as_secs_f64())
-            .unwrap_or(0.0)
-    }
-
-    fn on_packet(&mut self, data: &[u8], now: Instant, epoch: Instant) {
-        if data.len() < 8 || data[..4] != MAGIC {
-            self.other_packets += 1;
-            return;
+/// The echo call's verdict and figures from what its media measured.
+fn result(
+    media: &Media,
+    outcome: Option<EchoOutcome>,
+    setup: Instant,
+    answered: Instant,
+    opts: &EchoOptions,
+) -> EchoResult {
+    let Figures {
+        sent,
+        echoed,
+        loss_percent: loss,
+        rtt_median_ms: median,
+        rtt_p95_ms: p95,
+        jitter_ms: jitter,
+    } = media.figures();
+    let rated = median
+        .zip(loss)
+        .map(|(rtt, loss)| quality::rate(rtt, loss, jitter.unwrap_or(0.0), quality::Codec::Pcmu));
+    let outcome = outcome.unwrap_or_else(|| {
+        if media.ice_connected.is_none() {
+            EchoOutcome::IceFailed
+        } else if media.dtls_connected.is_none() {
+            EchoOutcome::DtlsFailed
+        } else if echoed == 0 && media.other_packets > 0 {
+            EchoOutcome::OneWayAudio
+        } else if echoed == 0 {
+            EchoOutcome::NoMediaReceived
+        } else if loss.unwrap_or(0.0) > opts.max_loss_percent {
+            EchoOutcome::HighLoss
+        } else if median.unwrap_or(0.0) > opts.max_rtt_ms {
+            EchoOutcome::HighLatency
+        } else if rated.is_some_and(|q| q.mos < opts.min_mos) {
+            EchoOutcome::PoorCallQuality
+        } else {
+            EchoOutcome::Healthy
         }
-        let seq = u32::from_be_bytes([data[4], data[5], data[6], data[7]]) as usize;
-        let Some(sent) = self.sent_at.get(seq) else {
-            return;
-        };
-        // One sample per packet sent: a PBX that echoes a packet many times
-        // (hostile or broken) cannot grow the samples past what was sent.
-        if self.echoed.len() < self.sent_at.len() {
-            self.echoed.resize(self.sent_at.len(), false);
-        }
-        if std::mem::replace(&mut self.echoed[seq], true) {
-            self.other_packets += 1;
-            return;
-        }
-        self.rtts
-            .push(now.duration_since(*sent).as_secs_f64() * 1000.0);
-        self.first_echo.get_or_insert(now);
-        self.last_echo = Some(now);
-        // RFC 3550 6.4.1, in milliseconds of transit time.
-        let transit = now.duration_since(epoch).as_secs_f64() * 1000.0
-            - sent.duration_since(epoch).as_secs_f64() * 1000.0;
-        if let Some(last) = self.last_transit {
-            self.jitter += ((transit - last).abs() - self.jitter) / 16.0;
-        }
-        self.last_transit = Some(transit);
-    }
-
-    fn result(
-        &self,
-        outcome: Option<EchoOutcome>,
-        setup: Instant,
-        answered: Instant,
-        opts: &EchoOptions,
-    ) -> EchoResult {
-        let sent = u32::try_from(self.sent_at.len()).unwrap_or(u32::MAX);
-        let echoed = u32::try_from(self.rtts.len()).unwrap_or(u32::MAX);
-        let mut rtts = self.rtts.clone();
-        rtts.sort_by(f64::total_cmp);
-        let pct = |p: f64| {
-            rtts.get(((rtts.len() as f64 - 1.0) * p).round() as usize)
-                .copied()
-        };
-        let loss =
-            (sent > 0).then(|| 100.0 * f64::from(sent.saturating_sub(echoed)) / f64::from(sent));
-        let median = pct(0.5);
-        let jitter = (echoed > 1).then_some(self.jitter);
-        let rated = median.zip(loss).map(|(rtt, loss)| {
-            quality::rate(rtt, loss, jitter.unwrap_or(0.0), quality::Codec::Pcmu)
-        });
-        let outcome = outcome.unwrap_or_else(|| {
-            if self.ice_connected.is_none() {
-                EchoOutcome::IceFailed
-            } else if self.dtls_connected.is_none() {
-                EchoOutcome::DtlsFailed
-            } else if echoed == 0 && self.other_packets > 0 {
-                EchoOutcome::OneWayAudio
-            } else if echoed == 0 {
-                EchoOutcome::NoMediaReceived
-            } else if loss.unwrap_or(0.0) > opts.max_loss_percent {
-                EchoOutcome::HighLoss
-            } else if median.unwrap_or(0.0) > opts.max_rtt_ms {
-                EchoOutcome::HighLatency
-            } else if rated.is_some_and(|q| q.mos < opts.min_mos) {
-                EchoOutcome::PoorCallQuality
-            } else {
-                EchoOutcome::Healthy
-            }
-        });
-        EchoResult {
-            outcome,
-            setup_ms: self
+    });
+    EchoResult {
+        outcome,
+        setup_ms: media
+            .dtls_connected
+            .map(|t| t.duration_since(setup).as_secs_f64() * 1000.0),
+        sent,
+        echoed,
+        loss_percent: loss,
+        rtt_median_ms: median,
+        rtt_p95_ms: p95,
+        jitter_ms: jitter,
+        r_factor: rated.map(|q| q.r_factor),
+        mos: rated.map(|q| q.mos),
+        phases: CallPhases {
+            invite_ms: Some(ms_between(setup, answered)),
+            ice_ms: media.ice_connected.map(|t| ms_between(answered, t)),
+            dtls_ms: media
+                .ice_connected
+                .zip(media.dtls_connected)
+                .map(|(ice, dtls)| ms_between(ice, dtls)),
+            first_echo_ms: media
                 .dtls_connected
-                .map(|t| t.duration_since(setup).as_secs_f64() * 1000.0),
-            sent,
-            echoed,
-            loss_percent: loss,
-            rtt_median_ms: median,
-            rtt_p95_ms: pct(0.95),
-            jitter_ms: jitter,
-            r_factor: rated.map(|q| q.r_factor),
-            mos: rated.map(|q| q.mos),
-            phases: CallPhases {
-                invite_ms: Some(ms_between(setup, answered)),
-                ice_ms: self.ice_connected.map(|t| ms_between(answered, t)),
-                dtls_ms: self
-                    .ice_connected
-                    .zip(self.dtls_connected)
-                    .map(|(ice, dtls)| ms_between(ice, dtls)),
-                first_echo_ms: self
-                    .dtls_connected
-                    .zip(self.first_echo)
-                    .map(|(dtls, echo)| ms_between(dtls, echo)),
-            },
-        }
+                .zip(media.first_echo)
+                .map(|(dtls, echo)| ms_between(dtls, echo)),
+        },
     }
 }
 
@@ -594,27 +535,4 @@ pub async fn step(
         message: figures.message(options),
     };
     Step { check, figures }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_packet_echoed_many_times_is_one_sample() {
-        let mut media = Media::default();
-        let epoch = Instant::now();
-        media.sent_at.push(epoch);
-        let mut packet = MAGIC.to_vec();
-        packet.extend(0u32.to_be_bytes());
-        for _ in 0..1000 {
-            media.on_packet(&packet, Instant::now(), epoch);
-        }
-        assert_eq!(media.rtts.len(), 1);
-        assert_eq!(media.other_packets, 999);
-        // A sequence number never sent is no sample either.
-        packet[4..8].copy_from_slice(&7u32.to_be_bytes());
-        media.on_packet(&packet, Instant::now(), epoch);
-        assert_eq!(media.rtts.len(), 1);
-    }
 }

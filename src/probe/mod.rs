@@ -5,6 +5,7 @@
 
 pub mod digest;
 pub mod echo;
+mod media;
 pub mod quality;
 pub mod register;
 pub mod session;

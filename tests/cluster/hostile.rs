@@ -190,7 +190,9 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "min-mos-impossible",
-            json!({"probes": {"minMos": 9}}),
+            // A float: for an integer value the apiserver prints the bound
+            // as an integer too ("less than or equal to 4").
+            json!({"probes": {"minMos": 9.5}}),
             "probes.minMos",
             "should be less than or equal to 4.5",
         ),
