@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::{Error, ProtocolError, SubProtocolError};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use super::step::{Check, Step};
@@ -529,7 +530,7 @@ pub async fn connect(
     .await;
     let (ws, response) = match upgraded {
         Ok(Ok(pair)) => pair,
-        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+        Ok(Err(Error::Http(response))) => {
             let status = response.status().as_u16();
             let path = target.url.path().to_string();
             let failure = if status == 404 {
@@ -538,6 +539,16 @@ pub async fn connect(
                 WssFailure::UpgradeRejected { status }
             };
             return Err((failure, timings));
+        }
+        // tungstenite checks the subprotocol itself and fails the upgrade:
+        // that is Asterisk (or whatever answered) refusing `sip`, not a
+        // broken connection.
+        Ok(Err(Error::Protocol(ProtocolError::SecWebSocketSubProtocolError(e)))) => {
+            let answered = match e {
+                SubProtocolError::NoSubProtocol => None,
+                _ => Some("a subprotocol other than sip".to_string()),
+            };
+            return Err((WssFailure::SubprotocolRejected { answered }, timings));
         }
         Ok(Err(e)) => return Err((closed(Phase::Upgrade, &e), timings)),
         Err(_) => return Err((timed_out(Phase::Upgrade), timings)),
@@ -604,8 +615,13 @@ mod tests {
             "{:?}",
             step.check
         );
-        let message = step.check.message.to_lowercase();
-        assert!(message.contains("subprotocol"), "{message}");
+        // Named as what it is, not as a broken connection.
+        assert_eq!(step.check.reason, "SubprotocolRejected", "{:?}", step.check);
+        assert!(
+            step.check.message.contains("subprotocol sip"),
+            "{}",
+            step.check.message
+        );
     }
 
     #[tokio::test]
