@@ -60,7 +60,6 @@ pub(super) async fn update_status(
     {
         recheck = Some(recheck.map_or(WORKLOAD_RECHECK, |r| r.min(WORKLOAD_RECHECK)));
     }
-    let new_status = &mut new_status;
     let verdicts = status::summarize(components);
     let now_time =
         Time(k8s_openapi::jiff::Timestamp::from_second(now.unix_timestamp()).unwrap_or_default());
@@ -78,7 +77,7 @@ pub(super) async fn update_status(
             .iter()
             .map(|c| (c.type_.as_str(), c.status.as_str())),
     );
-    if !status::same_ignoring_time(previous, new_status) {
+    if !status::same_ignoring_time(previous, &new_status) {
         let api = Api::<WebRtcPbx>::namespaced(client.clone(), &ns);
         let patch = json!({"apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx", "status": new_status});
         api.patch_status(

@@ -377,9 +377,7 @@ fn result(
     });
     EchoResult {
         outcome,
-        setup_ms: media
-            .dtls_connected
-            .map(|t| t.duration_since(setup).as_secs_f64() * 1000.0),
+        setup_ms: media.dtls_connected.map(|t| ms_between(setup, t)),
         sent,
         echoed,
         loss_percent: loss,
