@@ -660,6 +660,7 @@ async fn engine_register(port: u16, ca_pem: &str) -> f64 {
             password: "pw-1001".into(),
         }),
         echo: None,
+        metrics: None,
     };
     let t0 = Instant::now();
     let mut ws = match transport::connect(&request.target).await {
@@ -774,6 +775,7 @@ async fn probe_cost(rows: &mut Vec<Row>) {
                             password: "pw-1001".into(),
                         }),
                         echo: None,
+                        metrics: None,
                     })
                     .await;
                     report.ok

@@ -69,6 +69,12 @@ pub const DEFAULT_IMAGE: &str = concat!(
         description = "E-model MOS estimate of the last echo call"
     ),
     printcolumn(
+        name = "Calls",
+        type_ = "integer",
+        json_path = ".status.probes.asterisk.activeCalls",
+        description = "Calls up on Asterisk at the last probe run"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -864,4 +870,33 @@ pub struct ProbeFigures {
     /// Echo call: DTLS done to the first packet echoed, milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_echo_ms: Option<f64>,
+    /// What Asterisk reported about itself (its `/metrics`), read during
+    /// the run before the echo call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asterisk: Option<AsteriskFigures>,
+}
+
+/// Asterisk's own figures (res_prometheus), the probe's endpoint and call
+/// left out.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AsteriskFigures {
+    /// Calls up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_calls: Option<u64>,
+    /// Channels up (one or two per call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_channels: Option<u64>,
+    /// Endpoints configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<u64>,
+    /// Endpoints with a registered contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints_online: Option<u64>,
+    /// Seconds since Asterisk started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_seconds: Option<u64>,
+    /// Why the metrics could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

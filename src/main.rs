@@ -115,6 +115,14 @@ struct ProbeArgs {
     /// PoorCallQuality.
     #[arg(long, default_value_t = webrtc_pbx_operator::probe::quality::DEFAULT_MIN_MOS)]
     min_mos: f64,
+    /// Also read Asterisk's own metrics (res_prometheus at /metrics on the
+    /// WSS port) with the password in this file (the `metrics-password` key
+    /// of the operator's NAME-asterisk Secret).
+    #[arg(long, value_name = "FILE")]
+    metrics_password_file: Option<PathBuf>,
+    /// User of --metrics-password-file.
+    #[arg(long, default_value = webrtc_pbx_operator::validate::METRICS_USERNAME)]
+    metrics_user: String,
     /// Limit of each phase and SIP transaction (Go duration).
     #[arg(long, default_value = "10s")]
     timeout: String,
@@ -284,6 +292,17 @@ fn run_probe(args: ProbeArgs) -> ExitCode {
         },
         (None, None) => None,
     };
+    let metrics = match &args.metrics_password_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(p) => Some(webrtc_pbx_operator::probe::asterisk_metrics::Access {
+                path: webrtc_pbx_operator::render::METRICS_PATH.into(),
+                user: args.metrics_user.clone(),
+                password: p.trim_end_matches(['\n', '\r']).to_string(),
+            }),
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        },
+        None => None,
+    };
     let account = match (&args.user, password) {
         (Some(user), Some(password)) => Some(webrtc_pbx_operator::probe::register::Account {
             domain: args
@@ -346,6 +365,7 @@ fn run_probe(args: ProbeArgs) -> ExitCode {
         },
         account,
         echo,
+        metrics,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

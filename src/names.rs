@@ -15,6 +15,12 @@ pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 pub const CONFIG_HASH_ANNOTATION: &str = "pbx.webrtc.io/restart-config-hash";
 /// Key of the probe password in the operator's Secret.
 pub const PROBE_PASSWORD_KEY: &str = "probe-password";
+/// Key of the password of Asterisk's `/metrics` (basic auth) in the
+/// operator's Secret; the user name is [`crate::validate::METRICS_USERNAME`].
+pub const METRICS_PASSWORD_KEY: &str = "metrics-password";
+/// Key of the `/metrics` user name in the operator's Secret (what a
+/// PodMonitor's basicAuth reads).
+pub const METRICS_USERNAME_KEY: &str = "metrics-username";
 /// Prefix of generated user passwords' keys in the operator's Secret.
 pub const USER_PASSWORD_KEY_PREFIX: &str = "password-";
 /// The `managed-by` label key; its value is [`FIELD_MANAGER`].

@@ -44,6 +44,7 @@ async fn rendered_config_runs_in_real_asterisk() {
     let generated = Generated {
         user_passwords: [("1002".to_string(), "generated-1002".to_string())].into(),
         probe_password: "probe-pw".into(),
+        metrics_password: "metrics-pw".into(),
     };
     let referenced = Referenced::from_objects(inputs.secrets["voice"].clone(), vec![]);
     let validated = validate::validate(pbx, &referenced, &generated).unwrap();

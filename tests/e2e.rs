@@ -688,6 +688,7 @@ async fn register_as(ip: &str, user: &str, password: &str) -> String {
             password: password.into(),
         }),
         echo: None,
+        metrics: None,
     };
     let report = webrtc_pbx_operator::probe::run(&pbx).await;
     report

@@ -233,6 +233,7 @@ async fn one_process_runs_hundreds_of_register_probes_at_once() {
                 password: format!("pw-{}", 2000 + i),
             }),
             echo: None,
+            metrics: None,
         };
         tokio::spawn(async move { webrtc_pbx_operator::probe::run(&request).await })
     });
@@ -297,6 +298,7 @@ async fn a_frozen_pbx_times_out_in_the_phase_it_froze() {
         target,
         account: Some(account),
         echo: None,
+        metrics: None,
     })
     .await;
     asterisk.thaw();
@@ -676,6 +678,74 @@ fn echo_call_quality_is_rated_by_the_e_model_and_its_setup_timed_by_phase() {
     assert!((expected.mos - mos).abs() < 0.01, "{expected:?} vs {lossy}");
     eprintln!(
         "3 % of UDP dropped per leg: rtt {rtt} ms, loss {loss} %, jitter {jitter:.2} ms -> R {r:.1}, MOS {mos:.2}"
+    );
+    asterisk.kill();
+    drop(netns);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn asterisk_metrics_count_the_calls_up_and_refuse_a_wrong_password() {
+    let (dir, port, netns, mut asterisk) = echo_ground(
+        "asterisk-metrics",
+        "    - {extension: \"1002\"}\n",
+        "127.0.0.1",
+    );
+    let password = dir.join("metrics-password");
+    std::fs::write(&password, "metrics-pw\n").unwrap();
+    let metrics = |password: &Path| {
+        let mut c = netns.command(env!("CARGO_BIN_EXE_webrtc-pbx-operator"));
+        c.args(["probe", "--url", &format!("wss://{DOMAIN}:{port}/ws")])
+            .args(["--connect-to", &format!("127.0.0.1:{port}")])
+            .arg("--ca-file")
+            .arg(dir.join("ca.crt"))
+            .args(["--user", "1002", "--password", "pw-1002"])
+            .args(["--output", "json", "--timeout", "3s"])
+            .arg("--metrics-password-file")
+            .arg(password);
+        echo_json(c)
+    };
+    // Idle: nothing up. The probing user's endpoint (1002) is left out:
+    // 1001 and the operator's probe endpoint remain.
+    let idle = metrics(&password);
+    assert_eq!(idle["asterisk"]["active_calls"], 0, "{idle}");
+    assert_eq!(idle["asterisk"]["endpoints"], 2, "{idle}");
+    assert_eq!(idle["asterisk"]["endpoints_online"], 0, "{idle}");
+    // An echo call of 1001 is up while 1002 reads the metrics.
+    let call = echo_probe(&dir, port, &netns, "1001", &["--echo-duration", "6s"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let busy = metrics(&password);
+    let echoed = call.wait_with_output().unwrap();
+    let echoed: Value = serde_json::from_slice(&echoed.stdout).unwrap_or(Value::Null);
+    assert_eq!(echoed["echo"]["reason"], "Healthy", "{echoed}");
+    assert_eq!(busy["asterisk"]["active_calls"], 1, "{busy}");
+    assert!(
+        busy["asterisk"]["active_channels"].as_u64() >= Some(1),
+        "{busy}"
+    );
+    // The probe unregisters before its call: nobody is registered (the
+    // online count of a registered endpoint is unit-tested on a scrape).
+    assert_eq!(busy["asterisk"]["endpoints_online"], 0, "{busy}");
+    assert!(
+        busy["asterisk"]["uptime_seconds"].as_u64() >= Some(3),
+        "{busy}"
+    );
+    // A wrong password: Asterisk refuses, the probe says so and still passes.
+    let wrong = dir.join("wrong-password");
+    std::fs::write(&wrong, "nope").unwrap();
+    let refused = metrics(&wrong);
+    assert_eq!(refused["ok"], true, "{refused}");
+    let error = refused["asterisk_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("refused the metrics credentials (401)"),
+        "{refused}"
+    );
+    eprintln!(
+        "during one echo call: {}; idle: {}",
+        busy["asterisk"], idle["asterisk"]
     );
     asterisk.kill();
     drop(netns);

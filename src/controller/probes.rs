@@ -20,10 +20,10 @@ use tracing::{debug, info};
 
 use crate::api::WebRtcPbx;
 use crate::names;
-use crate::probe::{self, echo, register, transport};
+use crate::probe::{self, asterisk_metrics, echo, register, transport};
 use crate::status::Probed;
 use crate::telemetry::Metrics;
-use crate::validate::{PROBE_USERNAME, ValidatedPbx};
+use crate::validate::{METRICS_USERNAME, PROBE_USERNAME, ValidatedPbx};
 
 /// Probe runs in flight across all PBXs, by default.
 pub const DEFAULT_CONCURRENCY: usize = 32;
@@ -96,6 +96,11 @@ pub fn plan(pbx: &ValidatedPbx, ca_pem: Option<String>) -> Option<Plan> {
             },
             account,
             echo,
+            metrics: Some(asterisk_metrics::Access {
+                path: crate::render::METRICS_PATH.into(),
+                user: METRICS_USERNAME.into(),
+                password: pbx.metrics_password.clone(),
+            }),
         },
         interval,
     })
@@ -402,6 +407,7 @@ mod tests {
         pbx.metadata.uid = Some("u1".into());
         let generated = Generated {
             probe_password: "probe-secret".into(),
+            metrics_password: "metrics-secret".into(),
             ..Default::default()
         };
         crate::validate::validate(&pbx, &Default::default(), &generated).unwrap()
@@ -479,6 +485,8 @@ mod tests {
             register_result: None,
             echo: None,
             echo_result: None,
+            asterisk: None,
+            asterisk_error: None,
             ok: false,
         };
         let at = OffsetDateTime::UNIX_EPOCH;

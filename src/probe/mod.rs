@@ -3,6 +3,7 @@
 //! WebRTC echo call), naming the fault when not. Used by the `probe` command
 //! and by the operator's probe scheduler.
 
+pub mod asterisk_metrics;
 pub mod digest;
 pub mod echo;
 mod media;
@@ -31,6 +32,8 @@ pub struct Request {
     pub account: Option<register::Account>,
     /// The echo call (needs `account`).
     pub echo: Option<echo::EchoOptions>,
+    /// Read Asterisk's own metrics with these credentials.
+    pub metrics: Option<asterisk_metrics::Access>,
 }
 
 /// Everything one probe run found.
@@ -62,6 +65,13 @@ pub struct Report {
     /// Echo-call figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub echo_result: Option<echo::EchoResult>,
+    /// What Asterisk's own metrics said (read after REGISTER, before the
+    /// echo call, so the probe's call is not counted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asterisk: Option<asterisk_metrics::AsteriskFacts>,
+    /// Why Asterisk's metrics could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asterisk_error: Option<String>,
     /// Every requested check passed.
     pub ok: bool,
 }
@@ -127,6 +137,8 @@ fn new_report(request: &Request) -> Report {
         register_result: None,
         echo: None,
         echo_result: None,
+        asterisk: None,
+        asterisk_error: None,
         ok: false,
     }
 }
@@ -152,6 +164,7 @@ pub async fn run(request: &Request) -> Report {
         let registered = register.check.ok;
         report.register = Some(register.check);
         report.register_result = Some(register.figures);
+        read_asterisk_metrics(request, &mut report).await;
         if let Some(options) = &request.echo {
             if registered {
                 let echo = echo::step(&mut ws, account, options).await;
@@ -165,11 +178,27 @@ pub async fn run(request: &Request) -> Report {
             }
         }
     }
+    if request.account.is_none() {
+        read_asterisk_metrics(request, &mut report).await;
+    }
     let _ = ws.close(None).await;
     report.ok = report.wss.ok
         && report.register.as_ref().is_none_or(|c| c.ok)
         && report.echo.as_ref().is_none_or(|c| c.ok);
     report
+}
+
+/// Asterisk's own metrics, when asked for; a failure is recorded, never a
+/// failed check (a custom image may lack res_prometheus).
+async fn read_asterisk_metrics(request: &Request, report: &mut Report) {
+    let Some(access) = &request.metrics else {
+        return;
+    };
+    let probe_user = request.account.as_ref().map_or("", |a| a.user.as_str());
+    match asterisk_metrics::fetch(&request.target, access, probe_user).await {
+        Ok(facts) => report.asterisk = Some(facts),
+        Err(message) => report.asterisk_error = Some(message),
+    }
 }
 
 fn fmt_ms(v: Option<f64>) -> String {
@@ -250,6 +279,21 @@ pub fn table(report: &Report) -> String {
                 format!("{mos:.2}")
             );
         }
+    }
+    if let Some(a) = &report.asterisk {
+        let _ = writeln!(
+            out,
+            "  {:<10} {:>10}  {} channels, {} of {} endpoints online, up {} s",
+            "calls",
+            a.active_calls,
+            a.active_channels,
+            a.endpoints_online,
+            a.endpoints,
+            a.uptime_seconds
+        );
+    }
+    if let Some(e) = &report.asterisk_error {
+        let _ = writeln!(out, "  {:<10} {:>10}  {e}", "metrics", "-");
     }
     let _ = writeln!(out, "result: {}", if report.ok { "PASS" } else { "FAIL" });
     out

@@ -411,11 +411,18 @@ pub async fn step(target: &Target) -> (Step<Connection>, Option<Wss>) {
     }
 }
 
-/// Opens the SIP WebSocket. Returns it with the timings and the served
-/// certificate, or the first failure with the timings reached so far.
-pub async fn connect(
+/// Dials the target and completes the TLS handshake (the first three phases
+/// of [`connect`]; also how Asterisk's `/metrics` is reached).
+pub(crate) async fn open_tls(
     target: &Target,
-) -> Result<(Wss, Timings, Option<ServedCertificate>), (WssFailure, Timings)> {
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<TcpStream>,
+        Timings,
+        Option<ServedCertificate>,
+    ),
+    (WssFailure, Timings),
+> {
     let mut timings = Timings::default();
     let host = target.url.host_str().unwrap_or_default().to_string();
     let port = target.url.port_or_known_default().unwrap_or(443);
@@ -507,6 +514,30 @@ pub async fn connect(
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(|der| served_certificate(der));
+    Ok((tls, timings, served))
+}
+
+/// Opens the SIP WebSocket. Returns it with the timings and the served
+/// certificate, or the first failure with the timings reached so far.
+pub async fn connect(
+    target: &Target,
+) -> Result<(Wss, Timings, Option<ServedCertificate>), (WssFailure, Timings)> {
+    let (tls, mut timings, served) = open_tls(target).await?;
+    let closed = |phase, e: &dyn std::fmt::Display| WssFailure::ClosedAbnormally {
+        phase,
+        detail: e.to_string(),
+    };
+    let address = tls
+        .get_ref()
+        .0
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let timed_out = |phase| WssFailure::Timeout {
+        address: address.clone(),
+        phase,
+        timeout_ms: timeout_ms(target),
+    };
 
     let mut request = match target.url.as_str().into_client_request() {
         Ok(r) => r,

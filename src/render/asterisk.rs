@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::conf::{ConfFile, Section};
-use crate::validate::{PROBE_USERNAME, ValidatedPbx};
+use crate::validate::{METRICS_USERNAME, PROBE_USERNAME, ValidatedPbx};
 
 /// Where Asterisk reads its configuration inside the pod.
 pub const ETC_DIR: &str = "/etc/asterisk";
@@ -23,6 +23,9 @@ pub const PROBE_CONTEXT: &str = "probe";
 pub const ECHO_CONTEXT: &str = "echo-test";
 /// The file of the user-supplied dialplan.
 pub const CUSTOM_DIALPLAN_FILE: &str = "extensions_custom.conf";
+
+/// Path of Asterisk's own metrics (res_prometheus) on the WSS port.
+pub const METRICS_PATH: &str = "/metrics";
 
 /// Concurrent HTTP/WebSocket sessions Asterisk accepts.
 pub const HTTP_SESSION_LIMIT: u32 = 2000;
@@ -50,6 +53,7 @@ pub fn render(pbx: &ValidatedPbx) -> AsteriskConfig {
     files.insert("pjsip.conf".into(), pjsip_conf(pbx).render());
     files.insert("extensions.conf".into(), extensions_conf(pbx).render());
     files.insert("rtp.conf".into(), rtp_conf(pbx).render());
+    files.insert("prometheus.conf".into(), prometheus_conf().render());
     // Core files Asterisk always reads: present, so a real error in the log
     // is never lost among "Unable to load config file" lines.
     let off = |name: &str, key: &str| {
@@ -74,6 +78,14 @@ pub fn render(pbx: &ValidatedPbx) -> AsteriskConfig {
         files.insert(CUSTOM_DIALPLAN_FILE.into(), text.clone());
     }
     secret_files.insert("pjsip_auth.conf".into(), pjsip_auth_conf(pbx).render());
+    // No section header: included inside prometheus.conf's [general].
+    let metrics_auth = Section::fragment()
+        .set("auth_username", METRICS_USERNAME)
+        .set("auth_password", &pbx.metrics_password);
+    secret_files.insert(
+        "prometheus_auth.conf".into(),
+        ConfFile::new().section(metrics_auth).render(),
+    );
     if let Some(turn) = &pbx.turn {
         // No section header: included inside rtp.conf's [general].
         let fragment = Section::fragment()
@@ -104,7 +116,7 @@ fn asterisk_conf() -> ConfFile {
 
 /// Modules loaded explicitly: `autoload=no` does not pull dependencies, and
 /// autoloading opens ports (IAX2, DUNDi, ...) a WebRTC PBX must not expose.
-const MODULES: [&str; 37] = [
+const MODULES: [&str; 38] = [
     "res_timing_timerfd.so",
     "res_sorcery_config.so",
     "res_sorcery_memory.so",
@@ -128,6 +140,7 @@ const MODULES: [&str; 37] = [
     "res_pjsip_dtmf_info.so",
     "res_pjsip_rfc3326.so",
     "res_pjsip_logger.so",
+    "res_prometheus.so",
     "chan_pjsip.so",
     "func_pjsip_endpoint.so",
     "bridge_simple.so",
@@ -182,6 +195,23 @@ fn http_conf(pbx: &ValidatedPbx) -> ConfFile {
         .set("tlscertfile", format!("{keys}/tls.crt"))
         .set("tlsprivatekey", format!("{keys}/tls.key"));
     ConfFile::new().section(general)
+}
+
+/// Asterisk's own metrics on the TLS listener, behind basic auth. Not on a
+/// plain port of their own: Asterisk 22 has one plain and one TLS HTTP
+/// listener, and a plain one also answers SIP over unencrypted WebSocket
+/// on `/ws` (seen: 101 with no `ws` transport configured).
+fn prometheus_conf() -> ConfFile {
+    let general = Section::new("general")
+        .set("enabled", "yes")
+        .set("core_metrics_enabled", "yes")
+        .set("uri", METRICS_PATH.trim_start_matches('/'))
+        .set("auth_realm", "webrtc-pbx");
+    // A hard #include: without its credentials the file fails to load,
+    // rather than serving the metrics without auth.
+    ConfFile::new()
+        .section(general)
+        .include(format!("{SECRETS_DIR}/prometheus_auth.conf"))
 }
 
 fn bind_with_port(address: &str, port: i32) -> String {

@@ -6,7 +6,7 @@ pub mod asterisk;
 pub mod conf;
 pub mod objects;
 
-pub use asterisk::AsteriskConfig;
+pub use asterisk::{AsteriskConfig, METRICS_PATH};
 pub use objects::Object;
 
 use crate::validate::ValidatedPbx;

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use super::asterisk::{AsteriskConfig, ETC_DIR, KEYS_DIR, RESTART_FILES, RUNTIME_DIR, SECRETS_DIR};
 use crate::api::{NetworkMode, ServiceType, TlsMode, TrafficPolicy};
 use crate::names::*;
-use crate::validate::{Generated, ValidatedPbx};
+use crate::validate::{Generated, METRICS_USERNAME, ValidatedPbx};
 
 /// UID and GID Asterisk runs as in the image (see deploy/images/asterisk).
 pub const ASTERISK_UID: i64 = 1000;
@@ -152,6 +152,14 @@ fn secret(pbx: &ValidatedPbx, config: &AsteriskConfig) -> Secret {
         PROBE_PASSWORD_KEY.into(),
         ByteString(pbx.probe_password.clone().into_bytes()),
     );
+    data.insert(
+        METRICS_PASSWORD_KEY.into(),
+        ByteString(pbx.metrics_password.clone().into_bytes()),
+    );
+    data.insert(
+        METRICS_USERNAME_KEY.into(),
+        ByteString(METRICS_USERNAME.as_bytes().to_vec()),
+    );
     Secret {
         metadata: metadata(pbx, secret_name(&pbx.name)),
         type_: Some("Opaque".into()),
@@ -172,6 +180,8 @@ pub fn generated_from_secret(secret: Option<&Secret>) -> Generated {
         };
         if key == PROBE_PASSWORD_KEY {
             generated.probe_password = text;
+        } else if key == METRICS_PASSWORD_KEY {
+            generated.metrics_password = text;
         } else if let Some(encoded) = key.strip_prefix(USER_PASSWORD_KEY_PREFIX) {
             generated
                 .user_passwords

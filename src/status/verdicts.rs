@@ -5,7 +5,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::{Blocking, Tri, Verdict, reasons, types};
-use crate::api::{ProbeFigures, ProbesSpec};
+use crate::api::{AsteriskFigures, ProbeFigures, ProbesSpec};
 use crate::certs::Outcome;
 use crate::probe;
 use crate::validate::Problem;
@@ -419,5 +419,24 @@ pub fn probe_figures(report: &probe::Report, time: String) -> ProbeFigures {
         ice_ms: round(echo.and_then(|e| e.phases.ice_ms)),
         dtls_ms: round(echo.and_then(|e| e.phases.dtls_ms)),
         first_echo_ms: round(echo.and_then(|e| e.phases.first_echo_ms)),
+        asterisk: asterisk_figures(report),
     }
+}
+
+fn asterisk_figures(report: &probe::Report) -> Option<AsteriskFigures> {
+    if let Some(a) = &report.asterisk {
+        return Some(AsteriskFigures {
+            active_calls: Some(a.active_calls),
+            active_channels: Some(a.active_channels),
+            endpoints: Some(a.endpoints),
+            endpoints_online: Some(a.endpoints_online),
+            uptime_seconds: Some(a.uptime_seconds),
+            error: None,
+        });
+    }
+    // Bounded: the sentence may quote what a (hostile) server sent.
+    report.asterisk_error.as_ref().map(|e| AsteriskFigures {
+        error: Some(e.chars().take(300).collect()),
+        ..AsteriskFigures::default()
+    })
 }

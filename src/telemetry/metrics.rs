@@ -102,7 +102,36 @@ pub struct ProbeMetrics {
     pub echo_mos: Family<PbxLabels, FloatGauge>,
     /// Phase times of every run, seconds.
     pub phase_histogram: Family<PhaseOnly, Histogram, fn() -> Histogram>,
+    /// Asterisk's own figures at the last run (its res_prometheus), one
+    /// gauge per entry of [`ASTERISK_FACTS`].
+    pub asterisk: [Family<PbxLabels, Gauge>; 5],
+    /// 1 when the last run could read Asterisk's metrics.
+    pub asterisk_up: Family<PbxLabels, Gauge>,
 }
+
+/// The Asterisk facts: `webrtc_pbx_asterisk_NAME` and its help.
+pub const ASTERISK_FACTS: [(&str, &str); 5] = [
+    (
+        "active_calls",
+        "Calls up on the PBX's Asterisk at the last probe run (before the probe's own call)",
+    ),
+    (
+        "active_channels",
+        "Channels up on the PBX's Asterisk at the last probe run",
+    ),
+    (
+        "endpoints",
+        "Endpoints configured on the PBX's Asterisk (the probe's left out)",
+    ),
+    (
+        "endpoints_online",
+        "Endpoints with a registered contact on the PBX's Asterisk (the probe's left out)",
+    ),
+    (
+        "uptime_seconds",
+        "Seconds since the PBX's Asterisk started, at the last probe run",
+    ),
+];
 
 impl Default for ProbeMetrics {
     fn default() -> Self {
@@ -119,6 +148,8 @@ impl Default for ProbeMetrics {
             phase_histogram: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
+            asterisk: Default::default(),
+            asterisk_up: Family::default(),
         }
     }
 }
@@ -212,6 +243,14 @@ impl Default for Metrics {
         let probe_runs = Counter::default();
         let registry = root.sub_registry_with_prefix("webrtc_pbx");
         registry.register("probe_runs", "Probe runs finished", probe_runs.clone());
+        for ((fact, help), family) in ASTERISK_FACTS.iter().zip(&probe.asterisk) {
+            registry.register(format!("asterisk_{fact}"), *help, family.clone());
+        }
+        registry.register(
+            "asterisk_metrics_up",
+            "1 when the last probe run could read the PBX's Asterisk metrics",
+            probe.asterisk_up.clone(),
+        );
         let api_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "api_requests",
@@ -391,6 +430,34 @@ impl Metrics {
                 p.echo_mos.remove(&pbx);
             }
         }
+        match &report.asterisk {
+            Some(a) => {
+                let values = [
+                    a.active_calls,
+                    a.active_channels,
+                    a.endpoints,
+                    a.endpoints_online,
+                    a.uptime_seconds,
+                ];
+                for (family, value) in p.asterisk.iter().zip(values) {
+                    family
+                        .get_or_create(&pbx)
+                        .set(i64::try_from(value).unwrap_or(i64::MAX));
+                }
+            }
+            None => {
+                for family in &p.asterisk {
+                    family.remove(&pbx);
+                }
+            }
+        }
+        if report.asterisk.is_some() || report.asterisk_error.is_some() {
+            p.asterisk_up
+                .get_or_create(&pbx)
+                .set(i64::from(report.asterisk.is_some()));
+        } else {
+            p.asterisk_up.remove(&pbx);
+        }
     }
 
     /// Drops every series of a deleted PBX: its conditions (of `types`)
@@ -422,6 +489,10 @@ impl Metrics {
         p.echo_loss_ratio.remove(&pbx);
         p.echo_jitter.remove(&pbx);
         p.echo_mos.remove(&pbx);
+        p.asterisk_up.remove(&pbx);
+        for family in &p.asterisk {
+            family.remove(&pbx);
+        }
         for phase in PHASES {
             p.phase_duration.remove(&PhaseLabels {
                 namespace: namespace.into(),
@@ -491,6 +562,14 @@ mod tests {
             register_result: None,
             echo: None,
             echo_result: None,
+            asterisk: Some(crate::probe::asterisk_metrics::AsteriskFacts {
+                active_calls: 3,
+                active_channels: 5,
+                endpoints: 10,
+                endpoints_online: 4,
+                uptime_seconds: 120,
+            }),
+            asterisk_error: None,
             ok: false,
         };
         m.observe_probe("voice", "acme", &report, 0.25);
@@ -503,6 +582,10 @@ mod tests {
             r#"probe_ssl_earliest_cert_expiry{namespace="voice",name="acme"} 1900000000"#,
             r#"probe_duration_seconds{namespace="voice",name="acme"} 0.25"#,
             "webrtc_pbx_probe_runs_total 1",
+            r#"webrtc_pbx_asterisk_active_calls{namespace="voice",name="acme"} 3"#,
+            r#"webrtc_pbx_asterisk_endpoints_online{namespace="voice",name="acme"} 4"#,
+            r#"webrtc_pbx_asterisk_uptime_seconds{namespace="voice",name="acme"} 120"#,
+            r#"webrtc_pbx_asterisk_metrics_up{namespace="voice",name="acme"} 1"#,
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
         }

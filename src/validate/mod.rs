@@ -18,6 +18,8 @@ pub use fields::*;
 /// User name of the probe endpoint. Never a valid extension (extensions are
 /// digits), so it cannot collide with a user.
 pub const PROBE_USERNAME: &str = "wpbx-probe";
+/// The basic-auth user of Asterisk's `/metrics` (res_prometheus).
+pub const METRICS_USERNAME: &str = "wpbx-metrics";
 
 /// One thing wrong with a PBX's input, with the condition reason it maps to.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,6 +103,8 @@ pub struct Generated {
     pub user_passwords: BTreeMap<String, String>,
     /// The probe endpoint's password.
     pub probe_password: String,
+    /// The password of Asterisk's `/metrics`.
+    pub metrics_password: String,
 }
 
 /// A user ready to render.
@@ -146,6 +150,8 @@ pub struct ValidatedPbx {
     pub users: Vec<ValidatedUser>,
     /// The probe endpoint's password.
     pub probe_password: String,
+    /// The password of Asterisk's `/metrics` (user [`METRICS_USERNAME`]).
+    pub metrics_password: String,
     /// First STUN server as `host:port`.
     pub stun: Option<String>,
     /// First TURN server.
@@ -224,6 +230,9 @@ pub fn fill_generated<R: rand::Rng>(
     }
     if generated.probe_password.is_empty() {
         generated.probe_password = random();
+    }
+    if generated.metrics_password.is_empty() {
+        generated.metrics_password = random();
     }
     generated
 }
@@ -402,10 +411,10 @@ pub fn validate(
         text
     });
 
-    if generated.probe_password.is_empty() {
+    if generated.probe_password.is_empty() || generated.metrics_password.is_empty() {
         problems.push(Problem::InvalidSpec {
             field: "probes".into(),
-            message: "no probe password was generated".into(),
+            message: "no probe or metrics password was generated".into(),
         });
     }
 
@@ -420,6 +429,7 @@ pub fn validate(
         spec: spec.clone(),
         users,
         probe_password: generated.probe_password.clone(),
+        metrics_password: generated.metrics_password.clone(),
         stun,
         turn,
         extra_dialplan,
@@ -444,12 +454,14 @@ mod tests {
         let stored = Generated {
             user_passwords: [("1".to_string(), "kept".to_string())].into(),
             probe_password: String::new(),
+            metrics_password: String::new(),
         };
         let filled = fill_generated(&spec, stored, &mut rand::rng());
         assert_eq!(filled.user_passwords["1"], "kept");
         assert_eq!(filled.user_passwords["2"].len(), 24);
         assert!(!filled.user_passwords.contains_key("3"));
         assert_eq!(filled.probe_password.len(), 24);
+        assert_eq!(filled.metrics_password.len(), 24);
     }
 
     #[test]

@@ -971,6 +971,7 @@ async fn stalled_tenants_do_not_starve_another_namespaces_probes() {
             },
             account: None,
             echo: None,
+            metrics: None,
         },
         interval: Duration::from_secs(5),
     };
@@ -1104,6 +1105,7 @@ async fn a_hostile_pbx_cannot_make_the_probe_take_in_what_it_sends() {
             password: "pw".into(),
         }),
         echo: None,
+        metrics: None,
     };
     let started = Instant::now();
     let report = probe::run_bounded(&request).await;

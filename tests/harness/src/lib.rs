@@ -678,6 +678,7 @@ pub fn render_config(dir: &Path, domain: &str, port: u16, extra_users: &str) -> 
             .map(|u| (u.extension.clone(), format!("pw-{}", u.extension)))
             .collect(),
         probe_password: "probe-pw".into(),
+        metrics_password: "metrics-pw".into(),
     };
     let validated =
         validate::validate(&inputs.pbxes[0], &Referenced::default(), &generated).unwrap();
