@@ -52,9 +52,29 @@ struct RunArgs {
     /// (any port) or HOST:PORT; repeatable.
     #[arg(long = "probe-connect-allow", value_name = "CIDR|HOST:PORT")]
     probe_connect_allow: Vec<String>,
+    /// Write a prometheus-operator PodMonitor beside each PBX, so Prometheus
+    /// scrapes its Asterisk's own metrics (needs the PodMonitor CRD).
+    #[arg(long)]
+    pod_monitors: bool,
+    /// A label of every PodMonitor (what a Prometheus selects them by);
+    /// repeatable.
+    #[arg(long = "pod-monitor-label", value_name = "KEY=VALUE", value_parser = key_value)]
+    pod_monitor_labels: Vec<(String, String)>,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    Ok((key.into(), value.into()))
 }
 
 impl RunArgs {
+    fn pod_monitors(&self) -> Option<std::collections::BTreeMap<String, String>> {
+        self.pod_monitors
+            .then(|| self.pod_monitor_labels.iter().cloned().collect())
+    }
+
     fn policy(&self) -> webrtc_pbx_operator::policy::Policy {
         let defaults = webrtc_pbx_operator::policy::Policy::default();
         webrtc_pbx_operator::policy::Policy {
@@ -226,7 +246,8 @@ fn run_controller(args: RunArgs) -> ExitCode {
                 args.probe_concurrency,
                 metrics,
             )
-            .with_policy(args.policy()),
+            .with_policy(args.policy())
+            .with_pod_monitors(args.pod_monitors()),
         );
         let listener = match tokio::net::TcpListener::bind(&args.metrics_address).await {
             Ok(l) => l,

@@ -60,6 +60,10 @@ fn fixed_generated(pbx: &webrtc_pbx_operator::api::WebRtcPbx) -> Generated {
 }
 
 fn render_case(dir: &Path) -> render::Rendered {
+    render::render(&validated_case(dir))
+}
+
+fn validated_case(dir: &Path) -> validate::ValidatedPbx {
     let inputs = cli::read_inputs(&[dir.join("input.yaml")]).unwrap();
     assert_eq!(
         inputs.pbxes.len(),
@@ -73,9 +77,8 @@ fn render_case(dir: &Path) -> render::Rendered {
         inputs.secrets.get(&ns).cloned().unwrap_or_default(),
         inputs.config_maps.get(&ns).cloned().unwrap_or_default(),
     );
-    let validated = validate::validate(pbx, &referenced, &fixed_generated(pbx))
-        .unwrap_or_else(|p| panic!("{}: {p:?}", dir.display()));
-    render::render(&validated)
+    validate::validate(pbx, &referenced, &fixed_generated(pbx))
+        .unwrap_or_else(|p| panic!("{}: {p:?}", dir.display()))
 }
 
 #[test]
@@ -101,6 +104,13 @@ fn rendered_config_and_objects_match_golden_files() {
         expected_files.insert(
             dir.join("objects.yaml"),
             render::objects_yaml(&rendered.objects).unwrap(),
+        );
+        // What `--pod-monitors --pod-monitor-label release=monitoring` adds.
+        let labels = [("release".to_string(), "monitoring".to_string())].into();
+        let monitor = render::objects::pod_monitor(&validated_case(&dir), &labels);
+        expected_files.insert(
+            dir.join("pod-monitor.yaml"),
+            render::objects_yaml(&[render::Object::PodMonitor(monitor)]).unwrap(),
         );
         for (path, text) in &expected_files {
             check(path, text, &mut failures);

@@ -79,6 +79,15 @@ pub fn certificate_resource() -> ApiResource {
     ))
 }
 
+/// The prometheus-operator PodMonitor resource.
+pub fn pod_monitor_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "monitoring.coreos.com",
+        "v1",
+        "PodMonitor",
+    ))
+}
+
 /// What applying one object did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -202,11 +211,11 @@ pub async fn apply(
             )
             .await
         }
-        Object::Certificate(o) => {
+        Object::Certificate(o) | Object::PodMonitor(o) => {
             let api = Api::<DynamicObject>::namespaced_with(
                 client.clone(),
                 namespace,
-                &certificate_resource(),
+                &resource(object.kind()),
             );
             apply_typed(api, o, known).await
         }
@@ -263,6 +272,11 @@ pub(super) async fn apply_stages(
                 // No cert-manager: reported through CertificateReady, not
                 // as a refusal (the 404 would otherwise read as one).
                 Err(e) if matches!(object, Object::Certificate(_)) && is_missing_type(&e) => {}
+                // --pod-monitors without prometheus-operator: nothing to
+                // scrape with, and nothing the tenant can change.
+                Err(e) if matches!(object, Object::PodMonitor(_)) && is_missing_type(&e) => {
+                    tracing::warn!(object = %object.describe(), "PodMonitor not written: the monitoring.coreos.com CRDs are not installed");
+                }
                 Err(e) => match rejection(&e) {
                     Some(answer) => refused.push(refusal(false, answer)),
                     None if is_conflict(&e) => return Ok(Stages::CacheBehind(object.describe())),
@@ -279,8 +293,8 @@ pub(super) async fn apply_stages(
 
 /// Deletes PBX `pbx`'s children that `desired` no longer holds, found in
 /// the caches every time (a child the cache learns of late triggers a
-/// reconcile of its own) or by a LIST without caches. Certificates are not
-/// watched: listed once per PBX generation. A Secret the spec names as the
+/// reconcile of its own) or by a LIST without caches. Certificates and
+/// PodMonitors are not watched: listed once per PBX generation. A Secret the spec names as the
 /// user's is released, never deleted. Returns how many were deleted.
 pub(super) async fn prune(
     run: &Run,
@@ -300,7 +314,7 @@ pub(super) async fn prune(
     let mark: ListMark = (pbx.metadata.uid.clone(), pbx.metadata.generation);
     let listed = run.ctx.listed_at(&key) == Some(mark.clone());
     if !listed {
-        found.extend(list_certificates(client, ns, &name, &uid).await?);
+        found.extend(list_unwatched(client, ns, &name, &uid).await?);
     }
     let mut pruned = 0;
     let users_secrets = validate::referenced_secrets(&name, &pbx.spec);
@@ -370,6 +384,7 @@ fn resource(kind: &str) -> ApiResource {
         "ConfigMap" => ApiResource::erase::<ConfigMap>(&()),
         "Service" => ApiResource::erase::<Service>(&()),
         "StatefulSet" => ApiResource::erase::<StatefulSet>(&()),
+        "PodMonitor" => pod_monitor_resource(),
         _ => certificate_resource(),
     }
 }
@@ -395,18 +410,24 @@ async fn list_kind(
         .collect())
 }
 
-/// PBX `pbx`'s cert-manager Certificates, listed from the apiserver (they
-/// are not watched): none when cert-manager is not installed.
-pub async fn list_certificates(
+/// PBX `pbx`'s children of other projects' kinds (cert-manager
+/// Certificates, prometheus-operator PodMonitors), listed from the
+/// apiserver (they are not watched): none of a kind whose CRD is not
+/// installed.
+pub async fn list_unwatched(
     client: &Client,
     namespace: &str,
     pbx: &str,
     owner_uid: &str,
 ) -> Result<Vec<Child>, kube::Error> {
-    match list_kind(client, namespace, "Certificate", pbx, owner_uid).await {
-        Err(e) if is_missing_type(&e) => Ok(vec![]),
-        other => other,
+    let mut found = Vec::new();
+    for kind in ["Certificate", "PodMonitor"] {
+        match list_kind(client, namespace, kind, pbx, owner_uid).await {
+            Err(e) if is_missing_type(&e) => {}
+            other => found.extend(other?),
+        }
     }
+    Ok(found)
 }
 
 /// PBX `pbx`'s Secrets, ConfigMaps, Services and StatefulSets, listed from

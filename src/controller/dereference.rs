@@ -204,7 +204,7 @@ impl Fetched {
                 let name = c.metadata.name.as_deref()?;
                 ChildStores::json(&stores.services, &self.namespace, name)
             }
-            Object::Certificate(_) => None,
+            Object::Certificate(_) | Object::PodMonitor(_) => None,
         }
     }
 }

@@ -124,6 +124,9 @@ pub struct Context {
     pub listed: std::sync::Mutex<std::collections::HashMap<ObjectRef<WebRtcPbx>, ListMark>>,
     /// What tenants' specs may ask for (operator flags).
     pub policy: crate::policy::Policy,
+    /// Write a PodMonitor per PBX (prometheus-operator scrapes its
+    /// Asterisk), with these extra labels (what a Prometheus selects on).
+    pub pod_monitors: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A PBX's uid and generation, as last listed.
@@ -162,12 +165,23 @@ impl Context {
             listed: std::sync::Mutex::new(std::collections::HashMap::new()),
             flap_threshold: status::DEFAULT_FLAP_THRESHOLD,
             policy: crate::policy::Policy::default(),
+            pod_monitors: None,
         }
     }
 
     /// The same context under `policy`.
     pub fn with_policy(mut self, policy: crate::policy::Policy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// The same context, writing a PodMonitor per PBX with `labels` when
+    /// given.
+    pub fn with_pod_monitors(
+        mut self,
+        labels: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Self {
+        self.pod_monitors = labels;
         self
     }
 
@@ -357,6 +371,11 @@ async fn build_and_apply(
     // Certificates first, the StatefulSet last: it mounts them.
     let mut desired = cert.objects;
     desired.extend(rendered.objects);
+    if let Some(labels) = &ctx.pod_monitors {
+        desired.push(render::Object::PodMonitor(render::objects::pod_monitor(
+            validated, labels,
+        )));
+    }
     let (written, refused) = match apply::apply_stages(&ctx.client, ns, &desired, fetched).await {
         Ok(apply::Stages::Done { written, refused }) => (written, refused),
         Ok(apply::Stages::CacheBehind(object)) => {

@@ -45,6 +45,8 @@ pub enum Object {
     ConfigMap(ConfigMap),
     /// cert-manager Certificate.
     Certificate(DynamicObject),
+    /// prometheus-operator PodMonitor of the PBX's Asterisk metrics.
+    PodMonitor(DynamicObject),
     /// Service (WSS or RTP).
     Service(Service),
     /// The Asterisk StatefulSet.
@@ -58,6 +60,7 @@ impl Object {
             Object::Secret(_) => "Secret",
             Object::ConfigMap(_) => "ConfigMap",
             Object::Certificate(_) => "Certificate",
+            Object::PodMonitor(_) => "PodMonitor",
             Object::Service(_) => "Service",
             Object::StatefulSet(_) => "StatefulSet",
         }
@@ -67,7 +70,7 @@ impl Object {
         match self {
             Object::Secret(o) => &o.metadata,
             Object::ConfigMap(o) => &o.metadata,
-            Object::Certificate(o) => &o.metadata,
+            Object::Certificate(o) | Object::PodMonitor(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::StatefulSet(o) => &o.metadata,
         }
@@ -88,7 +91,7 @@ impl Object {
         let value = match self {
             Object::Secret(o) => serde_json::to_value(o),
             Object::ConfigMap(o) => serde_json::to_value(o),
-            Object::Certificate(o) => serde_json::to_value(o),
+            Object::Certificate(o) | Object::PodMonitor(o) => serde_json::to_value(o),
             Object::Service(o) => serde_json::to_value(o),
             Object::StatefulSet(o) => serde_json::to_value(o),
         };
@@ -218,6 +221,43 @@ fn certificate(pbx: &ValidatedPbx) -> DynamicObject {
             }
         }));
     object.metadata = metadata(pbx, pbx.tls_secret_name.clone());
+    object
+}
+
+/// The PodMonitor of a PBX (operator flag `--pod-monitors`), with `labels`
+/// added to the PBX's (what a Prometheus selects PodMonitors by): Prometheus
+/// scrapes Asterisk's `/metrics` on the WSS port over TLS with the PBX's
+/// own metrics credentials. It lives beside the PBX, since a PodMonitor
+/// reads Secrets from its own namespace only. The operator's CA is trusted
+/// for SelfSigned; other modes use Prometheus's system roots.
+pub fn pod_monitor(pbx: &ValidatedPbx, labels: &BTreeMap<String, String>) -> DynamicObject {
+    let gvk = GroupVersionKind::gvk("monitoring.coreos.com", "v1", "PodMonitor");
+    let secret = secret_name(&pbx.name);
+    let mut tls = json!({ "serverName": pbx.spec.domain });
+    if pbx.spec.tls.mode == TlsMode::SelfSigned {
+        tls["ca"] = json!({"secret": {"name": pbx.tls_secret_name, "key": crate::certs::CA_CRT}});
+    }
+    let mut object = DynamicObject::new(&pbx.name, &ApiResource::from_gvk(&gvk)).data(json!({
+        "spec": {
+            "selector": {"matchLabels": selector_labels(&pbx.name)},
+            "podMetricsEndpoints": [{
+                "port": "wss",
+                "scheme": "https",
+                "path": super::asterisk::METRICS_PATH,
+                "basicAuth": {
+                    "username": {"name": secret, "key": METRICS_USERNAME_KEY},
+                    "password": {"name": secret, "key": METRICS_PASSWORD_KEY},
+                },
+                "tlsConfig": tls,
+            }],
+        }
+    }));
+    object.metadata = metadata(pbx, pbx.name.clone());
+    let own = object.metadata.labels.get_or_insert_with(BTreeMap::new);
+    for (key, value) in labels {
+        // The PBX's own labels find and prune it: never overridden.
+        own.entry(key.clone()).or_insert_with(|| value.clone());
+    }
     object
 }
 

@@ -540,6 +540,61 @@ async fn cert_manager_mode_follows_the_certificate_status() {
 }
 
 #[tokio::test]
+async fn pod_monitors_pass_the_real_crd_and_go_when_turned_off() {
+    let client = harness::client().await;
+    harness::install_monitoring_crds(&client).await;
+    let labels = BTreeMap::from([("release".to_string(), "monitoring".to_string())]);
+    let r = harness::inprocess::start_with("ctl-podmon", |c, clock| {
+        Context::new(c, clock).with_pod_monitors(Some(labels))
+    })
+    .await;
+    r.create(Pbx::new("scraped", json!({"domain": "scraped.test"})).off_host())
+        .await;
+    let monitors: Api<DynamicObject> = Api::namespaced_with(
+        r.client.clone(),
+        &r.ns,
+        &controller::apply::pod_monitor_resource(),
+    );
+    // Accepted by prometheus-operator's own schema (v0.85.0).
+    let monitor = harness::wait_until(Duration::from_secs(30), "PodMonitor applied", || async {
+        monitors.get_opt("scraped").await.ok()?
+    })
+    .await;
+    let endpoint = &monitor.data["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(endpoint["scheme"], "https");
+    assert_eq!(endpoint["tlsConfig"]["serverName"], "scraped.test");
+    assert_eq!(monitor.labels()["release"], "monitoring");
+    // The credentials it names are in the operator's Secret.
+    let secret = Api::<Secret>::namespaced(r.client.clone(), &r.ns)
+        .get("scraped-asterisk")
+        .await
+        .unwrap();
+    let data = secret.data.unwrap();
+    let auth = &endpoint["basicAuth"];
+    assert_eq!(auth["username"]["name"], "scraped-asterisk");
+    for key in [&auth["username"]["key"], &auth["password"]["key"]] {
+        let key = key.as_str().unwrap();
+        assert!(!data[key].0.is_empty(), "{key} empty");
+    }
+    assert_eq!(data["metrics-username"].0, b"wpbx-metrics");
+    let ns = r.ns.clone();
+    r.stop().await;
+    // The operator again, without --pod-monitors: the PodMonitor is pruned.
+    let again = harness::inprocess::start_in(ns, Context::new).await;
+    harness::wait_until(Duration::from_secs(30), "PodMonitor pruned", || async {
+        monitors
+            .get_opt("scraped")
+            .await
+            .ok()
+            .filter(|m| m.is_none())
+            .map(|_| ())
+    })
+    .await;
+    again.stop().await;
+}
+
+#[tokio::test]
 async fn overlapping_host_ports_on_the_same_node_report_port_conflict() {
     let r = start("ctl-ports").await;
     // Both pinned to one node: the second cannot get its host ports there.

@@ -87,6 +87,13 @@ pub async fn start_with(
     let client = crate::client().await;
     crate::install_project_crds(&client).await;
     let ns = crate::namespace(&client, prefix).await;
+    start_in(ns, make).await
+}
+
+/// [`start_with`] in the existing namespace `ns` (a controller started
+/// again, with another context).
+pub async fn start_in(ns: String, make: impl FnOnce(Client, Arc<dyn Clock>) -> Context) -> Running {
+    let client = crate::client().await;
     let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
     let ctx = Arc::new(make(crate::operator_client(&ns).await, clock.clone()));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

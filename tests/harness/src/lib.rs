@@ -400,6 +400,24 @@ pub async fn install_crd(client: &Client, crd: &CustomResourceDefinition) {
     .await;
 }
 
+/// Installs prometheus-operator's PodMonitor, ServiceMonitor and
+/// PrometheusRule CRDs (`scripts/ground provision monitoring-crds`).
+pub async fn install_monitoring_crds(client: &Client) {
+    let dir = PathBuf::from(ground_env("MONITORING_CRDS"));
+    for kind in ["podmonitors", "servicemonitors", "prometheusrules"] {
+        let path = dir.join(format!("monitoring.coreos.com_{kind}.yaml"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; provision it: scripts/ground provision monitoring-crds",
+                path.display()
+            )
+        });
+        let crd: CustomResourceDefinition =
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        install_crd(client, &crd).await;
+    }
+}
+
 /// Installs the committed CRDs from `crds/`.
 pub async fn install_project_crds(client: &Client) {
     let dir = repo().join("crds");
