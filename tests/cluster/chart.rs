@@ -192,6 +192,23 @@ async fn the_apiserver_accepts_the_chart_under_restricted_pod_security() {
             assert!(out.contains(kind), "{kind} not applied: {out}");
         }
     }
+    // Every monitoring part, against prometheus-operator's real CRDs.
+    harness::install_monitoring_crds(&client).await;
+    let monitoring = [
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.prometheusRule.enabled=true",
+        "metrics.podMonitor.enabled=true",
+        "metrics.dashboard.enabled=true",
+    ];
+    let (ok, out) = dry_run(&ns, &template(&ns, &monitoring));
+    assert!(ok, "{out}");
+    for kind in [
+        "servicemonitor.monitoring.coreos.com",
+        "prometheusrule.monitoring.coreos.com",
+        "-dashboard",
+    ] {
+        assert!(out.contains(kind), "{kind} not applied: {out}");
+    }
 }
 
 #[tokio::test]
@@ -271,4 +288,52 @@ fn the_prometheus_rule_carries_the_rules_file_promtool_tests() {
         .expect("a PrometheusRule");
     assert_eq!(rule["metadata"]["namespace"], "voice-ops");
     assert_eq!(rule["spec"]["groups"], rules["groups"]);
+}
+
+#[test]
+fn the_dashboard_config_map_carries_the_dashboard_file_for_grafanas_sidecar() {
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(chart().join("files/dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let off = template("voice-ops", &[]);
+    assert!(!off.contains("-dashboard"), "off by default");
+    let on = template("voice-ops", &["metrics.dashboard.enabled=true"]);
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&on).unwrap();
+    let map = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["data"]["webrtc-pbx.json"].is_string())
+        .expect("the dashboard ConfigMap");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: serde_json::Value =
+        serde_json::from_str(map["data"]["webrtc-pbx.json"].as_str().unwrap()).unwrap();
+    assert_eq!(shipped, file);
+    // Every panel queries something (tests/e2e.rs evaluates each query).
+    let panels = file["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    for panel in panels {
+        assert!(
+            panel["targets"][0]["expr"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty()),
+            "{panel}"
+        );
+    }
+}
+
+#[test]
+fn pod_monitors_are_the_operators_flag() {
+    let on = template(
+        "voice-ops",
+        &[
+            "metrics.podMonitor.enabled=true",
+            "metrics.podMonitor.labels.release=monitoring",
+        ],
+    );
+    assert!(on.contains("- --pod-monitors\n"), "{on}");
+    assert!(
+        on.contains("- --pod-monitor-label=release=monitoring\n"),
+        "{on}"
+    );
+    assert!(!template("voice-ops", &[]).contains("--pod-monitors"));
 }
