@@ -660,6 +660,302 @@ async fn a_service_mode_pbx_runs_in_the_pod_network() {
         .unwrap();
 }
 
+/// The chart's dashboard panels: (title, unit, query).
+fn dashboard_panels() -> Vec<(String, String, String)> {
+    let file = harness::repo().join("charts/webrtc-pbx-operator/files/dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (
+                text(&p["title"]),
+                text(&p["fieldConfig"]["defaults"]["unit"]),
+                text(&p["targets"][0]["expr"]),
+            )
+        })
+        .collect()
+}
+
+/// The chart's alerts: (name, expression).
+fn alert_rules() -> Vec<(String, String)> {
+    let file = harness::repo().join("charts/webrtc-pbx-operator/files/alerts.yaml");
+    let rules: Value = serde_saphyr::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    rules["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["alert"].as_str().unwrap().to_string(),
+                r["expr"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_operator_and_asterisk_and_every_panel_and_alert_answers() {
+    let g = Ground::new("e2e-mon").await;
+    let (client, ns) = (g.client.clone(), g.ns.clone());
+    // The user's own certificate, with 5 days left (outside a 72h renewal
+    // window, so the PBX is Ready while the expiry alert fires).
+    let issued = time::OffsetDateTime::now_utc() - time::Duration::days(85);
+    let key = || webrtc_pbx_operator::certs::generate_key().unwrap();
+    let m =
+        webrtc_pbx_operator::certs::issue_self_signed(NAME, &[DOMAIN.into()], issued, key(), key())
+            .unwrap();
+    let tls: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "demo-own-tls"}, "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": m.tls_crt, "tls.key": m.tls_key, "ca.crt": m.ca_crt}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &tls)
+        .await
+        .unwrap();
+    Pbx::new(
+        NAME,
+        json!({
+            "domain": DOMAIN,
+            "network": {"mode": "Service"},
+            "wss": {"port": WSS_PORT},
+            "rtp": {"portRange": {"start": 20000, "end": 20009}},
+            "tls": {"mode": "Secret", "secretName": "demo-own-tls", "renewBefore": "72h"},
+            "users": [{"extension": "200"}],
+            "probes": {"interval": "5s", "timeout": "3s", "echoCall": {"duration": "2s"}}
+        }),
+    )
+    .create(&client, &ns)
+    .await;
+    g.wait("Ready", "True", None, Duration::from_secs(120))
+        .await;
+    let pod_ip = g.pod().await.unwrap().status.unwrap().pod_ip.unwrap();
+    let operators: Vec<String> = Api::<Pod>::namespaced(client.clone(), OPERATOR_NS)
+        .list(&ListParams::default().labels("app.kubernetes.io/name=webrtc-pbx-operator"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|p| Some(format!("{}:8080", p.status.as_ref()?.pod_ip.as_ref()?)))
+        .collect();
+    // What the operator's PodMonitor tells prometheus-operator, as a
+    // static job: the pod's WSS port, TLS with the CA, the PBX's own
+    // metrics credentials from the operator's Secret.
+    let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get(&format!("{NAME}-asterisk"))
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    let password = String::from_utf8(secret["metrics-password"].0.clone()).unwrap();
+    let user = String::from_utf8(secret["metrics-username"].0.clone()).unwrap();
+    let alerts = std::fs::read_to_string(
+        harness::repo().join("charts/webrtc-pbx-operator/files/alerts.yaml"),
+    )
+    .unwrap();
+    let config = [
+        "global: {scrape_interval: 2s, evaluation_interval: 2s}".to_string(),
+        "rule_files: [alerts.yaml]".into(),
+        "scrape_configs:".into(),
+        "- job_name: webrtc-pbx-operator".into(),
+        format!("  static_configs: [{{targets: {operators:?}}}]"),
+        "- job_name: asterisk".into(),
+        "  scheme: https".into(),
+        "  metrics_path: /metrics".into(),
+        format!("  basic_auth: {{username: {user}, password_file: metrics-password}}"),
+        format!("  tls_config: {{ca_file: ca.crt, server_name: {DOMAIN}}}"),
+        format!("  static_configs: [{{targets: ['{pod_ip}:{WSS_PORT}'], labels: {{namespace: {ns}, name: {NAME}}}}}]"),
+    ]
+    .join("\n");
+    let prometheus = harness::prometheus::Prometheus::start(
+        "e2e-prometheus",
+        &config,
+        &[
+            ("alerts.yaml", &alerts),
+            ("metrics-password", &password),
+            ("ca.crt", &m.ca_crt),
+        ],
+    );
+    let started = Instant::now();
+    let ours = format!("namespace=\"{ns}\", name=\"{NAME}\"");
+    // Asterisk scraped straight (res_prometheus) and through the probe.
+    prometheus.wait_for(
+        &format!("up{{job=\"asterisk\", {ours}}} == 1"),
+        Duration::from_secs(30),
+    );
+    prometheus.wait_for(
+        &format!("asterisk_calls_count{{{ours}}}"),
+        Duration::from_secs(30),
+    );
+    prometheus.wait_for(
+        &format!("webrtc_pbx_asterisk_uptime_seconds{{{ours}}}"),
+        Duration::from_secs(60),
+    );
+    let panel = |expr: &str| {
+        expr.replace("$namespace", &ns)
+            .replace("$pbx", NAME)
+            .replace("$__rate_interval", "1m")
+    };
+    let mine = |result: &[Value]| {
+        result
+            .iter()
+            .filter(|r| {
+                r["metric"]["namespace"] == ns.as_str() || r["metric"]["namespace"].is_null()
+            })
+            .count()
+    };
+    // Healthy: every panel but "Conditions not True" has data.
+    let mut answered = Vec::new();
+    for (title, _, expr) in dashboard_panels() {
+        let result = prometheus.query(&panel(&expr));
+        let expected = title != "Conditions not True";
+        assert_eq!(
+            mine(&result) > 0,
+            expected,
+            "panel {title:?} ({expr}) while healthy: {result:?}"
+        );
+        answered.push(format!("{title}: {}", result.len()));
+    }
+    let expr_of = |title: &str| {
+        let (_, _, expr) = dashboard_panels()
+            .into_iter()
+            .find(|(t, _, _)| t == title)
+            .unwrap();
+        panel(&expr)
+    };
+    let days = prometheus.query(&expr_of("Certificate days left"));
+    let days = days[0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse::<f64>()
+        .unwrap();
+    assert!((4.9..5.1).contains(&days), "certificate days left: {days}");
+    // Alerts while healthy: only the certificate's fires for this PBX.
+    let fired = |name: &str| {
+        let expr = alert_rules()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1;
+        mine(&prometheus.query(&expr))
+    };
+    assert_eq!(fired("WebRtcPbxCertificateExpiringSoon"), 1);
+    for quiet in [
+        "WebRtcPbxNotReady",
+        "WebRtcPbxProbeFailing",
+        "WebRtcPbxPoorCallQuality",
+        "WebRtcPbxOperatorDown",
+        "WebRtcPbxOperatorNoLeader",
+    ] {
+        assert_eq!(fired(quiet), 0, "{quiet} while healthy");
+    }
+    let mos = prometheus.query(&format!("probe_echo_mos{{{ours}}}"));
+    eprintln!(
+        "healthy: panels {answered:?}; certificate {days:.2} days left; MOS {}",
+        mos[0]["value"][1]
+    );
+    // A few more probe runs on the dashboard's picture before the fault.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+
+    // Asterisk stopped (killed each time the kubelet restarts it): the
+    // not-Ready and probe-failing expressions fire, the direct scrape is down.
+    let (_, stopped) = g
+        .until(Duration::from_secs(60), "Ready=False", || async {
+            if let Some((id, _)) = g.asterisk_container().await {
+                let _ = g
+                    .node
+                    .ctr()
+                    .args(["task", "kill", "-s", "SIGKILL", &id])
+                    .output();
+            }
+            let (s, _, _) = g.condition("Ready").await?;
+            (s == "False").then_some(())
+        })
+        .await;
+    let not_ready = alert_rules()[0].1.clone();
+    prometheus.wait_for(
+        &format!("({not_ready}) and on (namespace, name) webrtc_pbx_condition{{{ours}}}"),
+        Duration::from_secs(30),
+    );
+    // The probe's verdict follows at its next run.
+    let failing = alert_rules()
+        .into_iter()
+        .find(|(n, _)| n == "WebRtcPbxProbeFailing")
+        .unwrap()
+        .1;
+    prometheus.wait_for(
+        &format!("({failing}) and on (namespace, name) webrtc_pbx_condition{{{ours}}}"),
+        Duration::from_secs(30),
+    );
+    let conditions = prometheus.query(&expr_of("Conditions not True"));
+    assert!(mine(&conditions) > 0, "conditions not True while stopped");
+    let scrape_down = prometheus.query(&format!("up{{job=\"asterisk\", {ours}}} == 0"));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    eprintln!(
+        "Asterisk stopped -> Ready=False {:.1} s, NotReady and ProbeFailing expressions fire, direct scrape down at that moment: {}; conditions not True: {}",
+        stopped.as_secs_f64(),
+        !scrape_down.is_empty(),
+        conditions
+            .iter()
+            .map(|c| c["metric"]["type"].to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    // The picture: every panel over the run, from what Prometheus holds.
+    let seconds = started.elapsed().as_secs_f64() + 10.0;
+    let panels: Vec<harness::prometheus::Panel> = dashboard_panels()
+        .into_iter()
+        .map(|(title, unit, expr)| harness::prometheus::Panel {
+            series: prometheus
+                .query_range(&panel(&expr), seconds, 2.0)
+                .iter()
+                .map(|s| {
+                    let m = &s["metric"];
+                    let label = ["name", "check", "phase", "type", "category"]
+                        .iter()
+                        .filter_map(|k| m[*k].as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    let points = s["values"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter_map(|p| Some((p[0].as_f64()?, p[1].as_str()?.parse().ok()?)))
+                        .collect();
+                    (label, points)
+                })
+                .collect(),
+            title,
+            unit,
+        })
+        .collect();
+    let png = harness::scratch_dir("dashboard").join("dashboard.png");
+    harness::prometheus::screenshot(
+        &harness::prometheus::dashboard_page(
+            "WebRtcPbx dashboard (charts/webrtc-pbx-operator/files/dashboard.json), from a real Prometheus: healthy, then Asterisk killed",
+            &panels,
+        ),
+        &png,
+        1260,
+        1330,
+    );
+    if std::env::var_os("UPDATE_PICTURES").is_some() {
+        std::fs::copy(
+            &png,
+            harness::repo().join("deploy/monitoring/dashboard.png"),
+        )
+        .unwrap();
+    }
+    eprintln!("dashboard picture: {}", png.display());
+    Api::<WebRtcPbx>::namespaced(client.clone(), &ns)
+        .delete(NAME, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
 /// Ready's lastTransitionTime.
 async fn ready_transition(g: &Ground) -> String {
     let status = g.pbx().await.unwrap().status.unwrap();
@@ -815,43 +1111,7 @@ fn spki_sha256_base64(pem: &str) -> String {
     use sha2::Digest;
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
     let cert = pem.parse_x509().unwrap();
-    base64(&sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw))
-}
-
-/// RFC 4648 base64 with padding.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-#[test]
-fn base64_matches_rfc_4648_vectors() {
-    let vectors = [
-        ("", ""),
-        ("f", "Zg=="),
-        ("fo", "Zm8="),
-        ("foo", "Zm9v"),
-        ("foob", "Zm9vYg=="),
-        ("fooba", "Zm9vYmE="),
-        ("foobar", "Zm9vYmFy"),
-    ];
-    for (input, want) in vectors {
-        assert_eq!(base64(input.as_bytes()), want, "{input}");
-    }
+    use base64::Engine as _;
+    base64::prelude::BASE64_STANDARD
+        .encode(sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw))
 }

@@ -24,6 +24,7 @@ use webrtc_pbx_operator::probe::transport::{self, Target, Wss, WssFailure};
 
 pub mod fixture;
 pub mod inprocess;
+pub mod prometheus;
 
 /// The repository root, as cargo tells the running test. Not `env!`: one
 /// target dir serves every checkout, and cargo may reuse a test binary built
