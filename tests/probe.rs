@@ -679,6 +679,35 @@ fn echo_call_quality_is_rated_by_the_e_model_and_its_setup_timed_by_phase() {
     eprintln!(
         "3 % of UDP dropped per leg: rtt {rtt} ms, loss {loss} %, jitter {jitter:.2} ms -> R {r:.1}, MOS {mos:.2}"
     );
+    // A bottleneck a little narrower than the call (both legs, about 170
+    // kbit/s, cross the namespace's loopback): its 200 ms queue fills, so
+    // each leg waits in it, then overflows into some loss.
+    netns.bottleneck(160, 200);
+    let slow = echo_json(echo_probe(
+        &dir,
+        port,
+        &netns,
+        "1001",
+        &[
+            "--echo-duration",
+            "8s",
+            "--max-loss",
+            "50",
+            "--max-rtt",
+            "5000",
+            "--min-mos",
+            "1",
+        ],
+    ));
+    netns.unlimit();
+    assert_eq!(slow["echo"]["reason"], "Healthy", "{slow}");
+    let (rtt, loss, jitter, mos, r) = figures(&slow);
+    assert!(rtt > 100.0, "the queue delays: {slow}");
+    let expected = quality::rate(rtt, loss, jitter, Codec::Pcmu);
+    assert!((expected.mos - mos).abs() < 0.01, "{expected:?} vs {slow}");
+    eprintln!(
+        "a 160 kbit/s bottleneck with a 200 ms queue: rtt {rtt} ms, loss {loss} %, jitter {jitter:.2} ms -> R {r:.1}, MOS {mos:.2}"
+    );
     asterisk.kill();
     drop(netns);
     std::fs::remove_dir_all(&dir).unwrap();

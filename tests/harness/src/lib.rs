@@ -1072,6 +1072,34 @@ impl Netns {
         );
     }
 
+    /// Limits the namespace's loopback to `kbit` kbit/s with a queue of up
+    /// to `queue_ms` (tbf): a bottleneck whose queue first delays packets,
+    /// then drops them. The only way this kernel adds latency (it has no
+    /// netem, fq or etf); so the delay comes with some loss.
+    pub fn bottleneck(&self, kbit: u32, queue_ms: u32) {
+        let out = self
+            .command("tc")
+            .args(["qdisc", "replace", "dev", "lo", "root", "tbf", "rate"])
+            .arg(format!("{kbit}kbit"))
+            .args(["burst", "2kb", "latency"])
+            .arg(format!("{queue_ms}ms"))
+            .output()
+            .expect("run tc");
+        assert!(
+            out.status.success(),
+            "tc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Removes what [`Netns::bottleneck`] added.
+    pub fn unlimit(&self) {
+        let _ = self
+            .command("tc")
+            .args(["qdisc", "del", "dev", "lo", "root"])
+            .output();
+    }
+
     /// Removes what [`Netns::drop_udp`] and [`Netns::lose_udp`] added.
     pub fn allow_all(&self) {
         nft_allow_all(|| self.command("nft"));
