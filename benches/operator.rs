@@ -13,7 +13,11 @@
 //! - probe cost: WSS + REGISTER by the probe engine against a raw TLS +
 //!   WebSocket handshake and two SIP round trips, and against JsSIP in Node;
 //!   the most concurrent REGISTER probes with zero errors; CPU per second of
-//!   echo call.
+//!   echo call;
+//! - echo: CPU per second of echo call inside one long-lived process (the
+//!   operator's case), for one call and for 100 at once against one
+//!   Asterisk, with their loss. The calls run in a worker: this binary
+//!   again, inside the test host (`WPBX_BENCH_ECHO_WORKER`).
 #![forbid(unsafe_code)]
 
 use std::io::Write as _;
@@ -850,9 +854,200 @@ async fn probe_cost(rows: &mut Vec<Row>) {
     harness::remove_dir(&echo_dir);
 }
 
+/// This process's CPU time (user + system, all threads), seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name, which may hold spaces: state is the
+    // first, utime the 12th, stime the 13th; in clock ticks (100 per s).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields[i].parse::<f64>().unwrap();
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The echo worker: `CALLS,SECONDS,PORT,CA_FILE` - that many concurrent
+/// echo calls of users 2000.. against 127.0.0.1:PORT; prints JSON with the
+/// calls that were Healthy, the loss over all calls and the CPU the calls
+/// took (the process's start left out).
+async fn echo_worker(spec: &str) {
+    let parts: Vec<&str> = spec.split(',').collect();
+    let calls: u32 = parts[0].parse().unwrap();
+    let seconds: u64 = parts[1].parse().unwrap();
+    let port: u16 = parts[2].parse().unwrap();
+    let ca = std::fs::read_to_string(parts[3]).unwrap();
+    let request = |user: u32| probe::Request {
+        target: harness::target(port, "/ws", DOMAIN, &ca),
+        account: Some(register::Account {
+            domain: DOMAIN.into(),
+            user: user.to_string(),
+            password: format!("pw-{user}"),
+        }),
+        echo: Some(probe::echo::EchoOptions {
+            extension: "*43".into(),
+            duration: Duration::from_secs(seconds),
+            timeout: Duration::from_secs(10),
+            media_ip: harness::Netns::MEDIA_ADDRESS.parse().unwrap(),
+            max_loss_percent: 100.0,
+            max_rtt_ms: 10_000.0,
+            min_mos: 1.0,
+        }),
+        metrics: None,
+    };
+    // Once, before measuring: what a long-lived process pays only once
+    // (crypto providers, entropy seeding, the first DTLS certificate).
+    let _ = probe::run(&request(2000)).await;
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    let reports = futures::future::join_all((0..calls).map(|i| {
+        let request = request(2000 + i);
+        tokio::spawn(async move { probe::run(&request).await })
+    }))
+    .await;
+    let cpu = cpu_seconds() - cpu;
+    let results: Vec<&probe::echo::EchoResult> = reports
+        .iter()
+        .filter_map(|r| r.as_ref().ok()?.echo_result.as_ref())
+        .collect();
+    let healthy = results
+        .iter()
+        .filter(|r| r.outcome == probe::echo::EchoOutcome::Healthy)
+        .count();
+    let (sent, echoed) = results.iter().fold((0u64, 0u64), |(s, e), r| {
+        (s + u64::from(r.sent), e + u64::from(r.echoed))
+    });
+    println!(
+        "{}",
+        json!({
+            "calls": calls, "healthy": healthy, "sent": sent, "echoed": echoed,
+            "cpu_seconds": cpu, "wall_seconds": started.elapsed().as_secs_f64(),
+        })
+    );
+}
+
+/// CPU per call-second in one long-lived process, and 100 calls at once.
+async fn echo_cpu(rows: &mut Vec<Row>) {
+    println!("echo calls in one process (real Asterisk in a test host)");
+    const MANY: u32 = 100;
+    const SECONDS: u64 = 10;
+    let netns = harness::Netns::new("bench-echo-many");
+    let dir = harness::scratch_dir("bench-echo-many");
+    let port = harness::free_port();
+    let users: String = (0..MANY)
+        .map(|i| format!("    - {{extension: \"{}\"}}\n", 2000 + i))
+        .collect();
+    let etc = harness::render_config(&dir, DOMAIN, port, &users);
+    harness::write_self_signed(&etc.join("keys"), &[DOMAIN]);
+    let mut rtp = std::fs::read_to_string(etc.join("rtp.conf")).unwrap();
+    rtp.push_str(&format!(
+        "\n[ice_host_candidates]\n{} => 127.0.0.1\n",
+        harness::Netns::MEDIA_ADDRESS
+    ));
+    std::fs::write(etc.join("rtp.conf"), rtp).unwrap();
+    let ca_file = dir.join("ca.crt");
+    std::fs::copy(etc.join("keys/ca.crt"), &ca_file).unwrap();
+    let mut asterisk = harness::Asterisk::start_in(&etc, Some(&netns));
+    asterisk.wait_booted();
+    let worker = |calls: u32, seconds: u64| -> Value {
+        // WPBX_BENCH_PERF=FILE: profile the worker (perf record, DWARF stacks).
+        let mut command = match std::env::var("WPBX_BENCH_PERF") {
+            Ok(file) => {
+                let mut c = netns.command("perf");
+                c.args([
+                    "record",
+                    "-F",
+                    "500",
+                    "--call-graph",
+                    "dwarf,16384",
+                    "-o",
+                    &file,
+                    "--",
+                ])
+                .arg(std::env::current_exe().unwrap());
+                c
+            }
+            Err(_) => netns.command(std::env::current_exe().unwrap()),
+        };
+        let out = command
+            .env(
+                "WPBX_BENCH_ECHO_WORKER",
+                format!("{calls},{seconds},{port},{}", ca_file.display()),
+            )
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "echo worker: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    // Calls of two lengths: the difference is the media's cost alone, the
+    // rest the setup (REGISTER, INVITE, ICE, DTLS).
+    const SHORT: u64 = 2;
+    let counts: Vec<u32> = std::env::var("WPBX_BENCH_ECHO_CALLS")
+        .map(|v| v.split(',').map(|n| n.parse().unwrap()).collect())
+        .unwrap_or(vec![1, MANY]);
+    for calls in counts {
+        let short = worker(calls, SHORT);
+        let long = worker(calls, SECONDS);
+        println!("  {calls} at once: {SHORT} s {short}, {SECONDS} s {long}");
+        let cpu = |r: &Value| r["cpu_seconds"].as_f64().unwrap();
+        let n = f64::from(calls);
+        let media = (cpu(&long) - cpu(&short)) / (n * (SECONDS - SHORT) as f64);
+        let setup = (cpu(&short) / n - media * SHORT as f64).max(0.0);
+        let (sent, echoed) = (
+            long["sent"].as_f64().unwrap(),
+            long["echoed"].as_f64().unwrap(),
+        );
+        let loss = if sent > 0.0 {
+            100.0 * (sent - echoed) / sent
+        } else {
+            100.0
+        };
+        row(
+            rows,
+            &format!(
+                "echo: CPU per second of call in one process, {calls} call(s) at once ({SECONDS} s less {SHORT} s calls: the media alone; PCMU 50 pps, DTLS-SRTP)"
+            ),
+            format!("{:.1} ms/s", media * 1000.0),
+            "<= 2.5 ms/s",
+            Some(media * 1000.0 <= 2.5),
+        );
+        row(
+            rows,
+            &format!(
+                "echo: CPU per call to set it up (REGISTER, INVITE, ICE, DTLS), {calls} at once"
+            ),
+            format!("{:.0} ms", setup * 1000.0),
+            "",
+            None,
+        );
+        row(
+            rows,
+            &format!("echo: {calls} call(s) of {SECONDS} s at once: Healthy, and loss over all"),
+            format!("{} of {calls}, {loss:.2} %", long["healthy"]),
+            if calls == MANY { "all, 0 %" } else { "" },
+            (calls == MANY)
+                .then(|| long["healthy"].as_u64() == Some(u64::from(calls)) && loss == 0.0),
+        );
+    }
+    asterisk.kill();
+    drop(netns);
+    harness::remove_dir(&dir);
+}
+
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Ok(spec) = std::env::var("WPBX_BENCH_ECHO_WORKER") {
+        echo_worker(&spec).await;
+        return;
+    }
     let only = std::env::var("WPBX_BENCH_ONLY").unwrap_or_default();
     let wanted = |s: &str| only.is_empty() || only.split(',').any(|o| o == s);
     let churn = Duration::from_secs(
@@ -868,6 +1063,9 @@ async fn main() {
     // busy with hundreds of PBXs, which would weigh on its timings.
     if wanted("probe") {
         probe_cost(&mut rows).await;
+    }
+    if wanted("echo") {
+        echo_cpu(&mut rows).await;
     }
     if wanted("convergence") {
         convergence(&mut rows).await;

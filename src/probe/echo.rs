@@ -470,7 +470,13 @@ async fn media_loop(
             }
             _ => {}
         }
-        let mut deadline = wait_until.min(now + Duration::from_millis(50));
+        // Woken only when something is due: str0m's timeout, the next frame,
+        // the end of setup or of the call (no polling tick).
+        let check_at = match media_end {
+            None => setup_deadline,
+            Some(end) => end + Duration::from_millis(500),
+        };
+        let mut deadline = wait_until.min(check_at);
         if let Some(end) = media_end
             && now < end
         {
