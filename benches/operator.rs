@@ -928,6 +928,41 @@ async fn echo_worker(spec: &str) {
     );
 }
 
+/// The floor worker: `FLOWS,SECONDS,PORT` - that many tokio tasks, each
+/// with a UDP socket sending a 172-byte datagram every 20 ms to the echo
+/// server at 127.0.0.1:PORT and reading the echo: the I/O of an echo call
+/// (50 packets/s each way) without RTP, SRTP or ICE. Prints the CPU taken.
+async fn udp_floor_worker(spec: &str) {
+    let parts: Vec<u64> = spec.split(',').map(|p| p.parse().unwrap()).collect();
+    let (flows, seconds, port) = (parts[0], parts[1], parts[2] as u16);
+    let cpu = cpu_seconds();
+    let tasks = (0..flows).map(|_| {
+        tokio::spawn(async move {
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            socket.connect(("127.0.0.1", port)).await.unwrap();
+            let end = tokio::time::Instant::now() + Duration::from_secs(seconds);
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let (packet, mut buf, mut echoed) = ([0xffu8; 172], [0u8; 2000], 0u64);
+            while tokio::time::Instant::now() < end {
+                tokio::select! {
+                    _ = tick.tick() => { let _ = socket.send(&packet).await; }
+                    r = socket.recv(&mut buf) => { if r.is_ok() { echoed += 1; } }
+                }
+            }
+            echoed
+        })
+    });
+    let echoed: u64 = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap_or(0))
+        .sum();
+    println!(
+        "{}",
+        json!({"flows": flows, "echoed": echoed, "cpu_seconds": cpu_seconds() - cpu})
+    );
+}
+
 /// CPU per call-second in one long-lived process, and 100 calls at once.
 async fn echo_cpu(rows: &mut Vec<Row>) {
     println!("echo calls in one process (real Asterisk in a test host)");
@@ -1037,6 +1072,42 @@ async fn echo_cpu(rows: &mut Vec<Row>) {
         );
     }
     asterisk.kill();
+    // The floor: the same packets through plain tokio UDP, echoed by a
+    // small server in the test host (its CPU not counted).
+    let echo_port = harness::free_port();
+    let mut server = netns
+        .command("python3")
+        .args([
+            "-c",
+            "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('127.0.0.1',int(sys.argv[1])))\nwhile True:\n d,a=s.recvfrom(2048)\n s.sendto(d,a)",
+            &echo_port.to_string(),
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = netns
+        .command(std::env::current_exe().unwrap())
+        .env(
+            "WPBX_BENCH_UDP_FLOOR",
+            format!("{MANY},{SECONDS},{echo_port}"),
+        )
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let floor: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("floor worker: {}", String::from_utf8_lossy(&out.stderr)));
+    println!("  floor: {floor}");
+    let per = floor["cpu_seconds"].as_f64().unwrap() * 1000.0 / (f64::from(MANY) * SECONDS as f64);
+    row(
+        rows,
+        &format!(
+            "echo floor: {MANY} flows of 50 packets/s each way through plain tokio UDP in one process (no RTP, SRTP or ICE), per flow-second"
+        ),
+        format!("{per:.1} ms/s"),
+        "",
+        None,
+    );
     drop(netns);
     harness::remove_dir(&dir);
 }
@@ -1046,6 +1117,10 @@ async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let Ok(spec) = std::env::var("WPBX_BENCH_ECHO_WORKER") {
         echo_worker(&spec).await;
+        return;
+    }
+    if let Ok(spec) = std::env::var("WPBX_BENCH_UDP_FLOOR") {
+        udp_floor_worker(&spec).await;
         return;
     }
     let only = std::env::var("WPBX_BENCH_ONLY").unwrap_or_default();
