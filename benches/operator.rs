@@ -813,12 +813,7 @@ async fn probe_cost(rows: &mut Vec<Row>) {
     let port = harness::free_port();
     let etc = harness::render_config(&echo_dir, DOMAIN, port, "");
     harness::write_self_signed(&etc.join("keys"), &[DOMAIN]);
-    let mut rtp = std::fs::read_to_string(etc.join("rtp.conf")).unwrap();
-    rtp.push_str(&format!(
-        "\n[ice_host_candidates]\n{} => 127.0.0.1\n",
-        harness::Netns::MEDIA_ADDRESS
-    ));
-    std::fs::write(etc.join("rtp.conf"), rtp).unwrap();
+    harness::map_media_address(&etc, "127.0.0.1");
     std::fs::copy(etc.join("keys/ca.crt"), echo_dir.join("ca.crt")).unwrap();
     let mut asterisk = harness::Asterisk::start_in(&etc, Some(&netns));
     asterisk.wait_booted();
@@ -963,6 +958,40 @@ async fn udp_floor_worker(spec: &str) {
     );
 }
 
+/// Runs this binary again in `netns` as the worker that env var `var`
+/// selects, with `spec`; returns the JSON it prints. A `profiled` worker
+/// runs under `perf record` (DWARF stacks) when `WPBX_BENCH_PERF=FILE`.
+fn run_worker(netns: &harness::Netns, var: &str, spec: &str, profiled: bool) -> Value {
+    let exe = std::env::current_exe().unwrap();
+    let perf = std::env::var("WPBX_BENCH_PERF").ok().filter(|_| profiled);
+    let mut command = match perf {
+        Some(file) => {
+            let mut c = netns.command("perf");
+            c.args([
+                "record",
+                "-F",
+                "500",
+                "--call-graph",
+                "dwarf,16384",
+                "-o",
+                &file,
+                "--",
+            ])
+            .arg(exe);
+            c
+        }
+        None => netns.command(exe),
+    };
+    let out = command.env(var, spec).output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "{var} worker: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// CPU per call-second in one long-lived process, and 100 calls at once.
 async fn echo_cpu(rows: &mut Vec<Row>) {
     println!("echo calls in one process (real Asterisk in a test host)");
@@ -976,50 +1005,14 @@ async fn echo_cpu(rows: &mut Vec<Row>) {
         .collect();
     let etc = harness::render_config(&dir, DOMAIN, port, &users);
     harness::write_self_signed(&etc.join("keys"), &[DOMAIN]);
-    let mut rtp = std::fs::read_to_string(etc.join("rtp.conf")).unwrap();
-    rtp.push_str(&format!(
-        "\n[ice_host_candidates]\n{} => 127.0.0.1\n",
-        harness::Netns::MEDIA_ADDRESS
-    ));
-    std::fs::write(etc.join("rtp.conf"), rtp).unwrap();
+    harness::map_media_address(&etc, "127.0.0.1");
     let ca_file = dir.join("ca.crt");
     std::fs::copy(etc.join("keys/ca.crt"), &ca_file).unwrap();
     let mut asterisk = harness::Asterisk::start_in(&etc, Some(&netns));
     asterisk.wait_booted();
-    let worker = |calls: u32, seconds: u64| -> Value {
-        // WPBX_BENCH_PERF=FILE: profile the worker (perf record, DWARF stacks).
-        let mut command = match std::env::var("WPBX_BENCH_PERF") {
-            Ok(file) => {
-                let mut c = netns.command("perf");
-                c.args([
-                    "record",
-                    "-F",
-                    "500",
-                    "--call-graph",
-                    "dwarf,16384",
-                    "-o",
-                    &file,
-                    "--",
-                ])
-                .arg(std::env::current_exe().unwrap());
-                c
-            }
-            Err(_) => netns.command(std::env::current_exe().unwrap()),
-        };
-        let out = command
-            .env(
-                "WPBX_BENCH_ECHO_WORKER",
-                format!("{calls},{seconds},{port},{}", ca_file.display()),
-            )
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-            panic!(
-                "echo worker: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+    let worker = |calls: u32, seconds: u64| {
+        let spec = format!("{calls},{seconds},{port},{}", ca_file.display());
+        run_worker(&netns, "WPBX_BENCH_ECHO_WORKER", &spec, true)
     };
     // Calls of two lengths: the difference is the media's cost alone, the
     // rest the setup (REGISTER, INVITE, ICE, DTLS).
@@ -1085,18 +1078,14 @@ async fn echo_cpu(rows: &mut Vec<Row>) {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let out = netns
-        .command(std::env::current_exe().unwrap())
-        .env(
-            "WPBX_BENCH_UDP_FLOOR",
-            format!("{MANY},{SECONDS},{echo_port}"),
-        )
-        .output()
-        .unwrap();
+    let floor = run_worker(
+        &netns,
+        "WPBX_BENCH_UDP_FLOOR",
+        &format!("{MANY},{SECONDS},{echo_port}"),
+        false,
+    );
     let _ = server.kill();
     let _ = server.wait();
-    let floor: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("floor worker: {}", String::from_utf8_lossy(&out.stderr)));
     println!("  floor: {floor}");
     let per = floor["cpu_seconds"].as_f64().unwrap() * 1000.0 / (f64::from(MANY) * SECONDS as f64);
     row(

@@ -594,6 +594,21 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
 /// WSS through its ClusterIP Service (kube-proxy) and cluster DNS, the RTP
 /// range as a Service with an endpoint per port; Ready=True with the probes
 /// passing from the operator's pod.
+/// A PBX in the pod network (no host ports), probed every 5 s with a 2 s
+/// echo call: the tests add its users (and TLS).
+fn service_mode_pbx() -> Pbx {
+    Pbx::new(
+        NAME,
+        json!({
+            "domain": DOMAIN,
+            "network": {"mode": "Service"},
+            "wss": {"port": WSS_PORT},
+            "rtp": {"portRange": {"start": 20000, "end": 20009}},
+            "probes": {"interval": "5s", "timeout": "3s", "echoCall": {"duration": "2s"}}
+        }),
+    )
+}
+
 #[tokio::test]
 async fn a_service_mode_pbx_runs_in_the_pod_network() {
     let g = Ground::new("e2e-svc").await;
@@ -602,17 +617,9 @@ async fn a_service_mode_pbx_runs_in_the_pod_network() {
         "metadata": {"name": "demo-users"}, "stringData": {"200": "change-me-reception"}
     }))
     .unwrap();
-    let pbx = Pbx::new(
-        NAME,
-        json!({
-            "domain": DOMAIN,
-            "network": {"mode": "Service"},
-            "wss": {"port": WSS_PORT},
-            "rtp": {"portRange": {"start": 20000, "end": 20009}},
-            "users": [{"extension": "200", "passwordSecretRef": {"name": "demo-users", "key": "200"}}],
-            "probes": {"interval": "5s", "timeout": "3s", "echoCall": {"duration": "2s"}}
-        }),
-    );
+    let pbx = service_mode_pbx().merged(json!({
+        "users": [{"extension": "200", "passwordSecretRef": {"name": "demo-users", "key": "200"}}]
+    }));
     Api::<Secret>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &users)
         .await
@@ -716,20 +723,13 @@ async fn a_real_prometheus_scrapes_the_operator_and_asterisk_and_every_panel_and
         .create(&PostParams::default(), &tls)
         .await
         .unwrap();
-    Pbx::new(
-        NAME,
-        json!({
-            "domain": DOMAIN,
-            "network": {"mode": "Service"},
-            "wss": {"port": WSS_PORT},
-            "rtp": {"portRange": {"start": 20000, "end": 20009}},
+    service_mode_pbx()
+        .merged(json!({
             "tls": {"mode": "Secret", "secretName": "demo-own-tls", "renewBefore": "72h"},
-            "users": [{"extension": "200"}],
-            "probes": {"interval": "5s", "timeout": "3s", "echoCall": {"duration": "2s"}}
-        }),
-    )
-    .create(&client, &ns)
-    .await;
+            "users": [{"extension": "200"}]
+        }))
+        .create(&client, &ns)
+        .await;
     g.wait("Ready", "True", None, Duration::from_secs(120))
         .await;
     let pod_ip = g.pod().await.unwrap().status.unwrap().pod_ip.unwrap();
@@ -807,10 +807,14 @@ async fn a_real_prometheus_scrapes_the_operator_and_asterisk_and_every_panel_and
             })
             .count()
     };
+    // The chart's panels and alerts, read once.
+    let panels = dashboard_panels();
+    let rules: std::collections::BTreeMap<String, String> = alert_rules().into_iter().collect();
+    let rule = |name: &str| rules[name].clone();
     // Healthy: every panel but "Conditions not True" has data.
     let mut answered = Vec::new();
-    for (title, _, expr) in dashboard_panels() {
-        let result = prometheus.query(&panel(&expr));
+    for (title, _, expr) in &panels {
+        let result = prometheus.query(&panel(expr));
         let expected = title != "Conditions not True";
         assert_eq!(
             mine(&result) > 0,
@@ -820,11 +824,8 @@ async fn a_real_prometheus_scrapes_the_operator_and_asterisk_and_every_panel_and
         answered.push(format!("{title}: {}", result.len()));
     }
     let expr_of = |title: &str| {
-        let (_, _, expr) = dashboard_panels()
-            .into_iter()
-            .find(|(t, _, _)| t == title)
-            .unwrap();
-        panel(&expr)
+        let (_, _, expr) = panels.iter().find(|(t, _, _)| t == title).unwrap();
+        panel(expr)
     };
     let days = prometheus.query(&expr_of("Certificate days left"));
     let days = days[0]["value"][1]
@@ -834,14 +835,7 @@ async fn a_real_prometheus_scrapes_the_operator_and_asterisk_and_every_panel_and
         .unwrap();
     assert!((4.9..5.1).contains(&days), "certificate days left: {days}");
     // Alerts while healthy: only the certificate's fires for this PBX.
-    let fired = |name: &str| {
-        let expr = alert_rules()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .unwrap()
-            .1;
-        mine(&prometheus.query(&expr))
-    };
+    let fired = |name: &str| mine(&prometheus.query(&rule(name)));
     assert_eq!(fired("WebRtcPbxCertificateExpiringSoon"), 1);
     for quiet in [
         "WebRtcPbxNotReady",
@@ -875,17 +869,13 @@ async fn a_real_prometheus_scrapes_the_operator_and_asterisk_and_every_panel_and
             (s == "False").then_some(())
         })
         .await;
-    let not_ready = alert_rules()[0].1.clone();
+    let not_ready = rule("WebRtcPbxNotReady");
     prometheus.wait_for(
         &format!("({not_ready}) and on (namespace, name) webrtc_pbx_condition{{{ours}}}"),
         Duration::from_secs(30),
     );
     // The probe's verdict follows at its next run.
-    let failing = alert_rules()
-        .into_iter()
-        .find(|(n, _)| n == "WebRtcPbxProbeFailing")
-        .unwrap()
-        .1;
+    let failing = rule("WebRtcPbxProbeFailing");
     prometheus.wait_for(
         &format!("({failing}) and on (namespace, name) webrtc_pbx_condition{{{ours}}}"),
         Duration::from_secs(30),
@@ -906,7 +896,7 @@ async fn a_real_prometheus_scrapes_the_operator_and_asterisk_and_every_panel_and
     );
     // The picture: every panel over the run, from what Prometheus holds.
     let seconds = started.elapsed().as_secs_f64() + 10.0;
-    let panels: Vec<harness::prometheus::Panel> = dashboard_panels()
+    let pictured: Vec<harness::prometheus::Panel> = panels
         .into_iter()
         .map(|(title, unit, expr)| harness::prometheus::Panel {
             series: prometheus
@@ -936,7 +926,7 @@ async fn a_real_prometheus_scrapes_the_operator_and_asterisk_and_every_panel_and
     harness::prometheus::screenshot(
         &harness::prometheus::dashboard_page(
             "WebRtcPbx dashboard (charts/webrtc-pbx-operator/files/dashboard.json), from a real Prometheus: healthy, then Asterisk killed",
-            &panels,
+            &pictured,
         ),
         &png,
         1260,

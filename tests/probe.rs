@@ -325,12 +325,7 @@ fn echo_call_hears_its_audio_back() {
     let ca_file = dir.join("ca.crt");
     std::fs::write(&ca_file, &ca).unwrap();
     // Asterisk offers the namespace's non-loopback address; map it to loopback.
-    let mut rtp = std::fs::read_to_string(etc.join("rtp.conf")).unwrap();
-    rtp.push_str(&format!(
-        "\n[ice_host_candidates]\n{} => 127.0.0.1\n",
-        harness::Netns::MEDIA_ADDRESS
-    ));
-    std::fs::write(etc.join("rtp.conf"), rtp).unwrap();
+    harness::map_media_address(&etc, "127.0.0.1");
     let netns = harness::Netns::new("echo");
     let mut asterisk = harness::Asterisk::start_in(&etc, Some(&netns));
     asterisk.wait_booted();
@@ -405,12 +400,7 @@ fn echo_ground(
     let etc = write_config_with(&dir, port, extra_users);
     let ca = harness::write_self_signed(&etc.join("keys"), &[DOMAIN]);
     std::fs::write(dir.join("ca.crt"), &ca).unwrap();
-    let mut rtp = std::fs::read_to_string(etc.join("rtp.conf")).unwrap();
-    rtp.push_str(&format!(
-        "\n[ice_host_candidates]\n{} => {mapping}\n",
-        harness::Netns::MEDIA_ADDRESS
-    ));
-    std::fs::write(etc.join("rtp.conf"), rtp).unwrap();
+    harness::map_media_address(&etc, mapping);
     let netns = harness::Netns::new(name);
     let mut asterisk = harness::Asterisk::start_in(&etc, Some(&netns));
     asterisk.wait_booted();

@@ -738,6 +738,19 @@ pub fn remove_dir(dir: &Path) {
     panic!("cannot remove {}", dir.display());
 }
 
+/// Appends to the rendered rtp.conf in `etc` the ICE host-candidate
+/// mapping of [`Netns::MEDIA_ADDRESS`] to `mapping`: Asterisk offers a test
+/// host's non-loopback address, and media must stay inside the host.
+pub fn map_media_address(etc: &Path, mapping: &str) {
+    let path = etc.join("rtp.conf");
+    let mut rtp = std::fs::read_to_string(&path).unwrap();
+    rtp.push_str(&format!(
+        "\n[ice_host_candidates]\n{} => {mapping}\n",
+        Netns::MEDIA_ADDRESS
+    ));
+    std::fs::write(path, rtp).unwrap();
+}
+
 /// A self-signed certificate and key (PEM) for `names`, written as
 /// tls.crt / tls.key / ca.crt into `keys_dir`.
 pub fn write_self_signed(keys_dir: &Path, names: &[&str]) -> String {
