@@ -573,20 +573,19 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         "deleted -> pod and children gone {:.2} s",
         deleted.elapsed().as_secs_f64()
     );
-    // A run in flight may still finish; none starts afterwards.
+    // A run in flight may still finish; none starts afterwards. Counted
+    // by this PBX's own series (a run writes them again): the operator's
+    // run counter also counts the other e2e tests' PBXs.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let runs = g.probe_runs().await;
-    tokio::time::sleep(INTERVAL * 2).await;
-    assert_eq!(
-        g.probe_runs().await,
-        runs,
-        "no probe runs after the PBX is gone"
-    );
+    let probed = |metrics: String| metrics.contains(&format!("probe_success{{{labels}}}"));
     assert!(
-        !g.metrics()
-            .await
-            .contains(&format!("probe_success{{{labels}}}")),
+        !probed(g.metrics().await),
         "the PBX's probe series are dropped"
+    );
+    tokio::time::sleep(INTERVAL * 2).await;
+    assert!(
+        !probed(g.metrics().await),
+        "no probe runs after the PBX is gone"
     );
 }
 
@@ -811,41 +810,63 @@ async fn a_real_prometheus_scrapes_the_operator_and_asterisk_and_every_panel_and
     let panels = dashboard_panels();
     let rules: std::collections::BTreeMap<String, String> = alert_rules().into_iter().collect();
     let rule = |name: &str| rules[name].clone();
-    // Healthy: every panel but "Conditions not True" has data.
-    let mut answered = Vec::new();
-    for (title, _, expr) in &panels {
-        let result = prometheus.query(&panel(expr));
-        let expected = title != "Conditions not True";
-        assert_eq!(
-            mine(&result) > 0,
-            expected,
-            "panel {title:?} ({expr}) while healthy: {result:?}"
-        );
-        answered.push(format!("{title}: {}", result.len()));
-    }
     let expr_of = |title: &str| {
         let (_, _, expr) = panels.iter().find(|(t, _, _)| t == title).unwrap();
         panel(expr)
     };
-    let days = prometheus.query(&expr_of("Certificate days left"));
-    let days = days[0]["value"][1]
-        .as_str()
-        .unwrap()
-        .parse::<f64>()
-        .unwrap();
-    assert!((4.9..5.1).contains(&days), "certificate days left: {days}");
-    // Alerts while healthy: only the certificate's fires for this PBX.
     let fired = |name: &str| mine(&prometheus.query(&rule(name)));
-    assert_eq!(fired("WebRtcPbxCertificateExpiringSoon"), 1);
-    for quiet in [
-        "WebRtcPbxNotReady",
-        "WebRtcPbxProbeFailing",
-        "WebRtcPbxPoorCallQuality",
-        "WebRtcPbxOperatorDown",
-        "WebRtcPbxOperatorNoLeader",
-    ] {
-        assert_eq!(fired(quiet), 0, "{quiet} while healthy");
-    }
+    // Healthy: every panel but "Conditions not True" has data, and of the
+    // alerts only the certificate's fires for this PBX - all at one moment.
+    // The other e2e tests load this 2-core machine (Chromium among them), so
+    // a probe may time out for a while: the moment is waited for (60 s).
+    let healthy = || -> Result<(Vec<String>, f64), String> {
+        let mut answered = Vec::new();
+        for (title, _, expr) in &panels {
+            let result = prometheus.query(&panel(expr));
+            let expected = title != "Conditions not True";
+            if (mine(&result) > 0) != expected {
+                return Err(format!(
+                    "panel {title:?} ({expr}) while healthy: {result:?}"
+                ));
+            }
+            answered.push(format!("{title}: {}", result.len()));
+        }
+        let days = prometheus.query(&expr_of("Certificate days left"));
+        let days = days[0]["value"][1]
+            .as_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap();
+        if !(4.9..5.1).contains(&days) {
+            return Err(format!("certificate days left: {days}"));
+        }
+        if fired("WebRtcPbxCertificateExpiringSoon") != 1 {
+            return Err("WebRtcPbxCertificateExpiringSoon does not fire".into());
+        }
+        for quiet in [
+            "WebRtcPbxNotReady",
+            "WebRtcPbxProbeFailing",
+            "WebRtcPbxPoorCallQuality",
+            "WebRtcPbxOperatorDown",
+            "WebRtcPbxOperatorNoLeader",
+        ] {
+            if fired(quiet) != 0 {
+                return Err(format!("{quiet} while healthy"));
+            }
+        }
+        Ok((answered, days))
+    };
+    let waited = Instant::now();
+    let (answered, days) = loop {
+        match healthy() {
+            Ok(snapshot) => break snapshot,
+            Err(why) if waited.elapsed() < Duration::from_secs(60) => {
+                eprintln!("not yet healthy: {why}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(why) => panic!("{why}\n{}", g.diagnostics()),
+        }
+    };
     let mos = prometheus.query(&format!("probe_echo_mos{{{ours}}}"));
     eprintln!(
         "healthy: panels {answered:?}; certificate {days:.2} days left; MOS {}",
