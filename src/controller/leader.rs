@@ -125,6 +125,9 @@ where
         let _ = stop_tx.send(());
         let _ = controller.await;
         ctx.metrics.leader.set(0);
+        // A standby's per-PBX series would go stale beside the new leader's
+        // (and keep alerts firing on what it last saw).
+        ctx.metrics.forget_all_pbxs();
         if shutting_down {
             return release(leading, task).await;
         }

@@ -476,6 +476,25 @@ impl Metrics {
         self.forget_probe(namespace, name);
     }
 
+    /// Drops every per-PBX series (conditions and probe figures): for an
+    /// instance that stopped leading and no longer watches any PBX.
+    pub fn forget_all_pbxs(&self) {
+        self.conditions.clear();
+        let p = &self.probe;
+        p.success.clear();
+        p.check_success.clear();
+        p.duration.clear();
+        p.phase_duration.clear();
+        p.ssl_earliest_cert_expiry.clear();
+        p.echo_loss_ratio.clear();
+        p.echo_jitter.clear();
+        p.echo_mos.clear();
+        p.asterisk_up.clear();
+        for family in &p.asterisk {
+            family.clear();
+        }
+    }
+
     /// Drops the probe series of a PBX that is no longer probed.
     pub fn forget_probe(&self, namespace: &str, name: &str) {
         let pbx = PbxLabels {
@@ -591,6 +610,12 @@ mod tests {
         }
         assert!(!text.contains(r#"check="echo""#), "{text}");
         m.forget_probe("voice", "acme");
+        let text = m.encode();
+        assert!(!text.contains(r#"name="acme""#), "{text}");
+        // An instance that stops leading drops every PBX's series.
+        m.observe_probe("voice", "acme", &report, 0.25);
+        m.set_conditions("voice", "acme", [("Ready", "True")]);
+        m.forget_all_pbxs();
         let text = m.encode();
         assert!(!text.contains(r#"name="acme""#), "{text}");
     }
