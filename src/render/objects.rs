@@ -444,7 +444,10 @@ fn stateful_set(pbx: &ValidatedPbx, config: &AsteriskConfig) -> StatefulSet {
         ]),
         ports: Some(ports),
         // WSS accepts upgrades before Asterisk is fully booted, and SIP is
-        // ignored until then: readiness starts only once it is booted.
+        // ignored until then: readiness starts only once it is booted. The
+        // check fails at once until Asterisk's control socket exists, then
+        // waits for the boot; every second, so a booted PBX is Ready (and
+        // probed) within a second, still allowing two minutes to boot.
         startup_probe: Some(Probe {
             exec: Some(ExecAction {
                 command: Some(vec![
@@ -453,9 +456,9 @@ fn stateful_set(pbx: &ValidatedPbx, config: &AsteriskConfig) -> StatefulSet {
                     "core waitfullybooted".into(),
                 ]),
             }),
-            period_seconds: Some(2),
+            period_seconds: Some(1),
             timeout_seconds: Some(5),
-            failure_threshold: Some(60),
+            failure_threshold: Some(120),
             ..Probe::default()
         }),
         readiness_probe: Some(Probe {
