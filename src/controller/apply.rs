@@ -291,17 +291,38 @@ pub(super) async fn apply_stages(
     Ok(Stages::Done { written, refused })
 }
 
+/// PBX `pbx`'s children of the kinds that are not watched (Certificates,
+/// PodMonitors), listed once per PBX generation in this process: `None`
+/// when this process has listed them for this generation already. Sent
+/// beside the applies, which it does not depend on.
+pub(super) async fn unwatched_once(
+    run: &Run,
+    pbx: &WebRtcPbx,
+    ns: &str,
+) -> Result<Option<Vec<Child>>, kube::Error> {
+    let key = kube::runtime::reflector::ObjectRef::from_obj(pbx);
+    let mark: ListMark = (pbx.metadata.uid.clone(), pbx.metadata.generation);
+    if run.ctx.listed_at(&key) == Some(mark) {
+        return Ok(None);
+    }
+    let uid = pbx.metadata.uid.clone().unwrap_or_default();
+    list_unwatched(&run.ctx.client, ns, &pbx.name_any(), &uid)
+        .await
+        .map(Some)
+}
+
 /// Deletes PBX `pbx`'s children that `desired` no longer holds, found in
 /// the caches every time (a child the cache learns of late triggers a
-/// reconcile of its own) or by a LIST without caches. Certificates and
-/// PodMonitors are not watched: listed once per PBX generation. A Secret the spec names as the
-/// user's is released, never deleted. Returns how many were deleted.
+/// reconcile of its own) or by a LIST without caches, and among
+/// `unwatched` ([`unwatched_once`]). A Secret the spec names as the user's
+/// is released, never deleted. Returns how many were deleted.
 pub(super) async fn prune(
     run: &Run,
     pbx: &WebRtcPbx,
     ns: &str,
     desired: &[Object],
     stores: Option<&ChildStores>,
+    unwatched: Option<Vec<Child>>,
 ) -> Result<usize, kube::Error> {
     let client = &run.ctx.client;
     let name = pbx.name_any();
@@ -310,12 +331,8 @@ pub(super) async fn prune(
         Some(s) => s.children_of(ns, &name, &uid),
         None => list_children(client, ns, &name, &uid).await?,
     };
-    let key = kube::runtime::reflector::ObjectRef::from_obj(pbx);
-    let mark: ListMark = (pbx.metadata.uid.clone(), pbx.metadata.generation);
-    let listed = run.ctx.listed_at(&key) == Some(mark.clone());
-    if !listed {
-        found.extend(list_unwatched(client, ns, &name, &uid).await?);
-    }
+    let listed = unwatched.is_some();
+    found.extend(unwatched.into_iter().flatten());
     let mut pruned = 0;
     let users_secrets = validate::referenced_secrets(&name, &pbx.spec);
     for orphan in orphans(found, desired) {
@@ -328,8 +345,9 @@ pub(super) async fn prune(
             pruned += 1;
         }
     }
-    if !listed {
-        run.set_listed(key, mark);
+    if listed {
+        let key = kube::runtime::reflector::ObjectRef::from_obj(pbx);
+        run.set_listed(key, (pbx.metadata.uid.clone(), pbx.metadata.generation));
     }
     Ok(pruned)
 }
@@ -420,9 +438,11 @@ pub async fn list_unwatched(
     pbx: &str,
     owner_uid: &str,
 ) -> Result<Vec<Child>, kube::Error> {
+    let lists = ["Certificate", "PodMonitor"]
+        .map(|kind| list_kind(client, namespace, kind, pbx, owner_uid));
     let mut found = Vec::new();
-    for kind in ["Certificate", "PodMonitor"] {
-        match list_kind(client, namespace, kind, pbx, owner_uid).await {
+    for listed in futures::future::join_all(lists).await {
+        match listed {
             Err(e) if is_missing_type(&e) => {}
             other => found.extend(other?),
         }

@@ -11,6 +11,7 @@ pub mod cache;
 mod certificate;
 pub mod client;
 mod dereference;
+pub mod events;
 pub mod leader;
 pub mod probes;
 mod update_status;
@@ -28,7 +29,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use time::OffsetDateTime;
@@ -110,8 +110,8 @@ pub struct Context {
     pub client: Client,
     /// The clock.
     pub clock: Arc<dyn Clock>,
-    /// Event recorder.
-    pub recorder: Recorder,
+    /// Where Events go.
+    pub events: events::Publisher,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per PBX, for the backoff.
@@ -151,12 +151,12 @@ impl Context {
         probe_concurrency: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: events::Publisher::new(
+                client.clone(),
+                FIELD_MANAGER,
+                std::env::var("POD_NAME").ok(),
+            ),
             client,
             clock,
             prober: Arc::new(probes::Prober::new(probe_concurrency, metrics.clone())),
@@ -376,7 +376,13 @@ async fn build_and_apply(
             validated, labels,
         )));
     }
-    let (written, refused) = match apply::apply_stages(&ctx.client, ns, &desired, fetched).await {
+    // The unwatched kinds are listed beside the applies: a new PBX waits
+    // for one round trip less.
+    let (applied, unwatched) = futures::join!(
+        apply::apply_stages(&ctx.client, ns, &desired, fetched),
+        apply::unwatched_once(run, pbx, ns)
+    );
+    let (written, refused) = match applied {
         Ok(apply::Stages::Done { written, refused }) => (written, refused),
         Ok(apply::Stages::CacheBehind(object)) => {
             tracing::debug!(pbx = %name, %object, "cache behind; retrying");
@@ -392,7 +398,8 @@ async fn build_and_apply(
         outcome.rejection = Some(message);
         return Ok(Some(outcome));
     }
-    let pruned = apply::prune(run, pbx, ns, &desired, fetched.stores.as_ref())
+    let unwatched = unwatched.map_err(Error::Prune)?;
+    let pruned = apply::prune(run, pbx, ns, &desired, fetched.stores.as_ref(), unwatched)
         .await
         .map_err(Error::Prune)?;
     if stale_pending_pod(fetched.pod.as_ref(), fetched.stateful_set.as_ref()) {

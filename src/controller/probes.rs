@@ -346,14 +346,16 @@ impl Prober {
 }
 
 /// The wait before the next run. A PBX that has not passed since the plan
-/// started is starting: retry after 1, 2, 4 ... s up to the interval, so
-/// Ready follows soon after Asterisk listens. A failure of a PBX that
+/// started is starting: retry after 0.25, 0.5, 1, 2 ... s up to the
+/// interval, so Ready follows soon after Asterisk listens (its pod is Ready
+/// a moment before kube-proxy routes its Service to it: the first run
+/// usually meets a refused connection). A failure of a PBX that
 /// passed before is confirmed after half an interval, so an outage shows
 /// within 1.5 intervals while one bad run still does not flip a condition.
 fn next_wait(interval: Duration, passed_once: bool, failed_in_a_row: u32) -> Duration {
     match (passed_once, failed_in_a_row) {
         (_, 0) => interval,
-        (false, n) => Duration::from_secs(1u64 << (n - 1).min(16)).min(interval),
+        (false, n) => Duration::from_millis(250u64 << (n - 1).min(16)).min(interval),
         (true, _) => interval / 2,
     }
 }
@@ -451,8 +453,13 @@ mod tests {
     #[test]
     fn starting_pbxs_are_retried_soon_and_outages_confirmed_in_half_an_interval() {
         let i = Duration::from_secs(60);
-        let waits: Vec<u64> = (1..=8).map(|n| next_wait(i, false, n).as_secs()).collect();
-        assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+        let waits: Vec<u128> = (1..=10)
+            .map(|n| next_wait(i, false, n).as_millis())
+            .collect();
+        assert_eq!(
+            waits,
+            vec![250, 500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
+        );
         assert_eq!(next_wait(i, true, 1), Duration::from_secs(30));
         assert_eq!(next_wait(i, true, 0), i);
         assert_eq!(next_wait(i, false, 0), i);

@@ -5,7 +5,6 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -15,7 +14,7 @@ use std::time::Duration;
 
 use kube::runtime::reflector::ObjectRef;
 
-use super::{Context, Error, Run, probes};
+use super::{Context, Error, Run, events, probes};
 use crate::api::{CertificateStatus, EndpointsStatus, ProbeFigures, WebRtcPbx, WebRtcPbxStatus};
 use crate::certs;
 use crate::names::FIELD_MANAGER;
@@ -88,23 +87,18 @@ pub(super) async fn update_status(
         .await
         .map_err(Error::UpdateStatus)?;
         for c in status::events(&previous.conditions, &new_status.conditions) {
-            let event = Event {
-                type_: if c.status == "False" {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: c.reason.clone(),
-                note: Some(
-                    format!("{} is {}: {}", c.type_, c.status, c.message)
-                        .chars()
-                        .take(1000)
-                        .collect(),
-                ),
-                action: "Reconcile".into(),
-                secondary: None,
+            let kind = if c.status == "False" {
+                events::Kind::Warning
+            } else {
+                events::Kind::Normal
             };
-            if let Err(e) = ctx.recorder.publish(&event, &pbx.object_ref(&())).await {
+            let note = format!("{} is {}: {}", c.type_, c.status, c.message);
+            let regarding = pbx.object_ref(&());
+            if let Err(e) = ctx
+                .events
+                .publish(&regarding, kind, &c.reason, &note, now)
+                .await
+            {
                 warn!(error = %e, "cannot publish event");
             }
         }
