@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 
 use super::dereference::Fetched;
-use super::{ChildStores, ListMark, Run};
+use super::{ChildStores, ListMark, Run, cache};
 use crate::api::WebRtcPbx;
 use crate::names::{self, FIELD_MANAGER};
 use crate::render::Object;
@@ -127,12 +127,37 @@ pub fn rejection(e: &kube::Error) -> Option<String> {
 /// `Some(None)` means it is known not to exist; `None`, not fetched.
 pub type Known = Option<Option<Value>>;
 
+/// `desired` as a cached ConfigMap holds it ([`cache::DIGESTED`]): each
+/// value replaced by its digest, for the comparison only.
+pub fn digested(mut desired: Value) -> Value {
+    if let Some(data) = desired.get_mut("data").and_then(Value::as_object_mut) {
+        for value in data.values_mut() {
+            if let Some(text) = value.as_str() {
+                *value = Value::String(cache::digest(text));
+            }
+        }
+    }
+    desired
+}
+
+/// True when `live` is a cached ConfigMap holding digests.
+fn is_digested(live: &Known) -> bool {
+    live.as_ref()
+        .and_then(Option::as_ref)
+        .is_some_and(|l| l["metadata"]["annotations"][cache::DIGESTED].is_string())
+}
+
 async fn apply_typed<K>(api: Api<K>, object: &K, known: Known) -> Result<Applied, kube::Error>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let name = object.meta().name.clone().unwrap_or_default();
     let desired = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
+    let desired = if is_digested(&known) {
+        digested(desired)
+    } else {
+        desired
+    };
     let live = match known {
         Some(live) => live,
         None => match api.get_opt(&name).await? {
@@ -507,6 +532,28 @@ pub async fn delete(client: &Client, namespace: &str, child: &Child) -> Result<b
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_digested_config_map_is_unchanged_exactly_when_every_file_is() {
+        let desired =
+            json!({"kind": "ConfigMap", "data": {"pjsip.conf": "[a]\n", "http.conf": "[b]\n"}});
+        let mut cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "a-asterisk", "namespace": "voice",
+                "labels": {"app.kubernetes.io/instance": "a"},
+                "ownerReferences": [{"apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
+                    "name": "a", "uid": "u", "controller": true}]},
+            "data": {"pjsip.conf": "[a]\n", "http.conf": "[b]\n", "theirs": "x"}
+        }))
+        .unwrap();
+        cache::config_map(&mut cm);
+        let live = serde_json::to_value(&cm).unwrap();
+        assert!(is_digested(&Some(Some(live.clone()))));
+        assert!(!contains(&live, &desired), "raw text never equals a digest");
+        assert!(contains(&live, &digested(desired.clone())));
+        let mut edited = desired.clone();
+        edited["data"]["http.conf"] = json!("[b]\nbindport=1\n");
+        assert!(!contains(&live, &digested(edited)));
+    }
 
     #[test]
     fn orphans_are_the_children_not_desired() {
