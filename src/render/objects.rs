@@ -390,6 +390,18 @@ while true; do
   sleep 2 & wait $!
 done"#;
 
+/// The startup probe: Asterisk fully booted. `asterisk -rx` fails at once
+/// until Asterisk's control socket exists, so it is tried every 100 ms (for
+/// 4 s, within the probe's 5 s) and then waits for the boot: the pod is
+/// Ready as Asterisk finishes booting, not up to a probe period later
+/// (measured on a real node: 0.9 s later with a bare `asterisk -rx` every
+/// second).
+const STARTUP_CHECK: &str = r#"i=0
+until /usr/sbin/asterisk -rx "core waitfullybooted" >/dev/null 2>&1; do
+  i=$((i+1)); [ $i -ge 40 ] && exit 1
+  sleep 0.1
+done"#;
+
 /// Maps the pod's address to the public one for ICE (known only at start),
 /// keeping the pod's own candidate too: browsers inside localNetworks reach
 /// it directly instead of relying on hairpin NAT.
@@ -444,17 +456,11 @@ fn stateful_set(pbx: &ValidatedPbx, config: &AsteriskConfig) -> StatefulSet {
         ]),
         ports: Some(ports),
         // WSS accepts upgrades before Asterisk is fully booted, and SIP is
-        // ignored until then: readiness starts only once it is booted. The
-        // check fails at once until Asterisk's control socket exists, then
-        // waits for the boot; every second, so a booted PBX is Ready (and
-        // probed) within a second, still allowing two minutes to boot.
+        // ignored until then: readiness starts only once it is booted
+        // (STARTUP_CHECK). Every second, allowing two minutes to boot.
         startup_probe: Some(Probe {
             exec: Some(ExecAction {
-                command: Some(vec![
-                    "/usr/sbin/asterisk".into(),
-                    "-rx".into(),
-                    "core waitfullybooted".into(),
-                ]),
+                command: Some(vec!["/bin/sh".into(), "-c".into(), STARTUP_CHECK.into()]),
             }),
             period_seconds: Some(1),
             timeout_seconds: Some(5),
