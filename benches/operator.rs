@@ -836,9 +836,9 @@ async fn probe_cost(rows: &mut Vec<Row>) {
                     })
                     .await;
                     // What failed, as the status would name it.
-                    (!report.ok).then(|| match (&report.register, &report.failed_phase) {
-                        (Some(r), _) => format!("REGISTER {}", r.reason),
-                        (None, phase) => format!("WSS {} ({phase:?})", report.wss.reason),
+                    (!report.ok).then(|| match &report.register {
+                        Some(r) if r.reason != "NotAttempted" => format!("REGISTER {}", r.reason),
+                        _ => format!("WSS {} ({:?})", report.wss.reason, report.failed_phase),
                     })
                 }
             })
