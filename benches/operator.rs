@@ -607,26 +607,45 @@ async fn scale_floor(client: &Client, n: usize) -> Duration {
     took
 }
 
+/// WSS connect + REGISTER of user 1001 without the probe engine (see
+/// [`try_raw_register`]). Returns milliseconds.
+async fn raw_register(port: u16, ca_pem: &str, cseq_base: u32) -> f64 {
+    try_raw_register(port, ca_pem, cseq_base, "1001")
+        .await
+        .unwrap_or_else(|e| panic!("raw REGISTER: {e}"))
+}
+
 /// WSS connect + REGISTER without the probe engine: TLS, the WebSocket
 /// handshake and two SIP round trips, written plainly with the same
-/// libraries. Returns milliseconds.
-async fn raw_register(port: u16, ca_pem: &str, cseq_base: u32) -> f64 {
+/// libraries, each of the TCP + TLS part and the rest given the engine's
+/// 5 s. Returns milliseconds, or what failed.
+async fn try_raw_register(
+    port: u16,
+    ca_pem: &str,
+    cseq_base: u32,
+    user: &str,
+) -> Result<f64, String> {
+    const LIMIT: Duration = Duration::from_secs(5);
     let t0 = Instant::now();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile_certs(ca_pem) {
-        roots.add(cert).unwrap();
+        roots.add(cert).map_err(|e| e.to_string())?;
     }
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(DOMAIN.try_into().unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = tokio::time::timeout(LIMIT, async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("TCP {}", e.kind()))?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(DOMAIN.try_into().unwrap(), tcp)
+            .await
+            .map_err(|e| format!("TLS {}", e.kind()))
+    })
+    .await
+    .map_err(|_| "TCP + TLS timeout".to_string())??;
     let request = tokio_tungstenite::tungstenite::http::Request::builder()
         .uri(format!("wss://{DOMAIN}:{port}/ws"))
         .header("Host", format!("{DOMAIN}:{port}"))
@@ -640,53 +659,63 @@ async fn raw_register(port: u16, ca_pem: &str, cseq_base: u32) -> f64 {
         .header("Sec-WebSocket-Protocol", "sip")
         .body(())
         .unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(request, tls).await.unwrap();
-    let register = |cseq: u32, auth: Option<String>| {
-        format!(
-            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/WSS bench.invalid;branch=z9hG4bK{cseq_base}x{cseq}\r\nMax-Forwards: 70\r\n\
-             From: <sip:1001@{DOMAIN}>;tag=b{cseq_base}\r\nTo: <sip:1001@{DOMAIN}>\r\nCall-ID: bench-{cseq_base}\r\nCSeq: {cseq} REGISTER\r\n\
-             Contact: <sip:1001@bench.invalid;transport=ws>;expires=60\r\n{}Expires: 60\r\nContent-Length: 0\r\n\r\n",
-            auth.map(|a| format!("Authorization: {a}\r\n"))
-                .unwrap_or_default()
-        )
-    };
-    ws.send(Message::text(register(1, None))).await.unwrap();
-    let challenge = loop {
-        if let Some(Ok(Message::Text(text))) = ws.next().await {
-            let value = text
-                .lines()
-                .find_map(|l| l.strip_prefix("WWW-Authenticate: "))
-                .map(str::to_string);
-            if let Some(v) = value {
-                break digest::parse_challenge(&v).unwrap();
+    let sip = tokio::time::timeout(LIMIT, async {
+        let (mut ws, _) = tokio_tungstenite::client_async(request, tls)
+            .await
+            .map_err(|e| format!("WebSocket {e}"))?;
+        let register = |cseq: u32, auth: Option<String>| {
+            format!(
+                "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/WSS bench.invalid;branch=z9hG4bK{cseq_base}x{cseq}\r\nMax-Forwards: 70\r\n\
+                 From: <sip:{user}@{DOMAIN}>;tag=b{cseq_base}\r\nTo: <sip:{user}@{DOMAIN}>\r\nCall-ID: bench-{cseq_base}\r\nCSeq: {cseq} REGISTER\r\n\
+                 Contact: <sip:{user}@bench.invalid;transport=ws>;expires=60\r\n{}Expires: 60\r\nContent-Length: 0\r\n\r\n",
+                auth.map(|a| format!("Authorization: {a}\r\n"))
+                    .unwrap_or_default()
+            )
+        };
+        let closed = || "closed before the answer".to_string();
+        ws.send(Message::text(register(1, None)))
+            .await
+            .map_err(|e| e.to_string())?;
+        let challenge = loop {
+            if let Message::Text(text) = ws.next().await.ok_or_else(closed)?.map_err(|e| e.to_string())? {
+                let value = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("WWW-Authenticate: "))
+                    .map(str::to_string);
+                if let Some(v) = value {
+                    break digest::parse_challenge(&v).ok_or("no digest challenge")?;
+                }
+            }
+        };
+        let password = format!("pw-{user}");
+        let creds = digest::Credentials {
+            username: user,
+            password: &password,
+        };
+        let auth = digest::authorization(
+            &challenge,
+            &creds,
+            "REGISTER",
+            &format!("sip:{DOMAIN}"),
+            "benchcnonce",
+            1,
+        );
+        ws.send(Message::text(register(2, Some(auth))))
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            if let Message::Text(text) = ws.next().await.ok_or_else(closed)?.map_err(|e| e.to_string())?
+                && text.starts_with("SIP/2.0 200")
+            {
+                break;
             }
         }
-    };
-    let creds = digest::Credentials {
-        username: "1001",
-        password: "pw-1001",
-    };
-    let auth = digest::authorization(
-        &challenge,
-        &creds,
-        "REGISTER",
-        &format!("sip:{DOMAIN}"),
-        "benchcnonce",
-        1,
-    );
-    ws.send(Message::text(register(2, Some(auth))))
-        .await
-        .unwrap();
-    loop {
-        if let Some(Ok(Message::Text(text))) = ws.next().await
-            && text.starts_with("SIP/2.0 200")
-        {
-            break;
-        }
-    }
-    let elapsed = t0.elapsed().as_secs_f64() * 1000.0;
-    let _ = ws.close(None).await;
-    elapsed
+        let _ = ws.close(None).await;
+        Ok::<(), String>(())
+    })
+    .await
+    .map_err(|_| "WebSocket + REGISTER timeout".to_string())?;
+    sip.map(|()| t0.elapsed().as_secs_f64() * 1000.0)
 }
 
 fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
@@ -816,7 +845,7 @@ async fn probe_cost(rows: &mut Vec<Row>) {
     );
 
     // The most concurrent REGISTER probes from one process with no error.
-    let (mut best, mut first_failures) = (0, String::new());
+    let (mut best, mut first_failures, mut raw_at) = (0, String::new(), None);
     for n in [250usize, 500, 1000, 2000] {
         let t0 = Instant::now();
         let results: Vec<Option<String>> = futures::stream::iter(0..n)
@@ -856,6 +885,7 @@ async fn probe_cost(rows: &mut Vec<Row>) {
         );
         if failed > 0 {
             first_failures = format!("; at {n}: {failed} failed, {reasons:?}");
+            raw_at = Some(n);
             break;
         }
         best = n;
@@ -867,6 +897,38 @@ async fn probe_cost(rows: &mut Vec<Row>) {
         ">= 1000",
         Some(best >= 1000),
     );
+    // Which side limits: the raw client at the level the engine first
+    // failed at, against the same Asterisk.
+    if let Some(n) = raw_at {
+        let results: Vec<Option<String>> = futures::stream::iter(0..n)
+            .map(|i| {
+                let ca = ca.clone();
+                async move {
+                    let user = (3000 + i % CONCURRENT_USERS).to_string();
+                    try_raw_register(port, &ca, 10_000 + i as u32, &user)
+                        .await
+                        .err()
+                }
+            })
+            .buffer_unordered(n)
+            .collect()
+            .await;
+        let mut reasons = std::collections::BTreeMap::<String, usize>::new();
+        for reason in results.iter().flatten() {
+            *reasons.entry(reason.clone()).or_default() += 1;
+        }
+        let failed: usize = reasons.values().sum();
+        println!("  raw client, {n} concurrent: {failed} failed {reasons:?}");
+        row(
+            rows,
+            &format!(
+                "probe: the raw client (TLS, WebSocket, 2 SIP round trips; the same 5 s limits), {n} concurrent against the same Asterisk: failed"
+            ),
+            format!("{failed} of {n} {reasons:?}"),
+            "",
+            None,
+        );
+    }
     asterisk.kill();
 
     // CPU per second of echo call: the probe command in a test host, 10 s.
