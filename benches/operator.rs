@@ -845,39 +845,10 @@ async fn probe_cost(rows: &mut Vec<Row>) {
     );
 
     // The most concurrent REGISTER probes from one process with no error.
-    let (mut best, mut first_failures, mut raw_at) = (0, String::new(), None);
+    let (mut best, mut first_failures, mut failed_at) = (0, String::new(), None);
     for n in [250usize, 500, 1000, 2000] {
         let t0 = Instant::now();
-        let results: Vec<Option<String>> = futures::stream::iter(0..n)
-            .map(|i| {
-                let ca = ca.clone();
-                async move {
-                    let user = 3000 + i % CONCURRENT_USERS;
-                    let report = probe::run(&probe::Request {
-                        target: harness::target(port, "/ws", DOMAIN, &ca),
-                        account: Some(register::Account {
-                            domain: DOMAIN.into(),
-                            user: user.to_string(),
-                            password: format!("pw-{user}"),
-                        }),
-                        echo: None,
-                        metrics: None,
-                    })
-                    .await;
-                    // What failed, as the status would name it.
-                    (!report.ok).then(|| match &report.register {
-                        Some(r) if r.reason != "NotAttempted" => format!("REGISTER {}", r.reason),
-                        _ => format!("WSS {} ({:?})", report.wss.reason, report.failed_phase),
-                    })
-                }
-            })
-            .buffer_unordered(n)
-            .collect()
-            .await;
-        let mut reasons = std::collections::BTreeMap::<String, usize>::new();
-        for reason in results.iter().flatten() {
-            *reasons.entry(reason.clone()).or_default() += 1;
-        }
+        let reasons = engine_burst(port, &ca, n).await;
         let failed: usize = reasons.values().sum();
         println!(
             "  {n} concurrent: {failed} failed in {:.1} s {reasons:?}",
@@ -885,7 +856,7 @@ async fn probe_cost(rows: &mut Vec<Row>) {
         );
         if failed > 0 {
             first_failures = format!("; at {n}: {failed} failed, {reasons:?}");
-            raw_at = Some(n);
+            failed_at = Some(n);
             break;
         }
         best = n;
@@ -897,34 +868,23 @@ async fn probe_cost(rows: &mut Vec<Row>) {
         ">= 1000",
         Some(best >= 1000),
     );
-    // Which side limits: the raw client at the level the engine first
-    // failed at, against the same Asterisk.
-    if let Some(n) = raw_at {
-        let results: Vec<Option<String>> = futures::stream::iter(0..n)
-            .map(|i| {
-                let ca = ca.clone();
-                async move {
-                    let user = (3000 + i % CONCURRENT_USERS).to_string();
-                    try_raw_register(port, &ca, 10_000 + i as u32, &user)
-                        .await
-                        .err()
-                }
-            })
-            .buffer_unordered(n)
-            .collect()
-            .await;
-        let mut reasons = std::collections::BTreeMap::<String, usize>::new();
-        for reason in results.iter().flatten() {
-            *reasons.entry(reason.clone()).or_default() += 1;
-        }
-        let failed: usize = reasons.values().sum();
-        println!("  raw client, {n} concurrent: {failed} failed {reasons:?}");
+    // Which side limits: at the level the engine first failed at, the raw
+    // client, then the engine again, against the same Asterisk.
+    if let Some(n) = failed_at {
+        let raw = raw_burst(port, &ca, n).await;
+        let again = engine_burst(port, &ca, n).await;
+        let count = |r: &std::collections::BTreeMap<String, usize>| r.values().sum::<usize>();
+        println!("  {n} concurrent: raw client {raw:?}, then the engine {again:?}");
         row(
             rows,
             &format!(
-                "probe: the raw client (TLS, WebSocket, 2 SIP round trips; the same 5 s limits), {n} concurrent against the same Asterisk: failed"
+                "probe: {n} concurrent against the same Asterisk, the raw client (TLS, WebSocket, 2 SIP round trips; the same 5 s limits), then the engine again: failed"
             ),
-            format!("{failed} of {n} {reasons:?}"),
+            format!(
+                "raw {} {raw:?}, engine {} {again:?}",
+                count(&raw),
+                count(&again)
+            ),
             "",
             None,
         );
@@ -971,6 +931,59 @@ async fn probe_cost(rows: &mut Vec<Row>) {
     drop(netns);
     harness::remove_dir(&dir);
     harness::remove_dir(&echo_dir);
+}
+
+/// `n` concurrent REGISTER probes by the engine, users 3000.. (shared
+/// beyond [`CONCURRENT_USERS`]): the failures by reason, as the status
+/// would name them.
+async fn engine_burst(port: u16, ca: &str, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let results: Vec<Option<String>> = futures::stream::iter(0..n)
+        .map(|i| async move {
+            let user = 3000 + i % CONCURRENT_USERS;
+            let report = probe::run(&probe::Request {
+                target: harness::target(port, "/ws", DOMAIN, ca),
+                account: Some(register::Account {
+                    domain: DOMAIN.into(),
+                    user: user.to_string(),
+                    password: format!("pw-{user}"),
+                }),
+                echo: None,
+                metrics: None,
+            })
+            .await;
+            (!report.ok).then(|| match &report.register {
+                Some(r) if r.reason != "NotAttempted" => format!("REGISTER {}", r.reason),
+                _ => format!("WSS {} ({:?})", report.wss.reason, report.failed_phase),
+            })
+        })
+        .buffer_unordered(n)
+        .collect()
+        .await;
+    tally(results)
+}
+
+/// The same by the raw client ([`try_raw_register`]).
+async fn raw_burst(port: u16, ca: &str, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let results: Vec<Option<String>> = futures::stream::iter(0..n)
+        .map(|i| async move {
+            let user = (3000 + i % CONCURRENT_USERS).to_string();
+            try_raw_register(port, ca, 10_000 + i as u32, &user)
+                .await
+                .err()
+        })
+        .buffer_unordered(n)
+        .collect()
+        .await;
+    tally(results)
+}
+
+/// Failures counted by reason.
+fn tally(results: Vec<Option<String>>) -> std::collections::BTreeMap<String, usize> {
+    let mut reasons = std::collections::BTreeMap::new();
+    for reason in results.into_iter().flatten() {
+        *reasons.entry(reason).or_default() += 1;
+    }
+    reasons
 }
 
 /// This process's CPU time (user + system, all threads), seconds.
