@@ -643,20 +643,30 @@ fn echo_call_quality_is_rated_by_the_e_model_and_its_setup_timed_by_phase() {
     // 3 % of UDP dropped at random on arrival: both legs arrive in the
     // test host, so about 6 % of the echoes are lost.
     netns.lose_udp(3);
-    let lossy = echo_json(echo_probe(
-        &dir,
-        port,
-        &netns,
-        "1001",
-        &[
-            "--echo-duration",
-            "5s",
-            "--max-loss",
-            "50",
-            "--min-mos",
-            "4.2",
-        ],
-    ));
+    let lossy_call = || {
+        echo_json(echo_probe(
+            &dir,
+            port,
+            &netns,
+            "1001",
+            &[
+                "--echo-duration",
+                "5s",
+                "--max-loss",
+                "50",
+                "--min-mos",
+                "4.2",
+            ],
+        ))
+    };
+    // The random drop can also take enough of the DTLS handshake that it
+    // fails (seen once in CI): that is not what this test rates, so such a
+    // call is placed again, once.
+    let mut lossy = lossy_call();
+    if lossy["echo"]["reason"] == "DtlsFailed" {
+        eprintln!("the lossy call's DTLS handshake failed; placing it again");
+        lossy = lossy_call();
+    }
     netns.allow_all();
     assert_eq!(lossy["echo"]["reason"], "PoorCallQuality", "{lossy}");
     let message = lossy["echo"]["message"].as_str().unwrap_or_default();
