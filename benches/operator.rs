@@ -35,7 +35,7 @@ use futures::{SinkExt, StreamExt, TryStreamExt};
 use harness::fixture::Pbx;
 use harness::{Requests, api_requests, reconciles};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -1258,33 +1258,26 @@ fn node_pbx(name: &str) -> Pbx {
     )
 }
 
-/// True once the probe user of the PBX on `ip` is registered.
+/// True once the probe user of the PBX on `ip` is registered. Asterisk
+/// ignores SIP until it has booted: an attempt sent before then is given up
+/// after [`NODE_ATTEMPT`] and sent again.
 async fn node_registered(ip: &str, password: &str) -> bool {
-    let request = probe::Request {
-        target: transport::Target {
-            url: url::Url::parse(&format!("wss://{NODE_DOMAIN}:{NODE_WSS_PORT}/ws")).unwrap(),
-            connect_to: Some(format!("{ip}:{NODE_WSS_PORT}")),
-            ca_pem: None,
-            insecure: true,
-            // Asterisk ignores SIP until it has booted: an attempt sent
-            // before then is given up after this and sent again.
-            timeout: NODE_ATTEMPT,
-        },
-        account: Some(register::Account {
-            domain: NODE_DOMAIN.into(),
-            user: webrtc_pbx_operator::validate::PROBE_USERNAME.into(),
-            password: password.into(),
-        }),
-        echo: None,
-        metrics: None,
-    };
-    probe::run(&request).await.ok
+    harness::register_at(
+        ip,
+        NODE_WSS_PORT,
+        NODE_DOMAIN,
+        webrtc_pbx_operator::validate::PROBE_USERNAME,
+        password,
+        NODE_ATTEMPT,
+    )
+    .await
+    .ok
 }
 
 /// Waits until nothing listens on the node's WSS port and pod `pod` is
 /// gone: the next run can bind it.
 async fn node_port_free(client: &Client, node: &harness::Node, ns: &str, pod: &str) {
-    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns);
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let gone = matches!(pods.get_opt(pod).await, Ok(None));
@@ -1350,12 +1343,12 @@ async fn node_floor_once(
         .find(|d| d["kind"] == "StatefulSet")
         .expect("render prints the StatefulSet")["spec"]["template"];
     let pod_name = format!("{name}-bare");
-    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+    let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": pod_name, "namespace": ns},
         "spec": template["spec"],
     }))
     .unwrap();
-    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns);
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
     let t0 = Instant::now();
     pods.create(&PostParams::default(), &pod).await.unwrap();
     while !node_registered(&node.ip, &password).await {
@@ -1380,7 +1373,7 @@ async fn node_floor_once(
 /// Seconds from the create of node PBX `name` to Ready=True, and to its
 /// pod's Ready condition, polled every 50 ms.
 async fn node_operator_once(client: &Client, ns: &str, name: &str) -> (f64, f64) {
-    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns);
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
     let pod_name = names::pod_name(name);
     let t0 = Instant::now();
     node_pbx(name).create(client, ns).await;
@@ -1424,7 +1417,7 @@ async fn node_delete(client: &Client, node: &harness::Node, ns: &str, name: &str
     )
     .await;
     // Not the pod's 30 s grace: the next run needs the host port now.
-    let _ = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
+    let _ = Api::<Pod>::namespaced(client.clone(), ns)
         .delete(
             &names::pod_name(name),
             &kube::api::DeleteParams::default().grace_period(0),
@@ -1435,16 +1428,7 @@ async fn node_delete(client: &Client, node: &harness::Node, ns: &str, name: &str
 
 /// SHA-256 fingerprint of the certificate served on the node's WSS port.
 fn node_served_certificate(node: &harness::Node) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl s_client -connect {}:{NODE_WSS_PORT} -servername {NODE_DOMAIN} </dev/null 2>/dev/null \
-             | openssl x509 -noout -fingerprint -sha256",
-            node.ip
-        ))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    harness::served_certificate(&node.ip, NODE_WSS_PORT, NODE_DOMAIN)
 }
 
 /// The kubelet's `syncFrequency` on the ground's node, seconds.

@@ -21,7 +21,6 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use webrtc_pbx_operator::api::WebRtcPbx;
-use webrtc_pbx_operator::probe::{register, transport};
 
 const NAME: &str = "demo";
 const DOMAIN: &str = "pbx.demo.example";
@@ -210,15 +209,7 @@ fn two_intervals() -> Duration {
 
 /// SHA-256 fingerprint of the certificate served on `ip`:8089 for DOMAIN.
 fn served_certificate(ip: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl s_client -connect {ip}:{WSS_PORT} -servername {DOMAIN} </dev/null 2>/dev/null \
-             | openssl x509 -noout -fingerprint -sha256"
-        ))
-        .output()
-        .expect("openssl");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    harness::served_certificate(ip, WSS_PORT, DOMAIN)
 }
 
 #[tokio::test]
@@ -981,23 +972,8 @@ async fn ready_transition(g: &Ground) -> String {
 /// REGISTERs as `user` at the node's address through the probe engine;
 /// returns the outcome's reason.
 async fn register_as(ip: &str, user: &str, password: &str) -> String {
-    let pbx = webrtc_pbx_operator::probe::Request {
-        target: transport::Target {
-            url: url::Url::parse(&format!("wss://{DOMAIN}:{WSS_PORT}/ws")).unwrap(),
-            connect_to: Some(format!("{ip}:{WSS_PORT}")),
-            ca_pem: None,
-            insecure: true,
-            timeout: Duration::from_secs(5),
-        },
-        account: Some(register::Account {
-            domain: DOMAIN.into(),
-            user: user.into(),
-            password: password.into(),
-        }),
-        echo: None,
-        metrics: None,
-    };
-    let report = webrtc_pbx_operator::probe::run(&pbx).await;
+    let report =
+        harness::register_at(ip, WSS_PORT, DOMAIN, user, password, Duration::from_secs(5)).await;
     report
         .register
         .map(|c| c.reason)

@@ -316,6 +316,12 @@ pub(super) async fn apply_stages(
     Ok(Stages::Done { written, refused })
 }
 
+/// What a LIST of the unwatched kinds is remembered under: the PBX's uid
+/// and generation.
+fn list_mark(pbx: &WebRtcPbx) -> ListMark {
+    (pbx.metadata.uid.clone(), pbx.metadata.generation)
+}
+
 /// PBX `pbx`'s children of the kinds that are not watched (Certificates,
 /// PodMonitors), listed once per PBX generation in this process: `None`
 /// when this process has listed them for this generation already. Sent
@@ -326,8 +332,7 @@ pub(super) async fn unwatched_once(
     ns: &str,
 ) -> Result<Option<Vec<Child>>, kube::Error> {
     let key = kube::runtime::reflector::ObjectRef::from_obj(pbx);
-    let mark: ListMark = (pbx.metadata.uid.clone(), pbx.metadata.generation);
-    if run.ctx.listed_at(&key) == Some(mark) {
+    if run.ctx.listed_at(&key) == Some(list_mark(pbx)) {
         return Ok(None);
     }
     let uid = pbx.metadata.uid.clone().unwrap_or_default();
@@ -372,7 +377,7 @@ pub(super) async fn prune(
     }
     if listed {
         let key = kube::runtime::reflector::ObjectRef::from_obj(pbx);
-        run.set_listed(key, (pbx.metadata.uid.clone(), pbx.metadata.generation));
+        run.set_listed(key, list_mark(pbx));
     }
     Ok(pruned)
 }

@@ -76,9 +76,7 @@ pub fn event(
     instance: &str,
     now: OffsetDateTime,
 ) -> Result<Event, serde_json::Error> {
-    let at = now
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let at = crate::certs::rfc3339(now);
     let note: String = note.chars().take(1000).collect();
     serde_json::from_value(json!({
         "metadata": {

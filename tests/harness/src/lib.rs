@@ -1194,6 +1194,50 @@ pub fn target(port: u16, path: &str, server_name: &str, ca_pem: &str) -> Target 
     }
 }
 
+/// REGISTERs as `user` (with `password`) at `ip`:`port` for `domain`
+/// through the probe engine, accepting any certificate, each phase given
+/// `timeout`: a PBX on a node or pod address, checked as a client would.
+pub async fn register_at(
+    ip: &str,
+    port: u16,
+    domain: &str,
+    user: &str,
+    password: &str,
+    timeout: Duration,
+) -> webrtc_pbx_operator::probe::Report {
+    let request = webrtc_pbx_operator::probe::Request {
+        target: Target {
+            url: url::Url::parse(&format!("wss://{domain}:{port}/ws")).unwrap(),
+            connect_to: Some(format!("{ip}:{port}")),
+            ca_pem: None,
+            insecure: true,
+            timeout,
+        },
+        account: Some(webrtc_pbx_operator::probe::register::Account {
+            domain: domain.into(),
+            user: user.into(),
+            password: password.into(),
+        }),
+        echo: None,
+        metrics: None,
+    };
+    webrtc_pbx_operator::probe::run(&request).await
+}
+
+/// SHA-256 fingerprint of the certificate served on `ip`:`port` for
+/// `domain` (openssl's line; empty when nothing answers).
+pub fn served_certificate(ip: &str, port: u16, domain: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {ip}:{port} -servername {domain} </dev/null 2>/dev/null \
+             | openssl x509 -noout -fingerprint -sha256"
+        ))
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Opens the SIP WebSocket with the probe engine's transport.
 pub async fn wss_connect(
     port: u16,
