@@ -110,6 +110,16 @@ fn controller_uid(object: &Value) -> Option<&str> {
         .as_str()
 }
 
+/// The uid of the controller owner in `meta`, if any (the typed
+/// [`controller_uid`]).
+fn controller_of(meta: &kube::core::ObjectMeta) -> Option<&str> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+        .map(|r| r.uid.as_str())
+}
+
 /// Whether the apiserver refused the write for good (invalid, forbidden,
 /// too large, a webhook's no): the user or admin must act, so it becomes a
 /// condition. Conflicts, throttling and server errors are retried instead.
@@ -187,11 +197,19 @@ where
     Ok(Applied::Written)
 }
 
+/// The resourceVersion a Secret believed absent is applied with. On create
+/// the apiserver ignores it; an existing object never has it (a
+/// resourceVersion is the etcd revision of the object's last write, and
+/// revision 1 is the empty store), so if one exists after all the apply is
+/// refused with 409 instead of replacing it.
+pub const CREATE_ONLY: &str = "1";
+
 /// Applies one object in `namespace`; `known` saves the GET when the
 /// dereference step already read it. A Secret is written only over the
 /// version it was derived from (its generated passwords and certificates
-/// come from the live copy): if that copy was stale, the apiserver answers
-/// 409 ([`is_conflict`]) and nothing is replaced.
+/// come from the live copy), or create-only ([`CREATE_ONLY`]) when it was
+/// known absent: if that was stale, the apiserver answers 409
+/// ([`is_conflict`]) and nothing is replaced.
 pub async fn apply(
     client: &Client,
     namespace: &str,
@@ -201,16 +219,46 @@ pub async fn apply(
     match object {
         Object::Secret(o) => {
             let mut o = o.clone();
-            o.metadata.resource_version = known
-                .as_ref()
-                .and_then(|live| live.as_ref()?["metadata"]["resourceVersion"].as_str())
-                .map(str::to_string);
-            apply_typed(
-                Api::<Secret>::namespaced(client.clone(), namespace),
-                &o,
-                known,
-            )
-            .await
+            o.metadata.resource_version = match &known {
+                Some(Some(live)) => live["metadata"]["resourceVersion"]
+                    .as_str()
+                    .map(str::to_string),
+                Some(None) => Some(CREATE_ONLY.to_string()),
+                None => None,
+            };
+            let create_only = matches!(known, Some(None));
+            let api = Api::<Secret>::namespaced(client.clone(), namespace);
+            match apply_typed(api.clone(), &o, known).await {
+                // Believed absent, but there: a Secret the caches do not
+                // hold (not labelled as ours, so never watched) is looked
+                // at once, and refused if it is someone else's. One of
+                // ours stays a conflict (retried once the cache has it);
+                // if its labels were taken off, the cache never would, so
+                // they are put back first.
+                Err(e) if create_only && is_conflict(&e) => {
+                    let name = o.metadata.name.as_deref().unwrap_or_default();
+                    match api.get_opt(name).await? {
+                        Some(live)
+                            if controller_of(&live.metadata) != controller_of(&o.metadata) =>
+                        {
+                            Ok(Applied::NotOwned)
+                        }
+                        Some(live)
+                            if o.metadata.labels.iter().flatten().any(|(k, v)| {
+                                live.metadata.labels.as_ref().and_then(|l| l.get(k)) != Some(v)
+                            }) =>
+                        {
+                            let labels =
+                                serde_json::json!({"metadata": {"labels": o.metadata.labels}});
+                            api.patch(name, &PatchParams::default(), &Patch::Merge(&labels))
+                                .await?;
+                            Err(e)
+                        }
+                        _ => Err(e),
+                    }
+                }
+                other => other,
+            }
         }
         Object::ConfigMap(o) => {
             apply_typed(
@@ -322,6 +370,16 @@ fn list_mark(pbx: &WebRtcPbx) -> ListMark {
     (pbx.metadata.uid.clone(), pbx.metadata.generation)
 }
 
+/// True for a PBX no reconcile has written a status for, at its first
+/// generation: whatever Certificate or PodMonitor it has was applied for
+/// this same spec (by an operator stopped before its status write), so
+/// there is nothing to prune and no LIST is sent. Saves two requests per
+/// new PBX. Not after a spec change: an earlier spec may have wanted what
+/// this one does not.
+fn is_unreconciled(pbx: &WebRtcPbx) -> bool {
+    pbx.status.is_none() && pbx.metadata.generation == Some(1)
+}
+
 /// PBX `pbx`'s children of the kinds that are not watched (Certificates,
 /// PodMonitors), listed once per PBX generation in this process: `None`
 /// when this process has listed them for this generation already. Sent
@@ -334,6 +392,9 @@ pub(super) async fn unwatched_once(
     let key = kube::runtime::reflector::ObjectRef::from_obj(pbx);
     if run.ctx.listed_at(&key) == Some(list_mark(pbx)) {
         return Ok(None);
+    }
+    if is_unreconciled(pbx) {
+        return Ok(Some(Vec::new()));
     }
     let uid = pbx.metadata.uid.clone().unwrap_or_default();
     list_unwatched(&run.ctx.client, ns, &pbx.name_any(), &uid)
@@ -558,6 +619,28 @@ mod tests {
         let mut edited = desired.clone();
         edited["data"]["http.conf"] = json!("[b]\nbindport=1\n");
         assert!(!contains(&live, &digested(edited)));
+    }
+
+    #[test]
+    fn only_a_first_generation_never_given_a_status_skips_the_unwatched_list() {
+        let pbx = |generation: i64, status: bool| {
+            let mut p: WebRtcPbx = serde_json::from_value(json!({
+                "apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
+                "metadata": {"name": "a", "namespace": "voice", "generation": generation},
+                "spec": {"domain": "pbx.example.com"}
+            }))
+            .unwrap();
+            if status {
+                p.status = Some(Default::default());
+            }
+            p
+        };
+        assert!(is_unreconciled(&pbx(1, false)));
+        assert!(!is_unreconciled(&pbx(1, true)), "reconciled before");
+        assert!(
+            !is_unreconciled(&pbx(2, false)),
+            "an earlier spec may have wanted other children"
+        );
     }
 
     #[test]

@@ -119,24 +119,28 @@ pub(super) async fn dereference(
         validate::tls_secret_name(&name, spec),
         names::ca_secret_name(&name),
     ];
-    // From the cache when it has them; a miss is confirmed by the apiserver.
-    let own = |name: &String| {
-        let cached = stores
-            .and_then(|s| s.secrets.get(&ObjectRef::new(name).within(ns)))
-            .filter(|s| !cache::is_stripped(&s.metadata));
+    // From the cache when it has them. A miss of a Secret the operator
+    // generates is taken as absent without a GET: apply writes it
+    // create-only (`apply::CREATE_ONLY`), so a copy the cache has not seen
+    // yet is refused, never replaced. Any other miss (the TLS Secret of
+    // cert-manager or of the user) is confirmed by the apiserver.
+    let self_signed = spec.tls.mode == TlsMode::SelfSigned;
+    let own = |name: &String, generated: bool| {
+        let cached = stores.map(|s| s.secrets.get(&ObjectRef::new(name).within(ns)));
         let secrets = secrets.clone();
         let name = name.clone();
         async move {
             match cached {
-                Some(s) => Ok(Some((*s).clone())),
-                None => secrets.get_opt(&name).await,
+                Some(Some(s)) if !cache::is_stripped(&s.metadata) => Ok(Some((*s).clone())),
+                Some(None) if generated => Ok(None),
+                _ => secrets.get_opt(&name).await,
             }
         }
     };
     let (own_secret, tls_secret, ca_secret) = futures::try_join!(
-        own(&secret_names[0]),
-        own(&secret_names[1]),
-        own(&secret_names[2])
+        own(&secret_names[0], true),
+        own(&secret_names[1], self_signed),
+        own(&secret_names[2], self_signed)
     )?;
     Ok(Fetched {
         referenced: Referenced::from_objects(found, cms),

@@ -181,6 +181,11 @@ pub async fn run(
     let owned = watcher::Config::default()
         .labels(&names::managed_selector())
         .page_size(LIST_PAGE);
+    // Secrets and ConfigMaps hold up to about 1 MiB each, and a tenant can
+    // label any number of them: pages of 100 could take 100 MiB as text and
+    // as much again as objects at every (re)list, past the pod's memory
+    // limit. Pages of 10 bound that to a few tens of MiB.
+    let owned_content = owned.clone().page_size(CONTENT_PAGE);
     // Only spec (generation), label and annotation changes of a PBX trigger
     // a reconcile: not status updates, most of them the operator's own.
     let (pbx_store, pbx_writer) = reflector::store::<WebRtcPbx>();
@@ -254,14 +259,14 @@ pub async fn run(
         .owns_stream(owned_stream(
             &client,
             ns,
-            &owned,
+            &owned_content,
             secrets_writer,
             cache::secret,
         ))
         .owns_stream(owned_stream(
             &client,
             ns,
-            &owned,
+            &owned_content,
             config_maps_writer,
             cache::config_map,
         ))
@@ -365,6 +370,10 @@ pub(super) fn pbxes_using(
 
 /// Objects per LIST page of the watches.
 pub(super) const LIST_PAGE: u32 = 100;
+
+/// Objects per LIST page of the watches of objects with content (Secrets,
+/// ConfigMaps), which may be 1 MiB each.
+pub(super) const CONTENT_PAGE: u32 = 10;
 
 /// Reconciles running at once.
 pub(super) const RECONCILE_CONCURRENCY: u16 = 16;

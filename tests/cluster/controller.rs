@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 use webrtc_pbx_operator::api::WebRtcPbx;
 use webrtc_pbx_operator::certs;
 use webrtc_pbx_operator::controller::{self, Context};
+use webrtc_pbx_operator::names;
 
 fn canonical_spec() -> serde_json::Value {
     let text =
@@ -918,4 +919,64 @@ async fn a_secret_derived_from_a_stale_copy_is_refused() {
     let error = third.expect_err("a write from a stale copy must be refused");
     assert!(apply::is_conflict(&error), "{error}");
     assert_eq!(live().await.1, "two");
+    // One that believed it absent (a cache behind its create) is refused
+    // too: the first write above was the same create-only apply.
+    let fourth = apply::apply(&operator, &ns, &secret("four"), Some(None)).await;
+    let error = fourth.expect_err("a create-only write over an existing Secret must be refused");
+    assert!(apply::is_conflict(&error), "{error}");
+    assert_eq!(live().await.1, "two");
+}
+
+/// The operator's own Secret with its labels taken off leaves the watch
+/// cache, so a reconcile believes it absent: its create-only write is
+/// refused, the labels are put back, and the passwords stay what they were.
+#[tokio::test]
+async fn an_own_secret_stripped_of_its_labels_is_relabelled_not_regenerated() {
+    let r = start("ctl-unlabelled").await;
+    r.create(Pbx::new("bare", json!({"domain": "pbx.bare.test"})).off_host())
+        .await;
+    wait_condition(&r, "bare", "ConfigRendered", "True", Some("Rendered")).await;
+    let before = passwords(&r, "bare").await;
+    assert!(!before.is_empty(), "no generated passwords");
+    let secrets = Api::<Secret>::namespaced(r.client.clone(), &r.ns);
+    let labels: serde_json::Map<String, serde_json::Value> = names::labels("bare")
+        .into_keys()
+        .map(|k| (k, serde_json::Value::Null))
+        .collect();
+    secrets
+        .patch(
+            "bare-asterisk",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": labels}})),
+        )
+        .await
+        .unwrap();
+    harness::wait_until(Duration::from_secs(30), "the labels put back", || async {
+        let s = secrets.get("bare-asterisk").await.ok()?;
+        let l = s.metadata.labels?;
+        names::labels("bare")
+            .iter()
+            .all(|(k, v)| l.get(k) == Some(v))
+            .then_some(())
+    })
+    .await;
+    // Reconciles after it (a spec edit) keep the same passwords.
+    Api::<WebRtcPbx>::namespaced(r.client.clone(), &r.ns)
+        .patch(
+            "bare",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"sip": {"keepAliveInterval": "45s"}}})),
+        )
+        .await
+        .unwrap();
+    harness::wait_until(Duration::from_secs(30), "generation 2 rendered", || async {
+        let p = Api::<WebRtcPbx>::namespaced(r.client.clone(), &r.ns)
+            .get("bare")
+            .await
+            .ok()?;
+        (p.status?.observed_generation == Some(2)).then_some(())
+    })
+    .await;
+    assert_eq!(passwords(&r, "bare").await, before, "passwords regenerated");
+    r.stop().await;
 }

@@ -617,10 +617,19 @@ async fn secrets_are_read_as_hostile_input_and_never_logged() {
 
 /// The resident memory of process `pid`, KiB.
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The highest resident memory process `pid` has had, KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap()
@@ -670,14 +679,29 @@ async fn labelled_junk_in_a_tenants_namespace_does_not_grow_the_operator() {
     // Settled: the caches hold their lists, nothing is in flight.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (junk, clean) = (rss_kib(junk_op.id()), rss_kib(clean_op.id()));
+    let (junk_peak, clean_peak) = (peak_rss_kib(junk_op.id()), peak_rss_kib(clean_op.id()));
+    let mib = |kib: u64| kib as f64 / 1024.0;
     eprintln!(
-        "operator RSS with 200 x 1 MiB labelled ConfigMaps: {:.1} MiB; without: {:.1} MiB; difference {:.1} MiB",
-        junk as f64 / 1024.0,
-        clean as f64 / 1024.0,
-        (junk as f64 - clean as f64) / 1024.0
+        "operator RSS with 200 x 1 MiB labelled ConfigMaps: {:.1} MiB (peak {:.1}); without: {:.1} MiB (peak {:.1})",
+        mib(junk),
+        mib(junk_peak),
+        mib(clean),
+        mib(clean_peak)
     );
+    // While listing: pages of 10 such objects held as text and as objects
+    // (46-56 MiB peak measured; pages of 100 took 231-239 MiB, at the
+    // chart's 256Mi limit with 200 of them).
     assert!(
-        junk < clean + 10 * 1024,
+        junk_peak < clean_peak + 48 * 1024,
+        "listing the junk took the operator {} KiB higher",
+        junk_peak.saturating_sub(clean_peak)
+    );
+    // After: what glibc keeps of that peak varies from run to run (0.8 to
+    // 15.4 MiB measured; 1.2 to 10.4 with pages of 100, where the old 10 MiB
+    // bound failed too); the junk itself is cut to its identity in the
+    // cache, so what is kept does not grow with the junk.
+    assert!(
+        junk < clean + 24 * 1024,
         "the junk made the operator hold {} KiB more",
         junk.saturating_sub(clean)
     );
