@@ -1580,7 +1580,7 @@ async fn node_worker() {
     row(
         &mut rows,
         &format!(
-            "node: a bare pod of the same image and pod spec (render's, its ConfigMap and Secrets applied first), create -> first answered REGISTER (median of {NODE_RUNS}; attempts every 50 ms, {} ms each)",
+            "node: a bare pod of the same image and pod spec (render's, its ConfigMap, Secrets and WSS Service applied first), create -> first answered REGISTER at the node's address (median of {NODE_RUNS}; attempts every 50 ms, {} ms each)",
             NODE_ATTEMPT.as_millis()
         ),
         format!("{f:.2} s"),
