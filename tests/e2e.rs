@@ -866,40 +866,58 @@ async fn a_real_prometheus_scrapes_the_operator_and_asterisk_and_every_panel_and
     // A few more probe runs on the dashboard's picture before the fault.
     tokio::time::sleep(Duration::from_secs(20)).await;
 
-    // Asterisk stopped (killed each time the kubelet restarts it): the
-    // not-Ready and probe-failing expressions fire, the direct scrape is down.
+    // Asterisk stopped, and kept stopped (killed again each time the
+    // kubelet restarts it) until both expressions have been seen: the
+    // kubelet's first restart comes within seconds, and a single kill left
+    // a not-Ready window that could close between two scrapes (CI saw
+    // NotReady never fire).
+    let kill = || async {
+        if let Some((id, _)) = g.asterisk_container().await {
+            // It may be gone already: a failed kill is no failure.
+            let _ = g
+                .node
+                .ctr()
+                .args(["task", "kill", "-s", "SIGKILL", &id])
+                .output();
+        }
+    };
     let (_, stopped) = g
         .until(Duration::from_secs(60), "Ready=False", || async {
-            if let Some((id, _)) = g.asterisk_container().await {
-                let _ = g
-                    .node
-                    .ctr()
-                    .args(["task", "kill", "-s", "SIGKILL", &id])
-                    .output();
-            }
+            kill().await;
             let (s, _, _) = g.condition("Ready").await?;
             (s == "False").then_some(())
         })
         .await;
-    let not_ready = rule("WebRtcPbxNotReady");
-    prometheus.wait_for(
-        &format!("({not_ready}) and on (namespace, name) webrtc_pbx_condition{{{ours}}}"),
-        Duration::from_secs(30),
-    );
     // The probe's verdict follows at its next run.
-    let failing = rule("WebRtcPbxProbeFailing");
-    prometheus.wait_for(
-        &format!("({failing}) and on (namespace, name) webrtc_pbx_condition{{{ours}}}"),
-        Duration::from_secs(30),
-    );
-    let conditions = prometheus.query(&expr_of("Conditions not True"));
-    assert!(mine(&conditions) > 0, "conditions not True while stopped");
-    let scrape_down = prometheus.query(&format!("up{{job=\"asterisk\", {ours}}} == 0"));
+    let firing = [rule("WebRtcPbxNotReady"), rule("WebRtcPbxProbeFailing")]
+        .map(|r| format!("({r}) and on (namespace, name) webrtc_pbx_condition{{{ours}}}"));
+    let not_true = expr_of("Conditions not True");
+    let down = format!("up{{job=\"asterisk\", {ours}}} == 0");
+    let (mut seen, mut conditions, mut scrape_down) = ([false; 2], Vec::new(), false);
+    let waited = Instant::now();
+    while seen.contains(&false) || mine(&conditions) == 0 {
+        kill().await;
+        for (expr, seen) in firing.iter().zip(seen.iter_mut()) {
+            *seen |= !prometheus.query(expr).is_empty();
+        }
+        let now_not_true = prometheus.query(&not_true);
+        if mine(&now_not_true) > 0 {
+            conditions = now_not_true;
+        }
+        scrape_down |= !prometheus.query(&down).is_empty();
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "with Asterisk kept down, not every expression fired within 60 s ({firing:?}: {seen:?}, conditions not True: {conditions:?}); targets: {}\n{}",
+            prometheus.targets(),
+            g.diagnostics()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     tokio::time::sleep(Duration::from_secs(6)).await;
     eprintln!(
-        "Asterisk stopped -> Ready=False {:.1} s, NotReady and ProbeFailing expressions fire, direct scrape down at that moment: {}; conditions not True: {}",
+        "Asterisk stopped -> Ready=False {:.1} s, NotReady and ProbeFailing expressions fire, direct scrape seen down: {}; conditions not True: {}",
         stopped.as_secs_f64(),
-        !scrape_down.is_empty(),
+        scrape_down,
         conditions
             .iter()
             .map(|c| c["metric"]["type"].to_string())

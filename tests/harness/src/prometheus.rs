@@ -112,6 +112,11 @@ impl Prometheus {
         data["result"].as_array().cloned().unwrap_or_default()
     }
 
+    /// What Prometheus says of its scrape targets, for failure messages.
+    pub fn targets(&self) -> Value {
+        self.api("/api/v1/targets", &[])
+    }
+
     /// Polls `expr` until it has a sample, or fails after `timeout`.
     pub fn wait_for(&self, expr: &str, timeout: Duration) -> Vec<Value> {
         let started = std::time::Instant::now();
@@ -123,7 +128,7 @@ impl Prometheus {
             assert!(
                 started.elapsed() < timeout,
                 "{expr} had no data within {timeout:?}; targets: {}",
-                self.api("/api/v1/targets", &[])
+                self.targets()
             );
             std::thread::sleep(Duration::from_millis(500));
         }
