@@ -84,6 +84,18 @@ impl Ground {
         Some((id, c.restart_count))
     }
 
+    /// Kills the asterisk container's task (it may be gone already: a
+    /// failed kill is no failure); the kubelet restarts it.
+    async fn kill_asterisk(&self) {
+        if let Some((id, _)) = self.asterisk_container().await {
+            let _ = self
+                .node
+                .ctr()
+                .args(["task", "kill", "-s", "SIGKILL", &id])
+                .output();
+        }
+    }
+
     /// Waits until `type_` has `status` and, if given, `reason`; returns the
     /// time it took.
     async fn wait(
@@ -338,13 +350,7 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     let (_, restarts_before) = g.asterisk_container().await.unwrap();
     let (reason, flip) = g
         .until(Duration::from_secs(60), "WssReachable=False", || async {
-            if let Some((id, _)) = g.asterisk_container().await {
-                // It may be gone already: a failed kill is no failure.
-                let _ = node
-                    .ctr()
-                    .args(["task", "kill", "-s", "SIGKILL", &id])
-                    .output();
-            }
+            g.kill_asterisk().await;
             let (s, r, _) = g.condition("WssReachable").await?;
             (s == "False").then_some(r)
         })
@@ -871,19 +877,9 @@ async fn a_real_prometheus_scrapes_the_operator_and_asterisk_and_every_panel_and
     // kubelet's first restart comes within seconds, and a single kill left
     // a not-Ready window that could close between two scrapes (CI saw
     // NotReady never fire).
-    let kill = || async {
-        if let Some((id, _)) = g.asterisk_container().await {
-            // It may be gone already: a failed kill is no failure.
-            let _ = g
-                .node
-                .ctr()
-                .args(["task", "kill", "-s", "SIGKILL", &id])
-                .output();
-        }
-    };
     let (_, stopped) = g
         .until(Duration::from_secs(60), "Ready=False", || async {
-            kill().await;
+            g.kill_asterisk().await;
             let (s, _, _) = g.condition("Ready").await?;
             (s == "False").then_some(())
         })
@@ -896,7 +892,7 @@ async fn a_real_prometheus_scrapes_the_operator_and_asterisk_and_every_panel_and
     let (mut seen, mut conditions, mut scrape_down) = ([false; 2], Vec::new(), false);
     let waited = Instant::now();
     while seen.contains(&false) || mine(&conditions) == 0 {
-        kill().await;
+        g.kill_asterisk().await;
         for (expr, seen) in firing.iter().zip(seen.iter_mut()) {
             *seen |= !prometheus.query(expr).is_empty();
         }
