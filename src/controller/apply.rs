@@ -161,40 +161,102 @@ async fn apply_typed<K>(api: Api<K>, object: &K, known: Known) -> Result<Applied
 where
     K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
+    Ok(apply_read(api, object, known).await?.0)
+}
+
+/// [`apply_typed`], with the object as the apiserver showed it when it was
+/// read (no `known`) or written: the answer of the GET or of the apply.
+async fn apply_read<K>(
+    api: Api<K>,
+    object: &K,
+    known: Known,
+) -> Result<(Applied, Option<Value>), kube::Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let to_json = |o: &K| serde_json::to_value(o).map_err(kube::Error::SerdeError);
     let name = object.meta().name.clone().unwrap_or_default();
-    let desired = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
+    let desired = to_json(object)?;
     let desired = if is_digested(&known) {
         digested(desired)
     } else {
         desired
     };
-    let live = match known {
-        Some(live) => live,
+    let (live, read) = match known {
+        Some(live) => (live, false),
         None => match api.get_opt(&name).await? {
-            Some(live) => Some(serde_json::to_value(&live).map_err(kube::Error::SerdeError)?),
-            None => None,
+            Some(live) => (Some(to_json(&live)?), true),
+            None => (None, true),
         },
     };
     if let (Some(live), Some(owner)) = (&live, controller_uid(&desired))
         && controller_uid(live) != Some(owner)
     {
-        return Ok(Applied::NotOwned);
+        return Ok((Applied::NotOwned, None));
     }
     match &live {
-        Some(live) if contains(live, &desired) => return Ok(Applied::Unchanged),
+        Some(live) if contains(live, &desired) => {
+            return Ok((Applied::Unchanged, read.then(|| live.clone())));
+        }
         Some(live) => {
             let secret = desired["kind"] == "Secret";
             tracing::debug!(object = %name, at = ?difference_logged(live, &desired, secret), "drifted")
         }
         None => {}
     }
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await?;
-    Ok(Applied::Written)
+    let written = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await?;
+    Ok((Applied::Written, Some(to_json(&written)?)))
+}
+
+/// Applies a StatefulSet. Its cached copy holds a digest of its spec
+/// ([`cache::SPEC_DIGEST`]): when `memo` has seen that live spec hold this
+/// desired one, only the rest is compared; otherwise the spec is read. What
+/// was read or written is remembered when it holds the desired spec.
+async fn apply_stateful_set(
+    api: Api<StatefulSet>,
+    object: &StatefulSet,
+    known: Known,
+    memo: &cache::SpecMemo,
+) -> Result<Applied, kube::Error> {
+    let (ns, name) = (
+        api.namespace().unwrap_or_default().to_string(),
+        object.name_any(),
+    );
+    let desired = serde_json::to_value(&object.spec).map_err(kube::Error::SerdeError)?;
+    let desired_digest = cache::spec_digest(&desired);
+    let known = match known {
+        Some(Some(mut live)) => {
+            let live_digest = live["metadata"]["annotations"][cache::SPEC_DIGEST].as_str();
+            match live_digest {
+                Some(l) if memo.holds(&ns, &name, &desired_digest, l) => {
+                    live["spec"] = desired.clone();
+                    Some(Some(live))
+                }
+                // Cut by the cache, and not known to hold it: read it.
+                Some(_) => None,
+                None => Some(Some(live)),
+            }
+        }
+        other => other,
+    };
+    let (applied, seen) = apply_read(api, object, known).await?;
+    if let Some(seen) = seen
+        && contains(&seen["spec"], &desired)
+    {
+        memo.record(
+            &ns,
+            &name,
+            desired_digest,
+            cache::spec_digest(&seen["spec"]),
+        );
+    }
+    Ok(applied)
 }
 
 /// The resourceVersion a Secret believed absent is applied with. On create
@@ -215,6 +277,7 @@ pub async fn apply(
     namespace: &str,
     object: &Object,
     known: Known,
+    memo: Option<&cache::SpecMemo>,
 ) -> Result<Applied, kube::Error> {
     match object {
         Object::Secret(o) => {
@@ -277,12 +340,11 @@ pub async fn apply(
             .await
         }
         Object::StatefulSet(o) => {
-            apply_typed(
-                Api::<StatefulSet>::namespaced(client.clone(), namespace),
-                o,
-                known,
-            )
-            .await
+            let api = Api::<StatefulSet>::namespaced(client.clone(), namespace);
+            match memo {
+                Some(memo) => apply_stateful_set(api, o, known, memo).await,
+                None => apply_typed(api, o, known).await,
+            }
         }
         Object::Certificate(o) | Object::PodMonitor(o) => {
             let api = Api::<DynamicObject>::namespaced_with(
@@ -318,6 +380,7 @@ pub(super) async fn apply_stages(
     ns: &str,
     desired: &[Object],
     fetched: &Fetched,
+    memo: &cache::SpecMemo,
 ) -> Result<Stages, kube::Error> {
     let mut written = Vec::new();
     let mut refused = Vec::new();
@@ -328,7 +391,7 @@ pub(super) async fn apply_stages(
         let sent = stage.into_iter().map(|object| async move {
             (
                 object,
-                apply(client, ns, object, fetched.known(object)).await,
+                apply(client, ns, object, fetched.known(object), Some(memo)).await,
             )
         });
         for (object, result) in futures::future::join_all(sent).await {

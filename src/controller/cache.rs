@@ -7,8 +7,13 @@
 //! [`STRIPPED`] so a reader that needs content asks the apiserver instead.
 //! A PBX's own ConfigMap is only ever compared with what the operator would
 //! write, so its cached copy holds a digest of each file ([`DIGESTED`]).
+//! A PBX's own StatefulSet keeps its status and replica count; its spec
+//! (the pod template, most of a cached PBX) is held as a digest
+//! ([`SPEC_DIGEST`]), and [`SpecMemo`] remembers which live spec was seen
+//! to hold which desired one, so apply reads the spec only when either
+//! changed.
 
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::Resource;
 use kube::core::ObjectMeta;
@@ -34,6 +39,60 @@ pub fn is_stripped(meta: &ObjectMeta) -> bool {
     meta.annotations
         .as_ref()
         .is_some_and(|a| a.contains_key(STRIPPED))
+}
+
+/// Annotation set (in memory only) on a cached StatefulSet whose spec was
+/// cut to its replica count: the [`spec_digest`] of the spec it had.
+pub const SPEC_DIGEST: &str = "webrtc-pbx-operator.internal/spec-digest";
+
+/// The digest of a StatefulSet's spec as JSON (the same for a cached copy,
+/// a GET and an apply's answer: each is the typed object's JSON).
+pub fn spec_digest(spec: &serde_json::Value) -> String {
+    digest(&spec.to_string())
+}
+
+/// Which live StatefulSet spec was seen to hold which desired one, per
+/// StatefulSet: (desired digest, live digest). Both are digests of whole
+/// specs, so an entry stays true whatever happens later; a change on
+/// either side only makes it miss, and apply reads the spec again.
+#[derive(Default)]
+pub struct SpecMemo(
+    std::sync::Mutex<std::collections::HashMap<(String, String), (String, String)>>,
+);
+
+impl SpecMemo {
+    /// True when the live spec `live` was seen to hold `desired`.
+    pub fn holds(&self, ns: &str, name: &str, desired: &str, live: &str) -> bool {
+        self.0.lock().is_ok_and(|m| {
+            m.get(&(ns.to_string(), name.to_string()))
+                .is_some_and(|(d, l)| d == desired && l == live)
+        })
+    }
+
+    /// Remembers that the live spec `live` holds `desired` (one entry per
+    /// StatefulSet: the last seen).
+    pub fn record(&self, ns: &str, name: &str, desired: String, live: String) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert((ns.to_string(), name.to_string()), (desired, live));
+        }
+    }
+
+    /// Forgets a deleted PBX's StatefulSet.
+    pub fn forget(&self, ns: &str, name: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&(ns.to_string(), name.to_string()));
+        }
+    }
+
+    /// How many StatefulSets it remembers.
+    pub fn len(&self) -> usize {
+        self.0.lock().map_or(0, |m| m.len())
+    }
+
+    /// True when it remembers none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The name of the controller owner of kind `kind` (`WebRtcPbx` in our
@@ -118,13 +177,28 @@ pub fn service(s: &mut Service) {
     }
 }
 
-/// Keeps a StatefulSet whole only when it is a PBX's own, by name.
+/// Keeps a StatefulSet only when it is a PBX's own, by name: its
+/// metadata, status and replica count, and its spec's [`SPEC_DIGEST`]
+/// (the pod template alone is about 22 kB a PBX as typed objects).
 pub fn stateful_set(s: &mut StatefulSet) {
     if !named_child(&s.metadata, |p| vec![p.to_string()]) {
         identity_only(&mut s.metadata);
         s.spec = None;
         s.status = None;
+        return;
     }
+    let Some(spec) = s.spec.as_mut() else { return };
+    let Ok(json) = serde_json::to_value(&*spec) else {
+        return;
+    };
+    *spec = StatefulSetSpec {
+        replicas: spec.replicas,
+        ..StatefulSetSpec::default()
+    };
+    s.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(SPEC_DIGEST.into(), spec_digest(&json));
 }
 
 /// A pod keeps its status (scheduling verdicts, addresses) only when it is
@@ -237,5 +311,72 @@ mod tests {
         };
         pod(&mut other);
         assert!(other.status.is_none() && is_stripped(&other.metadata));
+    }
+
+    #[test]
+    fn a_pbxs_stateful_set_keeps_its_status_and_replicas_and_a_digest_of_its_spec() {
+        use k8s_openapi::api::apps::v1::StatefulSetStatus;
+        let spec = StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some("a".into()),
+            template: k8s_openapi::api::core::v1::PodTemplateSpec {
+                metadata: Some(meta("a-0", "a", None)),
+                spec: None,
+            },
+            ..StatefulSetSpec::default()
+        };
+        let status = StatefulSetStatus {
+            ready_replicas: Some(1),
+            update_revision: Some("a-1".into()),
+            ..StatefulSetStatus::default()
+        };
+        let of = |owner| StatefulSet {
+            metadata: meta("a", "a", owner),
+            spec: Some(spec.clone()),
+            status: Some(status.clone()),
+        };
+        let mut ours = of(Some(("WebRtcPbx", "a")));
+        stateful_set(&mut ours);
+        assert!(!is_stripped(&ours.metadata));
+        assert_eq!(ours.status, Some(status.clone()));
+        assert_eq!(
+            ours.spec,
+            Some(StatefulSetSpec {
+                replicas: Some(1),
+                ..StatefulSetSpec::default()
+            })
+        );
+        let annotations = ours.metadata.annotations.unwrap();
+        assert_eq!(
+            annotations[SPEC_DIGEST],
+            spec_digest(&serde_json::to_value(&spec).unwrap())
+        );
+        // Another's spec gives another digest.
+        let mut edited = spec.clone();
+        edited.service_name = Some("b".into());
+        assert_ne!(
+            annotations[SPEC_DIGEST],
+            spec_digest(&serde_json::to_value(&edited).unwrap())
+        );
+        let mut other = of(Some(("Deployment", "a")));
+        stateful_set(&mut other);
+        assert!(other.spec.is_none() && other.status.is_none() && is_stripped(&other.metadata));
+    }
+
+    #[test]
+    fn the_spec_memo_holds_only_the_pair_it_saw() {
+        let memo = SpecMemo::default();
+        assert!(!memo.holds("ns", "a", "d1", "l1"));
+        memo.record("ns", "a", "d1".into(), "l1".into());
+        assert!(memo.holds("ns", "a", "d1", "l1"));
+        // A new desired spec, an edited live one, another PBX: read again.
+        assert!(!memo.holds("ns", "a", "d2", "l1"));
+        assert!(!memo.holds("ns", "a", "d1", "l2"));
+        assert!(!memo.holds("other", "a", "d1", "l1"));
+        memo.record("ns", "a", "d2".into(), "l2".into());
+        assert!(!memo.holds("ns", "a", "d1", "l1") && memo.holds("ns", "a", "d2", "l2"));
+        assert_eq!(memo.len(), 1);
+        memo.forget("ns", "a");
+        assert!(memo.is_empty());
     }
 }

@@ -127,6 +127,9 @@ pub struct Context {
     /// Write a PodMonitor per PBX (prometheus-operator scrapes its
     /// Asterisk), with these extra labels (what a Prometheus selects on).
     pub pod_monitors: Option<std::collections::BTreeMap<String, String>>,
+    /// Which live StatefulSet specs hold which desired ones: the cache
+    /// keeps only their digests.
+    pub spec_memo: cache::SpecMemo,
 }
 
 /// A PBX's uid and generation, as last listed.
@@ -166,6 +169,7 @@ impl Context {
             flap_threshold: status::DEFAULT_FLAP_THRESHOLD,
             policy: crate::policy::Policy::default(),
             pod_monitors: None,
+            spec_memo: cache::SpecMemo::default(),
         }
     }
 
@@ -199,6 +203,8 @@ impl Context {
         if let Ok(mut l) = self.listed.lock() {
             l.remove(&key);
         }
+        self.spec_memo
+            .forget(pbx.namespace().as_deref().unwrap_or(""), &pbx.name_any());
         self.metrics.forget_pbx(
             pbx.namespace().as_deref().unwrap_or(""),
             &pbx.name_any(),
@@ -379,7 +385,7 @@ async fn build_and_apply(
     // The unwatched kinds are listed beside the applies: a new PBX waits
     // for one round trip less.
     let (applied, unwatched) = futures::join!(
-        apply::apply_stages(&ctx.client, ns, &desired, fetched),
+        apply::apply_stages(&ctx.client, ns, &desired, fetched, &ctx.spec_memo),
         apply::unwatched_once(run, pbx, ns)
     );
     let (written, refused) = match applied {

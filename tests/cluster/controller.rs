@@ -903,25 +903,31 @@ async fn a_secret_derived_from_a_stale_copy_is_refused() {
         )
     };
 
-    let first = apply::apply(&operator, &ns, &secret("one"), Some(None))
+    let first = apply::apply(&operator, &ns, &secret("one"), Some(None), None)
         .await
         .unwrap();
     assert_eq!(first, Applied::Written);
     let (stale, _) = live().await;
     // A reconcile that read the current version writes.
-    let second = apply::apply(&operator, &ns, &secret("two"), Some(Some(stale.clone())))
-        .await
-        .unwrap();
+    let second = apply::apply(
+        &operator,
+        &ns,
+        &secret("two"),
+        Some(Some(stale.clone())),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(second, Applied::Written);
     assert_eq!(live().await.1, "two");
     // One still holding the old copy is refused, and "two" stays.
-    let third = apply::apply(&operator, &ns, &secret("three"), Some(Some(stale))).await;
+    let third = apply::apply(&operator, &ns, &secret("three"), Some(Some(stale)), None).await;
     let error = third.expect_err("a write from a stale copy must be refused");
     assert!(apply::is_conflict(&error), "{error}");
     assert_eq!(live().await.1, "two");
     // One that believed it absent (a cache behind its create) is refused
     // too: the first write above was the same create-only apply.
-    let fourth = apply::apply(&operator, &ns, &secret("four"), Some(None)).await;
+    let fourth = apply::apply(&operator, &ns, &secret("four"), Some(None), None).await;
     let error = fourth.expect_err("a create-only write over an existing Secret must be refused");
     assert!(apply::is_conflict(&error), "{error}");
     assert_eq!(live().await.1, "two");
