@@ -280,14 +280,20 @@ pub async fn run(
         .owns_stream(owned_stream(
             &client,
             ns,
-            &owned,
+            &owned_content,
             stateful_sets_writer,
             cache::stateful_set,
         ))
         // Pods are owned by the StatefulSet, so they trigger nothing; the
         // watch keeps the cache the scheduler verdicts are read from (only
         // labels and status are kept).
-        .owns_stream(owned_stream(&client, ns, &owned, pods_writer, cache::pod))
+        .owns_stream(owned_stream(
+            &client,
+            ns,
+            &owned_content,
+            pods_writer,
+            cache::pod,
+        ))
         .watches_stream(
             watcher(
                 scoped::<PartialObjectMeta<Secret>>(&client, ns),
@@ -372,7 +378,10 @@ pub(super) fn pbxes_using(
 pub(super) const LIST_PAGE: u32 = 100;
 
 /// Objects per LIST page of the watches of objects with content (Secrets,
-/// ConfigMaps), which may be 1 MiB each.
+/// ConfigMaps), which may be 1 MiB each, and of StatefulSets and pods: a
+/// page is held whole as typed objects (a pod template is about 22 kB)
+/// before the cache cuts each down, which at a restart's LIST of 500 PBXs
+/// was the operator's peak.
 pub(super) const CONTENT_PAGE: u32 = 10;
 
 /// Reconciles running at once.

@@ -449,7 +449,7 @@ async fn media_loop(
                     Event::Connected => {
                         media.dtls_connected = Some(Instant::now());
                         media_end = Some(Instant::now() + opts.duration);
-                        next_frame = Instant::now();
+                        next_frame = on_frame_grid(Instant::now());
                     }
                     Event::MediaData(data) => media.on_packet(&data.data, Instant::now(), epoch),
                     _ => {}
@@ -497,7 +497,17 @@ async fn media_loop(
                 next_frame += FRAME;
                 continue;
             }
-            deadline = deadline.min(next_frame);
+            // During the call str0m's future timers (feedback, NACK and
+            // pause checks, RTCP reports, ICE consent) are served at the
+            // next wake the call has anyway, the frame clock's every 20 ms
+            // or an echo's arrival, not by wakes of their own: each wake
+            // of a thread costs more than the work it does. What str0m
+            // wants now (packetizing a frame) is served at once.
+            deadline = if wait_until > now {
+                check_at.min(next_frame)
+            } else {
+                deadline.min(next_frame)
+            };
         }
         let ws_due = now >= next_ws;
         if !ws_due {
@@ -527,18 +537,34 @@ async fn media_loop(
                     }),
                 }
             }
-            () = sleep => {
-                // str0m's timeout handling is its costliest step: only
-                // when str0m asked for it, not for our own frame clock.
-                let now = Instant::now();
-                if now >= wait_until {
-                    let _ = rtc.handle_input(Input::Timeout(now));
-                }
-            }
+            () = sleep => {}
+        }
+        // str0m's timeout handling is its costliest step: only once what
+        // str0m asked for is due, not at every wake of our own frame clock.
+        let now = Instant::now();
+        if now >= wait_until {
+            let _ = rtc.handle_input(Input::Timeout(now));
         }
         if ws_due {
             next_ws = now + WS_POLL;
         }
+    }
+}
+
+/// The first frame time at or after `now` on one 20 ms grid shared by every
+/// call of the process: concurrent calls send their frames in the same
+/// wake of the runtime (one timer expiry serving them all), not each in a
+/// wake of its own.
+fn on_frame_grid(now: Instant) -> Instant {
+    static GRID: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *GRID.get_or_init(|| now);
+    let frame = FRAME.as_nanos();
+    let into = now.saturating_duration_since(origin).as_nanos() % frame;
+    if into == 0 {
+        now
+    } else {
+        // Below 20 ms, so it fits.
+        now + Duration::from_nanos(u64::try_from(frame - into).unwrap_or(0))
     }
 }
 
@@ -558,4 +584,22 @@ pub async fn step(
         message: figures.message(options),
     };
     Step { check, figures }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_starting_apart_send_on_one_frame_grid() {
+        let first = Instant::now();
+        let a = on_frame_grid(first);
+        for offset_ms in [1, 7, 19, 20, 33, 1000] {
+            let later = first + Duration::from_millis(offset_ms);
+            let b = on_frame_grid(later);
+            assert!(b >= later && b < later + FRAME, "{offset_ms} ms");
+            let apart = b.duration_since(a).as_nanos();
+            assert_eq!(apart % FRAME.as_nanos(), 0, "{offset_ms} ms");
+        }
+    }
 }
