@@ -15,8 +15,16 @@ use time::OffsetDateTime;
 /// Who reports the Events, and where they go.
 pub struct Publisher {
     client: Client,
-    controller: String,
-    instance: String,
+    reporter: Reporter,
+}
+
+/// Who reports an Event: the controller, and its instance (this pod).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reporter {
+    /// `reportingController`.
+    pub controller: String,
+    /// `reportingInstance`.
+    pub instance: String,
 }
 
 /// An Event's type.
@@ -33,30 +41,25 @@ impl Publisher {
     pub fn new(client: Client, controller: &str, instance: Option<String>) -> Self {
         Self {
             client,
-            controller: controller.into(),
-            instance: instance.unwrap_or_else(|| controller.into()),
+            reporter: Reporter {
+                controller: controller.into(),
+                instance: instance.unwrap_or_else(|| controller.into()),
+            },
         }
     }
 
-    /// Creates one Event about `regarding`, at `now`.
+    /// Creates one Event about condition `about` of `regarding`, at `now`.
     pub async fn publish(
         &self,
         regarding: &ObjectReference,
+        about: &str,
         kind: Kind,
         reason: &str,
         note: &str,
         now: OffsetDateTime,
     ) -> Result<(), kube::Error> {
-        let event = event(
-            regarding,
-            kind,
-            reason,
-            note,
-            &self.controller,
-            &self.instance,
-            now,
-        )
-        .map_err(kube::Error::SerdeError)?;
+        let event = event(regarding, about, kind, reason, note, &self.reporter, now)
+            .map_err(kube::Error::SerdeError)?;
         let ns = regarding.namespace.as_deref().unwrap_or("default");
         Api::<Event>::namespaced(self.client.clone(), ns)
             .create(&PostParams::default(), &event)
@@ -66,25 +69,41 @@ impl Publisher {
 }
 
 /// The Event itself: named after the object and the time in nanoseconds
-/// (as kube and client-go name theirs), its note cut to the API's 1 kB.
+/// (as kube and client-go name theirs) and the condition it is about, since
+/// one reconcile's changes share one `now`; its note cut to the API's 1 kB.
 pub fn event(
     regarding: &ObjectReference,
+    about: &str,
     kind: Kind,
     reason: &str,
     note: &str,
-    controller: &str,
-    instance: &str,
+    reporter: &Reporter,
     now: OffsetDateTime,
 ) -> Result<Event, serde_json::Error> {
+    let Reporter {
+        controller,
+        instance,
+    } = reporter;
     let at = crate::certs::rfc3339(now);
     let note: String = note.chars().take(1000).collect();
+    let about: String = about
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .take(63)
+        .collect();
+    let suffix = format!(".{:x}.{about}", now.unix_timestamp_nanos());
+    // A name is at most 253 characters; the suffix is what keeps it unique.
+    let object: String = regarding
+        .name
+        .as_deref()
+        .unwrap_or(controller)
+        .chars()
+        .take(253 - suffix.len())
+        .collect();
     serde_json::from_value(json!({
         "metadata": {
-            "name": format!(
-                "{}.{:x}",
-                regarding.name.as_deref().unwrap_or(controller),
-                now.unix_timestamp_nanos()
-            ),
+            "name": format!("{object}{suffix}"),
             "namespace": regarding.namespace,
         },
         "eventTime": at,
@@ -118,16 +137,19 @@ mod tests {
         let now = OffsetDateTime::from_unix_timestamp_nanos(1_780_000_000_123_456_789).unwrap();
         let e = event(
             &regarding,
+            "Ready",
             Kind::Warning,
             "NotReady",
             &"x".repeat(5000),
-            "webrtc-pbx-operator",
-            "pod-a",
+            &Reporter {
+                controller: "webrtc-pbx-operator".into(),
+                instance: "pod-a".into(),
+            },
             now,
         )
         .unwrap();
         let v = serde_json::to_value(&e).unwrap();
-        assert_eq!(v["metadata"]["name"], "acme.18b3d491bb8dcd15");
+        assert_eq!(v["metadata"]["name"], "acme.18b3d491bb8dcd15.ready");
         assert_eq!(v["metadata"]["namespace"], "voice");
         assert_eq!(v["type"], "Warning");
         assert_eq!(v["reason"], "NotReady");
@@ -136,5 +158,28 @@ mod tests {
         assert_eq!(v["reportingInstance"], "pod-a");
         assert_eq!(v["note"].as_str().unwrap().len(), 1000);
         assert!(v["eventTime"].as_str().unwrap().starts_with("2026-05-28T"));
+    }
+
+    #[test]
+    fn the_events_of_one_reconcile_have_distinct_names_of_at_most_253_characters() {
+        let now = OffsetDateTime::from_unix_timestamp_nanos(1_780_000_000_123_456_789).unwrap();
+        let name = |object: &str, about: &str| {
+            let regarding = ObjectReference {
+                name: Some(object.into()),
+                namespace: Some("voice".into()),
+                ..ObjectReference::default()
+            };
+            let reporter = Reporter {
+                controller: "c".into(),
+                instance: "i".into(),
+            };
+            let e = event(&regarding, about, Kind::Normal, "R", "n", &reporter, now).unwrap();
+            e.metadata.name.unwrap()
+        };
+        // Several conditions flip in one reconcile, which has one `now`.
+        assert_ne!(name("acme", "ConfigRendered"), name("acme", "Ready"));
+        let long = name(&"a".repeat(253), "WorkloadReady");
+        assert_eq!(long.len(), 253);
+        assert!(long.ends_with(".18b3d491bb8dcd15.workloadready"));
     }
 }

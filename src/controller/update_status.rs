@@ -96,7 +96,7 @@ pub(super) async fn update_status(
             let regarding = pbx.object_ref(&());
             if let Err(e) = ctx
                 .events
-                .publish(&regarding, kind, &c.reason, &note, now)
+                .publish(&regarding, &c.type_, kind, &c.reason, &note, now)
                 .await
             {
                 warn!(error = %e, "cannot publish event");

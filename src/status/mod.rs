@@ -279,7 +279,7 @@ pub fn same_ignoring_time(a: &WebRtcPbxStatus, b: &WebRtcPbxStatus) -> bool {
 /// The conditions worth an Event: a change (status or reason) of a
 /// condition already reported, and, on a PBX's first status, the faults a
 /// user must fix (when Stalled). Reconciling and Stalled only restate the
-/// others. A healthy PBX thus records PodsReady and Ready, not one Event
+/// others. A healthy PBX thus records WorkloadReady and Ready, not one Event
 /// per condition appearing: at scale every Event is a write.
 pub fn events<'a>(previous: &[Condition], current: &'a [Condition]) -> Vec<&'a Condition> {
     let stalled = current

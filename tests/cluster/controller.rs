@@ -142,6 +142,27 @@ async fn canonical_pbx_becomes_ready_and_stays_quiet() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // WorkloadReady and Ready turn True in one reconcile, so at one instant:
+    // each has its Event all the same.
+    let notes: Vec<String> =
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(r.client.clone(), &r.ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|o| o.name.as_deref()) == Some("acme"))
+            .filter_map(|e| e.note)
+            .collect();
+    for condition in ["WorkloadReady", "Ready"] {
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with(&format!("{condition} is True"))),
+            "no Event for {condition} turning True among {notes:?}"
+        );
+    }
+
     // Steady state: nothing changes for 30 s, so nothing is written.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = versions(&r).await;
