@@ -36,7 +36,8 @@ use harness::fixture::Pbx;
 use harness::{Requests, api_requests, reconciles};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
+use kube::runtime::WatchStreamExt as _;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -301,6 +302,21 @@ fn peak_rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// The resident memory of `pid` now, MiB: anonymous (heap, stacks) and
+/// file-backed (mostly the binary's own code).
+fn rss_split_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("RssAnon:"), field("RssFile:"))
+}
+
 /// What was requested between two readings, matching `keep`, by method.
 fn requested_since(
     before: &Requests,
@@ -323,29 +339,32 @@ fn is_write(method: &str) -> bool {
     ["POST", "PATCH", "PUT", "DELETE"].contains(&method)
 }
 
-/// Waits until all `n` PBXs have condition `type_` True; fails at `deadline`.
+/// Waits until `n` PBXs of `pbxes` have condition `type_` True, seen by a
+/// watch: a LIST of them every 250 ms would cost the apiserver (and this
+/// process) more during the operator's run than the baseline pays, which
+/// sends no such reads.
 async fn wait_all(pbxes: &Api<WebRtcPbx>, n: usize, type_: &str, deadline: Instant) {
-    loop {
-        let list = pbxes.list(&ListParams::default()).await.unwrap();
-        let done = list
-            .items
-            .iter()
-            .filter(|p| {
-                p.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == type_ && c.status == "True")
-                })
-            })
-            .count();
-        if done == n {
-            return;
+    let mut done = std::collections::BTreeSet::new();
+    let changes = kube::runtime::watcher(pbxes.clone(), Default::default()).applied_objects();
+    futures::pin_mut!(changes);
+    while done.len() < n {
+        let next = tokio::time::timeout_at(deadline.into(), changes.try_next()).await;
+        let Ok(next) = next else {
+            panic!("{}/{n} {type_} at the deadline", done.len());
+        };
+        let Some(pbx) = next.unwrap() else {
+            panic!("the watch of the PBXs ended");
+        };
+        let true_now = pbx.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == type_ && c.status == "True")
+        });
+        if true_now {
+            done.insert(pbx.name_any());
+        } else {
+            done.remove(&pbx.name_any());
         }
-        assert!(
-            Instant::now() < deadline,
-            "{done}/{n} {type_} at the deadline"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -363,6 +382,8 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = api_requests(port);
     let pbxes = Api::<WebRtcPbx>::namespaced(client.clone(), &ns);
+    let (operator_cpu, server_cpu) = (cpu_seconds_of(&pid.to_string()), control_plane_cpu());
+    let profile = apiserver_profile("scale-operator");
     let t0 = Instant::now();
     futures::stream::iter(0..N)
         .map(|i| {
@@ -378,6 +399,9 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
     let created = t0.elapsed();
     wait_all(&pbxes, N, "ConfigRendered", t0 + Duration::from_secs(600)).await;
     let took = t0.elapsed();
+    let operator_cpu =
+        cpu_seconds_of(&pid.to_string()).unwrap_or(0.0) - operator_cpu.unwrap_or(0.0);
+    let server_cpu = cpu_since(server_cpu);
     let rss = peak_rss_mib(pid);
     let after = api_requests(port);
     let by_method = requested_since(&before, &after, |_, _| true);
@@ -399,6 +423,16 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
         format!("{:.1} s", took.as_secs_f64()),
         "< 30 s",
         Some(took < Duration::from_secs(30)),
+    );
+    row(
+        rows,
+        "scale: CPU until then: operator / apiserver / etcd",
+        format!(
+            "{operator_cpu:.1} s / {:.1} s / {:.1} s",
+            server_cpu[0], server_cpu[1]
+        ),
+        "",
+        None,
     );
     row(
         rows,
@@ -453,6 +487,14 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
         None,
     );
     let settled_rss = peak_rss_mib(pid);
+    let (anon, file) = rss_split_mib(pid);
+    row(
+        rows,
+        "churn: operator RSS now: heap and stacks / file-backed (its code)",
+        format!("{anon:.1} MiB / {file:.1} MiB"),
+        "",
+        None,
+    );
     row(
         rows,
         "churn: operator peak RSS after settling",
@@ -507,13 +549,26 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
         Some(restart_rss <= RSS_TARGET_MIB),
     );
     drop(second);
+    let server_cpu = control_plane_cpu();
+    let floor_profile = apiserver_profile("scale-baseline");
     let floor = scale_floor(&client, N).await;
+    let server_cpu = cpu_since(server_cpu);
+    for p in [profile, floor_profile].into_iter().flatten() {
+        let _ = p.wait_with_output();
+    }
     row(
         rows,
         &format!(
             "scale baseline: the same writes for {N} PBXs (create, 7 objects, status) sent straight from a warm client, {RECONCILES} at a time"
         ),
         format!("{:.1} s", floor.as_secs_f64()),
+        "",
+        None,
+    );
+    row(
+        rows,
+        "scale baseline: CPU: apiserver / etcd",
+        format!("{:.1} s / {:.1} s", server_cpu[0], server_cpu[1]),
         "",
         None,
     );
@@ -1018,17 +1073,56 @@ fn tally(results: Vec<Option<String>>) -> std::collections::BTreeMap<String, usi
 
 /// This process's CPU time (user + system, all threads), seconds.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    cpu_seconds_of("self").unwrap()
+}
+
+/// The CPU time of process `pid` (a number or `self`), seconds; `None`
+/// when it is gone.
+fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which may hold spaces: state is the
     // first, utime the 12th, stime the 13th; in clock ticks (100 per s).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| fields[i].parse::<f64>().unwrap();
-    (ticks(11) + ticks(12)) / 100.0
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// With `WPBX_BENCH_PPROF=DIR`: a 15 s CPU profile of the apiserver from
+/// now, written to DIR/NAME.pprof (`go tool pprof -top` reads it), to see
+/// what a burst of writes costs the server side.
+fn apiserver_profile(name: &str) -> Option<std::process::Child> {
+    let dir = std::env::var("WPBX_BENCH_PPROF").ok()?;
+    std::fs::create_dir_all(&dir).ok()?;
+    let out = std::fs::File::create(format!("{dir}/{name}.pprof")).ok()?;
+    Command::new(harness::ground_env("KUBECTL"))
+        .arg("--kubeconfig")
+        .arg(&harness::control_plane().kubeconfig)
+        .args(["get", "--raw", "/debug/pprof/profile?seconds=15"])
+        .stdout(out)
+        .spawn()
+        .ok()
+}
+
+/// The control plane's CPU since the reading `before`.
+fn cpu_since(before: [f64; 2]) -> [f64; 2] {
+    let now = control_plane_cpu();
+    [now[0] - before[0], now[1] - before[1]]
+}
+
+/// The CPU time so far of the control plane's apiserver and etcd,
+/// seconds, each: what a burst of writes costs the server side.
+fn control_plane_cpu() -> [f64; 2] {
+    ["kube-apiserver", "etcd"].map(|name| {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name)
+            })
+            .filter_map(|e| cpu_seconds_of(&e.file_name().to_string_lossy()))
+            .sum()
+    })
 }
 
 /// The echo worker: `CALLS,SECONDS,PORT,CA_FILE` - that many concurrent
