@@ -3,7 +3,7 @@
 //! requests, and probe figures named like blackbox_exporter's. Served by
 //! [`crate::telemetry::server`].
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -189,6 +189,8 @@ pub struct Metrics {
     /// Probe figures.
     pub probe: ProbeMetrics,
     ready: AtomicBool,
+    /// The length of the last encoding: the next one starts that large.
+    encoded_len: AtomicUsize,
 }
 
 impl Default for Metrics {
@@ -294,6 +296,7 @@ impl Default for Metrics {
             api_requests,
             probe,
             ready: AtomicBool::new(false),
+            encoded_len: AtomicUsize::new(0),
         }
     }
 }
@@ -540,9 +543,14 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
+        // With 500 PBXs the text is about a megabyte: grown by doubling it
+        // would take up to twice that, and a copy at each step, at every
+        // scrape (heaptrack: 1.9 MB of a restart's peak).
+        let last = self.encoded_len.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(last + last / 8);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        self.encoded_len.store(out.len(), Ordering::Relaxed);
         out
     }
 }

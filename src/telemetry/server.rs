@@ -75,10 +75,13 @@ async fn answer(mut stream: tokio::net::TcpStream, metrics: Arc<Metrics>) {
             ),
             _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
         };
-        let response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        // The head apart from the body: no second copy of a large body.
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
-        let _ = stream.write_all(response.as_bytes()).await;
+        if stream.write_all(head.as_bytes()).await.is_ok() {
+            let _ = stream.write_all(body.as_bytes()).await;
+        }
     }
 }

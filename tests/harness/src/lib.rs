@@ -509,6 +509,25 @@ pub fn operator_binary_with(
         ),
         None => Stdio::null(),
     };
+    // WPBX_OPERATOR_HEAPTRACK=DIR: heaptrack's raw record of each operator
+    // process, DIR/operator-PORT.raw (`heaptrack_interpret` reads it); the
+    // bench's figures for such a run are not comparable.
+    let heaptrack = std::env::var("WPBX_OPERATOR_HEAPTRACK")
+        .ok()
+        .map(|dir| {
+            [
+                (
+                    "LD_PRELOAD",
+                    "/usr/lib/heaptrack/libheaptrack_preload.so".to_string(),
+                ),
+                (
+                    "DUMP_HEAPTRACK_OUTPUT",
+                    format!("{dir}/operator-{metrics_port}.raw"),
+                ),
+            ]
+        })
+        .into_iter()
+        .flatten();
     let child = Command::new(operator_exe())
         .args(["run", "--namespace", ns, "--lease-namespace", ns])
         .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
@@ -517,6 +536,7 @@ pub fn operator_binary_with(
         .env("RUST_LOG", rust_log)
         .envs(image_env("operator"))
         .envs(user.map(|u| ("KUBE_RS_DEBUG_IMPERSONATE_USER", u)))
+        .envs(heaptrack)
         .stdout(out())
         .stderr(out())
         .spawn()
