@@ -271,7 +271,10 @@ pub const CREATE_ONLY: &str = "1";
 /// version it was derived from (its generated passwords and certificates
 /// come from the live copy), or create-only ([`CREATE_ONLY`]) when it was
 /// known absent: if that was stale, the apiserver answers 409
-/// ([`is_conflict`]) and nothing is replaced.
+/// ([`is_conflict`]) and nothing is replaced. A StatefulSet is cached
+/// without its spec: with `memo`, a pair of spec digests seen to agree
+/// skips it and any other pair reads it once ([`cache::SpecMemo`]);
+/// `None` compares it with `known`, as the other kinds are.
 pub async fn apply(
     client: &Client,
     namespace: &str,
