@@ -293,28 +293,25 @@ async fn convergence(rows: &mut Vec<Row>) {
 
 /// Peak resident set of a process (VmHWM), MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    status_mib(pid, "VmHWM:")
 }
 
 /// The resident memory of `pid` now, MiB: anonymous (heap, stacks) and
 /// file-backed (mostly the binary's own code).
 fn rss_split_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("RssAnon:"), field("RssFile:"))
+    (status_mib(pid, "RssAnon:"), status_mib(pid, "RssFile:"))
+}
+
+/// A kB field of `/proc/PID/status` (`field` with its colon), MiB; 0
+/// when the process is gone.
+fn status_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 /// What was requested between two readings, matching `keep`, by method.
@@ -938,20 +935,13 @@ async fn probe_cost(rows: &mut Vec<Row>) {
         // session threads and closing sockets), and the two clients take
         // turns going first: neither meets the other's leftovers each time.
         let engine_first = level % 2 == 0;
-        let mut engine = Default::default();
-        let mut raw = Default::default();
-        let (mut engine_s, mut engine_o, mut raw_s, mut raw_o) = (0.0, 0, 0.0, 0);
-        for turn in 0..2 {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let (o, t0) = (listen_overflows(), Instant::now());
-            if (turn == 0) == engine_first {
-                engine = engine_burst(port, &ca, n).await;
-                (engine_s, engine_o) = (t0.elapsed().as_secs_f64(), listen_overflows() - o);
-            } else {
-                raw = raw_burst(port, &ca, n).await;
-                (raw_s, raw_o) = (t0.elapsed().as_secs_f64(), listen_overflows() - o);
-            }
-        }
+        let ((engine, engine_s, engine_o), (raw, raw_s, raw_o)) = if engine_first {
+            let engine = spaced_burst(engine_burst(port, &ca, n)).await;
+            (engine, spaced_burst(raw_burst(port, &ca, n)).await)
+        } else {
+            let raw = spaced_burst(raw_burst(port, &ca, n)).await;
+            (spaced_burst(engine_burst(port, &ca, n)).await, raw)
+        };
         println!(
             "  {n} concurrent: engine {} failed in {engine_s:.1} s {engine:?}, {engine_o} accept-queue overflows; \
              raw {} failed in {raw_s:.1} s {raw:?}, {raw_o} overflows",
@@ -1070,6 +1060,15 @@ async fn raw_burst(port: u16, ca: &str, n: usize) -> std::collections::BTreeMap<
         .collect()
         .await;
     tally(results)
+}
+
+/// Runs `burst` 2 s after the one before: its failures, how long it took
+/// (s) and the accept-queue overflows meanwhile.
+async fn spaced_burst<T>(burst: impl std::future::Future<Output = T>) -> (T, f64, u64) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (o, t0) = (listen_overflows(), Instant::now());
+    let failures = burst.await;
+    (failures, t0.elapsed().as_secs_f64(), listen_overflows() - o)
 }
 
 /// The kernel's count of connections a full accept queue turned away
