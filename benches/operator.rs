@@ -42,6 +42,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use webrtc_pbx_operator::api::WebRtcPbx;
+use webrtc_pbx_operator::controller::events;
 use webrtc_pbx_operator::names;
 use webrtc_pbx_operator::probe::{self, digest, register, transport};
 
@@ -196,6 +197,7 @@ async fn convergence(rows: &mut Vec<Row>) {
         .unwrap()
         .boxed();
     let mut operator_ms = Vec::new();
+    let mut sample = None;
     for i in 0..20 {
         let name = format!("c{i}");
         let t0 = Instant::now();
@@ -206,6 +208,10 @@ async fn convergence(rows: &mut Vec<Row>) {
                     if p.name_any() == name
                         && p.status.as_ref().and_then(|s| s.observed_generation) == Some(1) =>
                 {
+                    sample = Some(Sample {
+                        status: serde_json::to_value(&p.status).unwrap(),
+                        name: name.clone(),
+                    });
                     break;
                 }
                 Some(_) => {}
@@ -240,15 +246,20 @@ async fn convergence(rows: &mut Vec<Row>) {
         kubectl_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
     // The floor: the operator's own writes for a new PBX (the create, 7
-    // children, the status) sent straight from this warm client, in the
-    // operator's order - the apiserver's time for them, nothing else.
+    // children, the status it wrote) sent straight from this warm client,
+    // in the operator's order - the apiserver's time for them, nothing else.
     let floor_pbxes = Api::<WebRtcPbx>::namespaced(client.clone(), &raw);
     let mut floor_ms = Vec::new();
     for i in 0..20 {
         let name = format!("q{i}");
-        let docs = floor_docs(&dir, &name, &raw);
+        let work = FloorWork {
+            docs: floor_docs(&dir, &name, &raw),
+            statuses: sample.iter().map(|s| s.for_pbx(&name)).collect(),
+            events: 0,
+            name,
+        };
         let t0 = Instant::now();
-        floor_writes(&client, &floor_pbxes, &raw, &name, &docs).await;
+        floor_writes(&client, &floor_pbxes, &raw, &work).await;
         floor_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
     let floor = median(&mut floor_ms);
@@ -339,9 +350,11 @@ fn is_write(method: &str) -> bool {
 /// Waits until `n` PBXs of `pbxes` have condition `type_` True, seen by a
 /// watch: a LIST of them every 250 ms would cost the apiserver (and this
 /// process) more during the operator's run than the baseline pays, which
-/// sends no such reads.
-async fn wait_all(pbxes: &Api<WebRtcPbx>, n: usize, type_: &str, deadline: Instant) {
+/// sends no such reads. Returns the status of the first PBX seen so, as
+/// the operator wrote it (what the baseline sends).
+async fn wait_all(pbxes: &Api<WebRtcPbx>, n: usize, type_: &str, deadline: Instant) -> Sample {
     let mut done = std::collections::BTreeSet::new();
+    let mut sample = None;
     let changes = kube::runtime::watcher(pbxes.clone(), Default::default()).applied_objects();
     futures::pin_mut!(changes);
     while done.len() < n {
@@ -358,11 +371,44 @@ async fn wait_all(pbxes: &Api<WebRtcPbx>, n: usize, type_: &str, deadline: Insta
                 .any(|c| c.type_ == type_ && c.status == "True")
         });
         if true_now {
+            if sample.is_none() {
+                sample = Some(Sample {
+                    name: pbx.name_any(),
+                    status: serde_json::to_value(&pbx.status).unwrap(),
+                });
+            }
             done.insert(pbx.name_any());
         } else {
             done.remove(&pbx.name_any());
         }
     }
+    sample.unwrap()
+}
+
+/// One PBX's status as the operator wrote it.
+struct Sample {
+    name: String,
+    status: Value,
+}
+
+impl Sample {
+    /// The same status for PBX `name`, as a status apply.
+    fn for_pbx(&self, name: &str) -> Value {
+        let text = self.status.to_string().replace(&self.name, name);
+        json!({"apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
+            "status": serde_json::from_str::<Value>(&text).unwrap()})
+    }
+}
+
+/// What the baseline replays of the operator's run: its writes, by content
+/// and count. Every PBX gets the first status the operator wrote; as many
+/// as the operator wrote a second status for before the last ConfigRendered
+/// (pods turning Ready) get its Ready status; and as many Events are posted.
+struct Replay {
+    first: Sample,
+    ready: Sample,
+    second_statuses: usize,
+    events: usize,
 }
 
 async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
@@ -394,7 +440,7 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
         .collect::<Vec<_>>()
         .await;
     let created = t0.elapsed();
-    wait_all(&pbxes, N, "ConfigRendered", t0 + Duration::from_secs(600)).await;
+    let first = wait_all(&pbxes, N, "ConfigRendered", t0 + Duration::from_secs(600)).await;
     let took = t0.elapsed();
     let operator_cpu =
         cpu_seconds_of(&pid.to_string()).unwrap_or(0.0) - operator_cpu.unwrap_or(0.0);
@@ -411,6 +457,19 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
         }
     }
     let total: u64 = by_method.values().sum();
+    let counted = |method: &str, resource: &str| {
+        let key = (method.to_string(), resource.to_string());
+        after.get(&key).unwrap_or(&0) - before.get(&key).unwrap_or(&0)
+    };
+    let status_writes = counted("PATCH", "webrtcpbxes/status");
+    let events = counted("POST", "events");
+    row(
+        rows,
+        "scale: operator status writes per PBX until then",
+        format!("{:.2}", status_writes as f64 / N as f64),
+        "",
+        None,
+    );
     row(
         rows,
         &format!(
@@ -451,8 +510,16 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
 
     // Churn: let everything settle (pods Ready), then count writes.
     println!("churn: waiting for the {N} to settle, then counting writes for {churn:?}");
-    wait_all(&pbxes, N, "Ready", t0 + Duration::from_secs(900)).await;
+    let ready = wait_all(&pbxes, N, "Ready", t0 + Duration::from_secs(900)).await;
     let settled = t0.elapsed();
+    let replay = Replay {
+        first,
+        ready,
+        second_statuses: usize::try_from(status_writes)
+            .unwrap_or(0)
+            .saturating_sub(N),
+        events: usize::try_from(events).unwrap_or(0),
+    };
     tokio::time::sleep(Duration::from_secs(5)).await;
     let start = api_requests(port);
     tokio::time::sleep(churn).await;
@@ -566,7 +633,7 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
     );
     let server_cpu = control_plane_cpu();
     let floor_profile = apiserver_profile("scale-baseline");
-    let floor = scale_floor(&client, N).await;
+    let floor = scale_floor(&client, N, &replay).await;
     let server_cpu = cpu_since(server_cpu);
     for p in [profile, floor_profile].into_iter().flatten() {
         let _ = p.wait_with_output();
@@ -574,7 +641,8 @@ async fn scale_and_churn(rows: &mut Vec<Row>, churn: Duration) {
     row(
         rows,
         &format!(
-            "scale baseline: the same writes for {N} PBXs (create, 7 objects, status) sent straight from a warm client, {RECONCILES} at a time"
+            "scale baseline: the operator's writes for {N} PBXs (create, 7 objects, its status; {} second statuses, {} Events, as it sent) straight from a warm client, {RECONCILES} at a time",
+            replay.second_statuses, replay.events
         ),
         format!("{:.1} s", floor.as_secs_f64()),
         "",
@@ -620,54 +688,82 @@ fn floor_docs(dir: &std::path::Path, name: &str, ns: &str) -> Vec<Value> {
 
 /// One PBX's writes sent straight from this (warm) client, as the operator
 /// sends them: the create, what the pod mounts together, the StatefulSet,
-/// then a ConfigRendered status.
-async fn floor_writes(
-    client: &Client,
-    pbxes: &Api<WebRtcPbx>,
-    ns: &str,
-    name: &str,
-    docs: &[Value],
-) {
+/// then `statuses` and `events` Events about it.
+async fn floor_writes(client: &Client, pbxes: &Api<WebRtcPbx>, ns: &str, work: &FloorWork) {
+    let name = &work.name;
     create(pbxes, name).await;
     let (mounted, workload): (Vec<&Value>, Vec<&Value>) =
-        docs.iter().partition(|d| d["kind"] != "StatefulSet");
+        work.docs.iter().partition(|d| d["kind"] != "StatefulSet");
     futures::future::join_all(mounted.into_iter().map(|d| ssa(client, ns, d))).await;
     for d in workload {
         ssa(client, ns, d).await;
     }
-    let status = json!({"apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx",
-        "status": {"observedGeneration": 1, "conditions": [{
-            "type": "ConfigRendered", "status": "True", "reason": "Rendered",
-            "message": "7 objects rendered", "observedGeneration": 1,
-            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
-    pbxes
-        .patch_status(
-            name,
-            &kube::api::PatchParams::apply("bench").force(),
-            &kube::api::Patch::Apply(&status),
+    let params = kube::api::PatchParams::apply(names::FIELD_MANAGER).force();
+    let mut pbx = None;
+    for status in &work.statuses {
+        let written = pbxes
+            .patch_status(name, &params, &kube::api::Patch::Apply(status))
+            .await
+            .unwrap();
+        pbx = Some(written);
+    }
+    let Some(pbx) = pbx else { return };
+    let reporter = events::Reporter {
+        controller: names::FIELD_MANAGER.into(),
+        instance: "bench".into(),
+    };
+    let api = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns);
+    for i in 0..work.events {
+        let about = ["WorkloadReady", "Ready", "ConfigRendered"][i % 3];
+        let event = events::event(
+            &kube::Resource::object_ref(&pbx, &()),
+            about,
+            events::Kind::Normal,
+            "Ready",
+            &format!("{about} is True: every enabled check passed"),
+            &reporter,
+            time::OffsetDateTime::now_utc(),
         )
-        .await
         .unwrap();
+        api.create(&PostParams::default(), &event).await.unwrap();
+    }
+}
+
+/// What [`floor_writes`] sends for one PBX.
+struct FloorWork {
+    name: String,
+    docs: Vec<Value>,
+    statuses: Vec<Value>,
+    events: usize,
 }
 
 /// The physical limit of the scale run on this machine, measured in the same
-/// run: [`floor_writes`] for `n` PBXs, [`RECONCILES`] at a time.
-async fn scale_floor(client: &Client, n: usize) -> Duration {
+/// run: [`floor_writes`] of what `replay` holds for `n` PBXs, [`RECONCILES`]
+/// at a time.
+async fn scale_floor(client: &Client, n: usize, replay: &Replay) -> Duration {
     let ns = harness::namespace(client, "bench-scale-raw").await;
     let dir = harness::scratch_dir("bench-scale-render");
-    let work: Vec<(String, Vec<Value>)> = (0..n)
+    let work: Vec<FloorWork> = (0..n)
         .map(|i| {
             let name = format!("b{i:03}");
-            let docs = floor_docs(&dir, &name, &ns);
-            (name, docs)
+            let mut statuses = vec![replay.first.for_pbx(&name)];
+            if i < replay.second_statuses {
+                statuses.push(replay.ready.for_pbx(&name));
+            }
+            FloorWork {
+                docs: floor_docs(&dir, &name, &ns),
+                statuses,
+                events: replay.events / n + usize::from(i < replay.events % n),
+                name,
+            }
         })
         .collect();
     let pbxes = Api::<WebRtcPbx>::namespaced(client.clone(), &ns);
     let t0 = Instant::now();
     futures::stream::iter(&work)
-        .map(|(name, docs)| {
+        .map(|work| {
             let (pbxes, ns) = (pbxes.clone(), ns.clone());
-            async move { floor_writes(client, &pbxes, &ns, name, docs).await }
+            async move { floor_writes(client, &pbxes, &ns, work).await }
         })
         .buffer_unordered(RECONCILES)
         .collect::<Vec<_>>()

@@ -11,7 +11,9 @@
 //! (the pod template, most of a cached PBX) is held as a digest
 //! ([`SPEC_DIGEST`]), and [`SpecMemo`] remembers which live spec was seen
 //! to hold which desired one, so apply reads the spec only when either
-//! changed.
+//! changed. [`StatusWrites`] remembers the PBX a status write was based
+//! on, so a reconcile that starts before the PBX cache shows that write
+//! waits for it instead of writing the status again from the older copy.
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
@@ -92,6 +94,72 @@ impl SpecMemo {
     /// True when it remembers none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Per PBX, the resourceVersion its last status write was computed from,
+/// and when it was sent, until the PBX cache moves past it. A reconcile
+/// that starts from that same copy (a child's event right after the
+/// write) would find every condition new: it would write the status again
+/// with every lastTransitionTime moved to now. At 500 PBXs created at
+/// once, 291 of 921 status writes were such.
+#[derive(Default)]
+pub struct StatusWrites(
+    std::sync::Mutex<std::collections::HashMap<(String, String), (String, time::OffsetDateTime)>>,
+);
+
+/// How long a status write is waited for: past it, the cache is taken as
+/// it is (a watch that stopped delivering must not stop the reconciles).
+pub const STATUS_WRITE_WAIT: time::Duration = time::Duration::seconds(10);
+
+impl StatusWrites {
+    /// Remembers that a status write computed from the PBX at `base` was
+    /// accepted at `at` as `written`. A write that changed nothing
+    /// (`written == base`) leaves nothing to wait for.
+    pub fn record(
+        &self,
+        ns: &str,
+        name: &str,
+        base: &str,
+        written: &str,
+        at: time::OffsetDateTime,
+    ) {
+        if base == written {
+            return;
+        }
+        if let Ok(mut m) = self.0.lock() {
+            m.insert((ns.to_string(), name.to_string()), (base.to_string(), at));
+        }
+    }
+
+    /// True when the cached PBX, at `seen`, is still the copy the last
+    /// status write was computed from, and that write is recent. Forgets
+    /// the write once the cache shows anything else.
+    pub fn behind(
+        &self,
+        ns: &str,
+        name: &str,
+        seen: Option<&str>,
+        now: time::OffsetDateTime,
+    ) -> bool {
+        let Ok(mut m) = self.0.lock() else {
+            return false;
+        };
+        let key = (ns.to_string(), name.to_string());
+        let waiting = m
+            .get(&key)
+            .is_some_and(|(base, at)| Some(base.as_str()) == seen && now - *at < STATUS_WRITE_WAIT);
+        if !waiting {
+            m.remove(&key);
+        }
+        waiting
+    }
+
+    /// Forgets a deleted PBX.
+    pub fn forget(&self, ns: &str, name: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&(ns.to_string(), name.to_string()));
+        }
     }
 }
 
@@ -361,6 +429,44 @@ mod tests {
         let mut other = of(Some(("Deployment", "a")));
         stateful_set(&mut other);
         assert!(other.spec.is_none() && other.status.is_none() && is_stripped(&other.metadata));
+    }
+
+    #[test]
+    fn a_status_write_is_waited_for_until_the_cache_moves_past_its_base() {
+        let writes = StatusWrites::default();
+        let t0 = time::OffsetDateTime::UNIX_EPOCH;
+        let later = |s| t0 + time::Duration::seconds(s);
+        assert!(
+            !writes.behind("ns", "a", Some("10"), t0),
+            "nothing written yet"
+        );
+        writes.record("ns", "a", "10", "11", t0);
+        assert!(writes.behind("ns", "a", Some("10"), later(1)));
+        assert!(
+            !writes.behind("ns", "b", Some("10"), later(1)),
+            "another PBX"
+        );
+        assert!(
+            !writes.behind("ns", "a", Some("11"), later(1)),
+            "the cache shows it"
+        );
+        assert!(
+            !writes.behind("ns", "a", Some("10"), later(1)),
+            "forgotten once seen past"
+        );
+        writes.record("ns", "a", "12", "13", t0);
+        assert!(
+            !writes.behind("ns", "a", Some("12"), later(10)),
+            "not waited for past STATUS_WRITE_WAIT"
+        );
+        writes.record("ns", "a", "14", "14", t0);
+        assert!(
+            !writes.behind("ns", "a", Some("14"), later(1)),
+            "a write that changed nothing"
+        );
+        writes.record("ns", "a", "15", "16", t0);
+        writes.forget("ns", "a");
+        assert!(!writes.behind("ns", "a", Some("15"), later(1)));
     }
 
     #[test]

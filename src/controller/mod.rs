@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod cache;
 mod certificate;
+pub mod children;
 pub mod client;
 mod dereference;
 pub mod events;
@@ -130,6 +131,8 @@ pub struct Context {
     /// Which live StatefulSet specs hold which desired ones: the cache
     /// keeps only their digests.
     pub spec_memo: cache::SpecMemo,
+    /// The status writes the PBX cache has not shown yet.
+    pub status_writes: cache::StatusWrites,
 }
 
 /// A PBX's uid and generation, as last listed.
@@ -170,6 +173,7 @@ impl Context {
             policy: crate::policy::Policy::default(),
             pod_monitors: None,
             spec_memo: cache::SpecMemo::default(),
+            status_writes: cache::StatusWrites::default(),
         }
     }
 
@@ -203,8 +207,9 @@ impl Context {
         if let Ok(mut l) = self.listed.lock() {
             l.remove(&key);
         }
-        self.spec_memo
-            .forget(pbx.namespace().as_deref().unwrap_or(""), &pbx.name_any());
+        let ns = pbx.namespace().unwrap_or_default();
+        self.spec_memo.forget(&ns, &pbx.name_any());
+        self.status_writes.forget(&ns, &pbx.name_any());
         self.metrics.forget_pbx(
             pbx.namespace().as_deref().unwrap_or(""),
             &pbx.name_any(),
@@ -271,6 +276,10 @@ fn backoff(attempt: u32) -> Duration {
 /// How soon a reconcile that met a write conflict looks again.
 const CONFLICT_RETRY: Duration = Duration::from_millis(500);
 
+/// How soon a reconcile that found the PBX cache behind its own status
+/// write looks again (the watch event is usually milliseconds away).
+const STATUS_WRITE_RETRY: Duration = Duration::from_millis(250);
+
 /// Why the probe may not dial the PBX's `probes.connectAddress`, if it may
 /// not: allowed are its own Service, pod and node on the WSS port, and what
 /// the policy adds.
@@ -320,6 +329,10 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, run: &Run) -> Result<Action, Error
     let ctx = &run.ctx;
     let ns = pbx.namespace().ok_or(Error::NoNamespace)?;
     let now = ctx.clock.now();
+    let seen = pbx.metadata.resource_version.as_deref();
+    if ctx.status_writes.behind(&ns, &pbx.name_any(), seen, now) {
+        return Ok(Action::requeue(STATUS_WRITE_RETRY));
+    }
     let stores = run.children.ready().await.then_some(&run.children);
     let fetched = dereference(&ctx.client, stores, &ns, &pbx)
         .await

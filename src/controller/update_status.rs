@@ -79,13 +79,20 @@ pub(super) async fn update_status(
     if !status::same_ignoring_time(previous, &new_status) {
         let api = Api::<WebRtcPbx>::namespaced(client.clone(), &ns);
         let patch = json!({"apiVersion": "pbx.webrtc.io/v1alpha1", "kind": "WebRtcPbx", "status": new_status});
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::UpdateStatus)?;
+        let written = api
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(Error::UpdateStatus)?;
+        if let (Some(base), Some(written)) = (
+            pbx.metadata.resource_version.as_deref(),
+            written.metadata.resource_version.as_deref(),
+        ) {
+            ctx.status_writes.record(&ns, &name, base, written, now);
+        }
         for c in status::events(&previous.conditions, &new_status.conditions) {
             let kind = if c.status == "False" {
                 events::Kind::Warning

@@ -3,7 +3,7 @@
 //! runs), the caches the other steps read instead of GETs, and the watch
 //! streams' backoff.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -19,7 +19,7 @@ use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use tracing::warn;
 
-use super::{Context, Run, apply, cache, error_policy, reconcile};
+use super::{Context, Run, apply, cache, children, error_policy, reconcile};
 use crate::api::WebRtcPbx;
 use crate::names::{self};
 use crate::validate;
@@ -36,6 +36,9 @@ pub struct ChildStores {
     pub(super) services: Store<Service>,
     pub(super) stateful_sets: Store<StatefulSet>,
     pub(super) pods: Store<Pod>,
+    /// Which names each PBX has in the caches above (pods apart: the
+    /// prune step never deletes one).
+    indexes: Arc<Indexes>,
     /// True once every cache above holds its initial list.
     ready: tokio::sync::watch::Receiver<bool>,
 }
@@ -66,6 +69,7 @@ impl ChildStores {
             services,
             stateful_sets,
             pods,
+            indexes: Arc::default(),
             ready,
         };
         let waiting = stores.clone();
@@ -83,33 +87,39 @@ impl ChildStores {
         stores
     }
 
-    /// PBX `pbx`'s children in the caches (no request).
+    /// PBX `pbx`'s children in the caches (no request): the names the
+    /// index gives, each checked against its cached object.
     pub(super) fn children_of(&self, ns: &str, pbx: &str, owner_uid: &str) -> Vec<apply::Child> {
         fn of<K: Resource<DynamicType = ()> + Clone + 'static>(
             store: &Store<K>,
+            index: &Mutex<children::Index>,
             kind: &'static str,
-            ns: &str,
-            pbx: &str,
-            owner_uid: &str,
+            (ns, pbx, owner_uid): (&str, &str, &str),
         ) -> Vec<apply::Child> {
-            store
-                .state()
-                .iter()
-                .filter(|o| {
-                    o.meta().namespace.as_deref() == Some(ns)
-                        && o.labels().get(names::INSTANCE_LABEL).map(String::as_str) == Some(pbx)
-                        && apply::is_child(o.meta(), owner_uid)
+            let candidates = index.lock().map(|i| i.names(ns, pbx)).unwrap_or_default();
+            candidates
+                .into_iter()
+                .filter(|name| {
+                    store
+                        .get(&ObjectRef::new(name).within(ns))
+                        .is_some_and(|o| {
+                            o.labels().get(names::INSTANCE_LABEL).map(String::as_str) == Some(pbx)
+                                && apply::is_child(o.meta(), owner_uid)
+                        })
                 })
-                .map(|o| apply::Child {
-                    kind,
-                    name: o.name_any(),
-                })
+                .map(|name| apply::Child { kind, name })
                 .collect()
         }
-        let mut found = of(&self.secrets, "Secret", ns, pbx, owner_uid);
-        found.extend(of(&self.config_maps, "ConfigMap", ns, pbx, owner_uid));
-        found.extend(of(&self.services, "Service", ns, pbx, owner_uid));
-        found.extend(of(&self.stateful_sets, "StatefulSet", ns, pbx, owner_uid));
+        let (i, pbx) = (&self.indexes, (ns, pbx, owner_uid));
+        let mut found = of(&self.secrets, &i.secrets, "Secret", pbx);
+        found.extend(of(&self.config_maps, &i.config_maps, "ConfigMap", pbx));
+        found.extend(of(&self.services, &i.services, "Service", pbx));
+        found.extend(of(
+            &self.stateful_sets,
+            &i.stateful_sets,
+            "StatefulSet",
+            pbx,
+        ));
         found
     }
 
@@ -127,15 +137,28 @@ impl ChildStores {
     }
 }
 
+/// The children indexes of [`ChildStores`], one per pruned kind.
+#[derive(Default)]
+struct Indexes {
+    secrets: Mutex<children::Index>,
+    config_maps: Mutex<children::Index>,
+    services: Mutex<children::Index>,
+    stateful_sets: Mutex<children::Index>,
+}
+
+/// The index of one kind: the indexes and which of them.
+type IndexOf = (Arc<Indexes>, fn(&Indexes) -> &Mutex<children::Index>);
+
 /// The watch of one kind of child: the operator's label only, without
 /// managedFields, cut to what `keep` leaves (`cache.rs`), into `writer`'s
-/// cache; yields each object touched.
+/// cache, and then into `index`; yields each object touched.
 fn owned_stream<K>(
     client: &Client,
     ns: Option<&str>,
     config: &watcher::Config,
     writer: reflector::store::Writer<K>,
     keep: fn(&mut K),
+    index: Option<IndexOf>,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -152,6 +175,13 @@ where
             keep(object);
         })
         .reflect(writer)
+        .inspect_ok(move |event| {
+            if let Some((indexes, kind)) = &index
+                && let Ok(mut index) = kind(indexes).lock()
+            {
+                index.observe(event);
+            }
+        })
         .touched_objects()
 }
 
@@ -218,10 +248,19 @@ pub async fn run(
     let (services, services_writer) = reflector::store::<Service>();
     let (stateful_sets, stateful_sets_writer) = reflector::store::<StatefulSet>();
     let (pods, pods_writer) = reflector::store::<Pod>();
+    let stores = ChildStores::new(secrets, config_maps, services, stateful_sets, pods);
+    let index =
+        |kind: fn(&Indexes) -> &Mutex<children::Index>| Some((stores.indexes.clone(), kind));
+    let (secrets_index, config_maps_index, services_index, stateful_sets_index) = (
+        index(|i| &i.secrets),
+        index(|i| &i.config_maps),
+        index(|i| &i.services),
+        index(|i| &i.stateful_sets),
+    );
     let run = Arc::new(Run {
         ctx: ctx.clone(),
         pbxes: controller.store(),
-        children: ChildStores::new(secrets, config_maps, services, stateful_sets, pods),
+        children: stores,
     });
     // A user's Secret or ConfigMap changed: re-render the PBXs that use it.
     let store = controller.store();
@@ -262,6 +301,7 @@ pub async fn run(
             &owned_content,
             secrets_writer,
             cache::secret,
+            secrets_index,
         ))
         .owns_stream(owned_stream(
             &client,
@@ -269,6 +309,7 @@ pub async fn run(
             &owned_content,
             config_maps_writer,
             cache::config_map,
+            config_maps_index,
         ))
         .owns_stream(owned_stream(
             &client,
@@ -276,6 +317,7 @@ pub async fn run(
             &owned,
             services_writer,
             cache::service,
+            services_index,
         ))
         .owns_stream(owned_stream(
             &client,
@@ -283,6 +325,7 @@ pub async fn run(
             &owned_content,
             stateful_sets_writer,
             cache::stateful_set,
+            stateful_sets_index,
         ))
         // Pods are owned by the StatefulSet, so they trigger nothing; the
         // watch keeps the cache the scheduler verdicts are read from (only
@@ -293,6 +336,7 @@ pub async fn run(
             &owned_content,
             pods_writer,
             cache::pod,
+            None,
         ))
         .watches_stream(
             watcher(
