@@ -41,7 +41,7 @@ use crate::names::{self, FIELD_MANAGER};
 use crate::ports;
 use crate::render;
 use crate::render::objects;
-use crate::status::{self, Blocking, Tri, Verdict, types};
+use crate::status::{self, Blocking, Tri, Verdict};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::FailureLabels;
 use crate::validate::{self, ValidatedPbx};
@@ -210,11 +210,7 @@ impl Context {
         let ns = pbx.namespace().unwrap_or_default();
         self.spec_memo.forget(&ns, &pbx.name_any());
         self.status_writes.forget(&ns, &pbx.name_any());
-        self.metrics.forget_pbx(
-            pbx.namespace().as_deref().unwrap_or(""),
-            &pbx.name_any(),
-            &types::ALL,
-        );
+        self.metrics.forget_pbx(&ns, &pbx.name_any());
     }
 }
 
