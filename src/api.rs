@@ -47,6 +47,13 @@ pub const DEFAULT_IMAGE: &str = concat!(
         json_path = ".status.endpoints.wssUrl"
     ),
     printcolumn(
+        name = "Phone",
+        type_ = "string",
+        json_path = ".status.endpoints.phoneUrl",
+        description = "The web phone the PBX serves",
+        priority = 1
+    ),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
@@ -810,6 +817,10 @@ pub struct WebRtcPbxStatus {
 pub struct EndpointsStatus {
     /// The WebSocket URL to paste into JsSIP or SIP.js.
     pub wss_url: String,
+    /// The web phone the PBX serves on its WSS port (the project's
+    /// Asterisk image; a custom `spec.image` must ship it, see the README).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_url: Option<String>,
 }
 
 /// The serving certificate.

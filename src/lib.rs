@@ -9,6 +9,8 @@
 pub mod api;
 pub mod certs;
 pub mod cli;
+pub mod client_config;
+pub mod clients;
 pub mod controller;
 pub mod crd;
 pub mod names;

@@ -170,6 +170,24 @@ enum Command {
         #[arg(long)]
         reference: bool,
     },
+    /// Print one user's softphone configuration, read from the cluster
+    /// (the PBX's NAME-clients Secret): JsSIP or SIP.js JSON, the SIP URI
+    /// and web phone link, a QR code of that link, or the CA to trust.
+    ClientConfig {
+        /// Namespace of the WebRtcPbx (default: the kubeconfig's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// The WebRtcPbx.
+        pbx: String,
+        /// The user's extension.
+        user: String,
+        /// What to print.
+        #[arg(long, value_enum, default_value = "jssip")]
+        format: webrtc_pbx_operator::client_config::Format,
+        /// With --format qr: also write the code as a PNG to FILE.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Print every object the operator would create for WebRtcPbx manifests
     /// (with the Secrets and ConfigMaps they reference), or write the Asterisk
     /// files with --config-dir.
@@ -188,6 +206,13 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Run(run) => return run_controller(run),
         Command::Probe(args) => return run_probe(args),
+        Command::ClientConfig {
+            namespace,
+            pbx,
+            user,
+            format,
+            output,
+        } => return run_client_config(namespace, &pbx, &user, format, output.as_deref()),
         Command::Crd { reference: true } => {
             print!("{}", crd::reference_markdown());
             Ok(())
@@ -203,6 +228,45 @@ fn main() -> ExitCode {
             for line in e.to_string().lines() {
                 eprintln!("error: {line}");
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_client_config(
+    namespace: Option<String>,
+    pbx: &str,
+    user: &str,
+    format: webrtc_pbx_operator::client_config::Format,
+    output: Option<&std::path::Path>,
+) -> ExitCode {
+    use webrtc_pbx_operator::client_config;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let client = kube::Client::try_default().await?;
+        let ns = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+        client_config::run(client, &ns, pbx, user, format, output).await
+    });
+    match result {
+        Ok(printed) => {
+            print!("{}", printed.stdout);
+            if let Some(note) = printed.note {
+                eprintln!("{note}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error ({}): {e}", e.category());
             ExitCode::FAILURE
         }
     }

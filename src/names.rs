@@ -90,7 +90,13 @@ pub fn selector_labels(pbx: &str) -> BTreeMap<String, String> {
 /// extension contains, so the key decodes back. An all-digit extension
 /// keeps the key earlier versions wrote.
 pub fn password_key(extension: &str) -> String {
-    let mut key = String::from(USER_PASSWORD_KEY_PREFIX);
+    format!("{USER_PASSWORD_KEY_PREFIX}{}", extension_key(extension))
+}
+
+/// An extension spelled as a Secret key (see [`password_key`]); read back
+/// with [`extension_of_key`].
+pub fn extension_key(extension: &str) -> String {
+    let mut key = String::new();
     for c in extension.chars() {
         match c {
             '+' => key.push_str("plus"),
@@ -108,6 +114,20 @@ pub fn extension_of_key(encoded: &str) -> String {
         .replace("plus", "+")
         .replace("star", "*")
         .replace("hash", "#")
+}
+
+/// Name of the Secret with each user's client configuration (read by
+/// `webrtc-pbx-operator client-config`; never mounted).
+pub fn clients_secret_name(pbx: &str) -> String {
+    format!("{pbx}-clients")
+}
+
+/// Key of the PBX-wide part of the client configuration in the clients Secret.
+pub const CLIENTS_PBX_KEY: &str = "pbx.json";
+
+/// Key of one user's part of the client configuration in the clients Secret.
+pub fn client_user_key(extension: &str) -> String {
+    format!("user-{}.json", extension_key(extension))
 }
 
 /// Name of the operator CA's Secret (SelfSigned mode; never mounted).

@@ -344,6 +344,8 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
 
     // A real browser registers as a user and hears the echo.
     browser_check(&g).await;
+    // What client-config prints works in JsSIP, SIP.js and the web phone.
+    clients_check(&g).await;
 
     // The Asterisk container is killed (and again each time the kubelet
     // restarts it): WssReachable=False (ConnectionRefused), then recovery.
@@ -993,45 +995,69 @@ async fn register_as(ip: &str, user: &str, password: &str) -> String {
         .map(|c| c.reason)
         .unwrap_or(report.wss.reason)
 }
-/// Headless Chromium with JsSIP, in the node's network namespace (it has no
-/// route off the machine), registers as user 1001 with the password from the
-/// example at the pod's host address and calls the echo extension with a
-/// fake microphone.
-async fn browser_check(g: &Ground) {
-    let inside = g.node.ip.as_str();
-    let dir = harness::scratch_dir("browser");
-    std::fs::copy(
-        harness::repo().join("tests/browser/echo.html"),
-        dir.join("echo.html"),
-    )
-    .unwrap();
-    std::fs::copy(harness::ground_env("JSSIP_JS"), dir.join("jssip.js")).unwrap();
-    // Trust exactly the served certificate, as a user who installed the CA would.
+/// The Chromium flags every browser check runs with: fake media, the
+/// PBX's domain mapped to the node, and trust in exactly the served
+/// certificate, as a user who installed the CA would have.
+async fn chromium_flags(g: &Ground) -> Vec<String> {
     let tls = Api::<Secret>::namespaced(g.client.clone(), &g.ns)
         .get(&format!("{NAME}-tls"))
         .await
         .unwrap();
     let pem = String::from_utf8(tls.data.unwrap()["tls.crt"].0.clone()).unwrap();
-    let spki = spki_sha256_base64(&pem);
-    let password = "change-me-alice";
-    let fragment: String = [
-        ("url", format!("wss://{DOMAIN}:{WSS_PORT}/ws")),
-        ("domain", DOMAIN.to_string()),
-        ("user", "1001".to_string()),
-        ("password", password.to_string()),
-        ("echo", "*43".to_string()),
-        ("seconds", "4".to_string()),
-    ]
-    .iter()
-    .map(|(k, v)| {
+    vec![
+        format!("--host-resolver-rules=MAP {DOMAIN} {}", g.node.ip),
         format!(
-            "{k}={}",
-            url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
-        )
-    })
-    .collect::<Vec<_>>()
-    .join("&");
-    let started = Instant::now();
+            "--ignore-certificate-errors-spki-list={}",
+            spki_sha256_base64(&pem)
+        ),
+    ]
+}
+
+/// Reads the one `WPBX-RESULT {json}` line a browser check prints to
+/// `stream` (or fails with what it printed instead).
+fn result_line(
+    stream: impl std::io::Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<Result<String, String>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(i) = line.find("WPBX-RESULT ") {
+                let json = line[i + 12..].trim_end_matches(|c| c != '}').to_string();
+                let _ = tx.send(Ok(json));
+                return;
+            }
+            seen.push(line);
+        }
+        let _ = tx.send(Err(seen.join("\n")));
+    });
+    rx
+}
+
+/// Kills a process group started with `process_group(0)` and reaps its leader.
+fn kill_group(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.wait();
+}
+
+/// Opens `page` (from tests/browser, with the client bundles beside it) in
+/// headless Chromium, in the node's network namespace (it has no route off
+/// the machine), with `fragment`; returns the page's WPBX-RESULT.
+async fn browser_page(g: &Ground, page: &str, fragment: &str) -> Value {
+    let dir = harness::scratch_dir("browser");
+    std::fs::copy(
+        harness::repo().join("tests/browser").join(page),
+        dir.join(page),
+    )
+    .unwrap();
+    std::fs::copy(harness::ground_env("JSSIP_JS"), dir.join("jssip.js")).unwrap();
+    std::fs::copy(harness::ground_env("SIPJS_JS"), dir.join("sipjs.js")).unwrap();
     let mut chromium = g
         .node
         .command(harness::ground_env("CHROMIUM"))
@@ -1047,47 +1073,49 @@ async fn browser_check(g: &Ground) {
             "--v=0",
         ])
         .arg(format!("--user-data-dir={}", dir.join("profile").display()))
-        .arg(format!("--host-resolver-rules=MAP {DOMAIN} {inside}"))
-        .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
-        .arg(format!(
-            "file://{}#{fragment}",
-            dir.join("echo.html").display()
-        ))
+        .args(chromium_flags(g).await)
+        .arg(format!("file://{}#{fragment}", dir.join(page).display()))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         // A group of its own: Chromium's helper processes go with it.
         .process_group(0)
         .spawn()
         .expect("start chromium (scripts/ground provision browser)");
-    let stderr = chromium.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut seen = Vec::new();
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(i) = line.find("WPBX-RESULT ") {
-                let json = line[i + 12..].trim_end_matches(|c| c != '}').to_string();
-                let _ = tx.send(Ok(json));
-                return;
-            }
-            seen.push(line);
-        }
-        let _ = tx.send(Err(seen.join("\n")));
-    });
+    let rx = result_line(chromium.stderr.take().unwrap());
     let result = rx.recv_timeout(Duration::from_secs(40));
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", chromium.id())])
-        .status();
-    let _ = chromium.wait();
+    kill_group(&mut chromium);
+    harness::remove_dir(&dir);
     let json = match result {
         Ok(Ok(json)) => json,
         other => panic!("no result from the browser: {other:?}\n{}", g.diagnostics()),
     };
-    let r: Value =
-        serde_json::from_str(&json.replace("\\\"", "\"")).unwrap_or_else(|e| panic!("{e}: {json}"));
+    serde_json::from_str(&json.replace("\\\"", "\"")).unwrap_or_else(|e| panic!("{e}: {json}"))
+}
+
+/// A fragment of `key=value` pairs, form-encoded.
+fn fragment_of(pairs: &[(&str, &str)]) -> String {
+    let mut f = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        f.append_pair(k, v);
+    }
+    f.finish()
+}
+
+/// Headless Chromium with JsSIP registers as user 1001 with the password
+/// from the example at the pod's host address and calls the echo extension
+/// with a fake microphone.
+async fn browser_check(g: &Ground) {
+    let started = Instant::now();
+    let url = format!("wss://{DOMAIN}:{WSS_PORT}/ws");
+    let fragment = fragment_of(&[
+        ("url", &url),
+        ("domain", DOMAIN),
+        ("user", "1001"),
+        ("password", "change-me-alice"),
+        ("echo", "*43"),
+        ("seconds", "4"),
+    ]);
+    let r = browser_page(g, "echo.html", &fragment).await;
     eprintln!(
         "browser (Chromium + JsSIP): registered at {} ms, call confirmed at {} ms, {} packets echoed back ({}), lost {}, jitter {} s, ICE rtt {} s; total {:.1} s",
         r["registeredAt"],
@@ -1104,7 +1132,221 @@ async fn browser_check(g: &Ground) {
         r["packetsReceived"].as_u64().unwrap_or(0) > 100,
         "4 s of audio echoed: {r}"
     );
-    harness::remove_dir(&dir);
+}
+
+/// `webrtc-pbx-operator client-config -n NS demo USER --format FORMAT [ARGS]`
+/// against the ground's apiserver: stdout, stderr.
+fn client_config(
+    g: &Ground,
+    user: &str,
+    format: &str,
+    args: &[&str],
+) -> Result<(String, String), String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_webrtc-pbx-operator"))
+        .args(["client-config", "-n", &g.ns, NAME, user, "--format", format])
+        .args(args)
+        .env("KUBECONFIG", &harness::control_plane().kubeconfig)
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    if out.status.success() {
+        Ok((text(out.stdout), text(out.stderr)))
+    } else {
+        Err(text(out.stderr))
+    }
+}
+
+/// What client-config prints, used as a user would: its JsSIP and SIP.js
+/// JSON fed unmodified to those libraries in Chromium (each registers and
+/// hears the echo), its QR code decoded back to its link, its CA the one
+/// that signed the served certificate; then the web phone the PBX serves,
+/// opened from those links by two users who call each other.
+async fn clients_check(g: &Ground) {
+    // A second user, whose password the operator generates.
+    let api = Api::<WebRtcPbx>::namespaced(g.client.clone(), &g.ns);
+    let mut users = serde_json::to_value(&g.pbx().await.unwrap().spec.users).unwrap();
+    users
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"extension": "1002", "displayName": "Bob"}));
+    api.patch(
+        NAME,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"users": users}})),
+    )
+    .await
+    .unwrap();
+    let (_, took) = g
+        .until(
+            Duration::from_secs(30),
+            "client-config for 1002",
+            || async { client_config(g, "1002", "uri", &[]).ok() },
+        )
+        .await;
+    eprintln!(
+        "user 1002 added: client-config has it after {:.1} s",
+        took.as_secs_f64()
+    );
+    let missing = client_config(g, "1003", "uri", &[]).unwrap_err();
+    assert!(
+        missing.contains("has no user 1003; its users: 1001, 1002"),
+        "{missing}"
+    );
+
+    for lib in ["jssip", "sipjs"] {
+        let (json_text, note) = client_config(g, "1001", lib, &[]).unwrap();
+        assert!(
+            note.contains("--format ca") && note.contains("certutil"),
+            "{note}"
+        );
+        let started = Instant::now();
+        let r = browser_page(
+            g,
+            "client.html",
+            &fragment_of(&[("lib", lib), ("config", &json_text), ("seconds", "3")]),
+        )
+        .await;
+        eprintln!(
+            "client-config --format {lib} in Chromium: registered at {} ms, echo call confirmed at {} ms, {} packets sent, {} echoed back, lost {}; total {:.1} s",
+            r["registeredAt"],
+            r["confirmedAt"],
+            r["packetsSent"],
+            r["packetsReceived"],
+            r["packetsLost"],
+            started.elapsed().as_secs_f64()
+        );
+        assert_eq!(r["ok"], true, "{lib}: {r}\n{json_text}");
+        assert!(
+            r["packetsReceived"].as_u64().unwrap_or(0) > 75,
+            "{lib}: 3 s echoed: {r}"
+        );
+    }
+
+    let links: Vec<(String, String)> = ["1001", "1002"]
+        .iter()
+        .map(|u| {
+            let (text, _) = client_config(g, u, "uri", &[]).unwrap();
+            let mut lines = text.lines();
+            (
+                lines.next().unwrap().to_string(),
+                lines.next().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(links[0].0, format!("sip:1001@{DOMAIN}"));
+    let phone = format!("https://{DOMAIN}:{WSS_PORT}/static/phone/index.html");
+    assert!(
+        links[1]
+            .1
+            .starts_with(&format!("{phone}#user=1002&password=")),
+        "{links:?}"
+    );
+    let status = g.pbx().await.unwrap().status.unwrap();
+    assert_eq!(
+        status.endpoints.unwrap().phone_url.as_deref(),
+        Some(phone.as_str())
+    );
+
+    // The QR code, as a phone's camera reads it.
+    let dir = harness::scratch_dir("clients");
+    let png_path = dir.join("1001.png");
+    let (terminal, _) =
+        client_config(g, "1001", "qr", &["--output", png_path.to_str().unwrap()]).unwrap();
+    assert!(
+        terminal.lines().count() > 20 && terminal.contains('▀'),
+        "{terminal}"
+    );
+    assert_eq!(decode_qr(&png_path), links[0].1);
+
+    // The CA: the one the served certificate chains to.
+    let (ca, _) = client_config(g, "1001", "ca", &[]).unwrap();
+    let tls = Api::<Secret>::namespaced(g.client.clone(), &g.ns)
+        .get(&format!("{NAME}-tls"))
+        .await
+        .unwrap();
+    assert_eq!(ca.as_bytes(), tls.data.unwrap()["ca.crt"].0.as_slice());
+
+    // The web phone: A (1001) calls B (1002), both from their links.
+    let shot = dir.join("web-phone.png");
+    let mut node = g
+        .node
+        .command("node")
+        .arg(harness::repo().join("tests/browser/phone-call.cjs"))
+        .args([&links[0].1, &links[1].1, "1002", shot.to_str().unwrap()])
+        .args(chromium_flags(g).await)
+        .env("PLAYWRIGHT", harness::ground_env("PLAYWRIGHT"))
+        .env("CHROMIUM", harness::ground_env("CHROMIUM"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn()
+        .expect("start node (scripts/ground provision browser)");
+    let rx = result_line(node.stdout.take().unwrap());
+    let result = rx.recv_timeout(Duration::from_secs(150));
+    kill_group(&mut node);
+    let json = match result {
+        Ok(Ok(json)) => json,
+        other => panic!(
+            "no result from the web phone: {other:?}\n{}",
+            g.diagnostics()
+        ),
+    };
+    let r: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let t = &r["timings"];
+    eprintln!(
+        "web phone (Chromium, two contexts): pages loaded {} ms, both registered {} ms, B ringing {} ms (call attempts {}, last failure {}), answered {} ms, hung up {} ms; A sent {} / received {} packets, B sent {} / received {} ({}), lost A {} B {}; mic level {}, speaker level {}",
+        t["pagesLoaded"],
+        t["registered"],
+        t["ringing"],
+        r["attempts"],
+        r["lastFailure"],
+        t["answered"],
+        t["hungUp"],
+        r["a"]["packetsSent"],
+        r["a"]["packetsReceived"],
+        r["b"]["packetsSent"],
+        r["b"]["packetsReceived"],
+        r["a"]["codec"],
+        r["a"]["packetsLost"],
+        r["b"]["packetsLost"],
+        r["micLevel"],
+        r["speakerLevel"]
+    );
+    assert_eq!(r["ok"], true, "{r}\n{}", g.diagnostics());
+    for side in ["a", "b"] {
+        for counter in ["packetsSent", "packetsReceived"] {
+            assert!(
+                r[side][counter].as_u64().unwrap_or(0) > 100,
+                "4 s of audio, {side} {counter}: {r}"
+            );
+        }
+    }
+    assert_eq!(
+        r["addressBar"],
+        phone.as_str(),
+        "credentials left in the address bar"
+    );
+    assert_eq!(r["bAfter"]["callState"], "idle", "{r}");
+    assert!(r["micLevel"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    if std::env::var_os("UPDATE_PICTURES").is_some() {
+        std::fs::copy(&shot, harness::repo().join("deploy/examples/web-phone.png")).unwrap();
+    }
+    eprintln!("web phone screenshot: {}", shot.display());
+}
+
+/// The text of the one QR code in a PNG (rqrr, as a phone's camera app).
+fn decode_qr(path: &std::path::Path) -> String {
+    let mut reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()))
+        .read_info()
+        .unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(frame.color_type, png::ColorType::Grayscale);
+    let (w, h) = (frame.width as usize, frame.height as usize);
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| buf[y * w + x]);
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code in {}", path.display());
+    grids[0].decode().unwrap().1
 }
 
 /// Base64 of the SHA-256 of a certificate's SubjectPublicKeyInfo (Chromium's pin format).

@@ -112,11 +112,40 @@ fn rendered_config_and_objects_match_golden_files() {
             dir.join("pod-monitor.yaml"),
             render::objects_yaml(&[render::Object::PodMonitor(monitor)]).unwrap(),
         );
+        // The clients Secret's records, decoded, and what client-config
+        // prints of the first user from them.
+        let validated = validated_case(&dir);
+        let records = webrtc_pbx_operator::clients::secret_data(&validated);
+        for (key, json) in &records {
+            let value: serde_json::Value = serde_json::from_str(json).unwrap();
+            expected_files.insert(
+                dir.join("clients").join(key),
+                serde_json::to_string_pretty(&value).unwrap() + "\n",
+            );
+        }
+        if let Some(user) = validated.users.first() {
+            use webrtc_pbx_operator::clients;
+            let (pbx, user) = (clients::pbx_client(&validated), clients::user_client(user));
+            let pretty = |v: serde_json::Value| serde_json::to_string_pretty(&v).unwrap();
+            expected_files.insert(
+                dir.join("clients/first-user.txt"),
+                format!(
+                    "--format jssip\n{}\n--format sipjs\n{}\n--format uri\n{}\n{}\n",
+                    pretty(clients::jssip(&pbx, &user)),
+                    pretty(clients::sipjs(&pbx, &user)),
+                    clients::sip_uri(&pbx, &user),
+                    clients::phone_link(&pbx, &user)
+                ),
+            );
+        }
         for (path, text) in &expected_files {
             check(path, text, &mut failures);
         }
         // A golden file the renderer no longer produces is stale.
-        for entry in walk(&dir.join("etc")) {
+        for entry in walk(&dir.join("etc"))
+            .into_iter()
+            .chain(walk(&dir.join("clients")))
+        {
             if !expected_files.contains_key(&entry) {
                 if updating() {
                     std::fs::remove_file(&entry).unwrap();

@@ -206,6 +206,7 @@ pub fn secret(s: &mut Secret) {
             names::secret_name(p),
             names::tls_secret_name(p),
             names::ca_secret_name(p),
+            names::clients_secret_name(p),
         ]
     });
     if !ours {

@@ -194,8 +194,13 @@ impl Fetched {
                     (&self.secret_names[1], &self.tls_secret),
                     (&self.secret_names[2], &self.ca_secret),
                 ];
-                let (_, found) = read.into_iter().find(|(n, _)| n.as_str() == name)?;
-                Some(json(found.as_ref()))
+                match read.into_iter().find(|(n, _)| n.as_str() == name) {
+                    Some((_, found)) => Some(json(found.as_ref())),
+                    // The clients Secret: the cache holds it whole (cache::secret).
+                    None => {
+                        ChildStores::json(&self.stores.as_ref()?.secrets, &self.namespace, name)
+                    }
+                }
             }
             Object::StatefulSet(_) => Some(json(self.stateful_set.as_ref())),
             Object::ConfigMap(c) => {

@@ -193,7 +193,10 @@ fn http_conf(pbx: &ValidatedPbx) -> ConfFile {
         .set("tlsenable", "yes")
         .set("tlsbindaddr", bind)
         .set("tlscertfile", format!("{keys}/tls.crt"))
-        .set("tlsprivatekey", format!("{keys}/tls.key"));
+        .set("tlsprivatekey", format!("{keys}/tls.key"))
+        // The web phone (crate::clients::PHONE_PATH): same origin and
+        // certificate as the WebSocket, so no mixed content.
+        .set("enablestatic", "yes");
     ConfFile::new().section(general)
 }
 

@@ -124,6 +124,7 @@ fn metadata(pbx: &ValidatedPbx, name: String) -> ObjectMeta {
 pub fn build(pbx: &ValidatedPbx, config: &AsteriskConfig) -> Vec<Object> {
     let mut objects = vec![
         Object::Secret(secret(pbx, config)),
+        Object::Secret(clients_secret(pbx)),
         Object::ConfigMap(config_map(pbx, config)),
     ];
     if pbx.spec.tls.mode == TlsMode::CertManager {
@@ -169,6 +170,13 @@ fn secret(pbx: &ValidatedPbx, config: &AsteriskConfig) -> Secret {
         data: Some(data),
         ..Secret::default()
     }
+}
+
+/// What each user's softphone needs (crate::clients), for `client-config`.
+fn clients_secret(pbx: &ValidatedPbx) -> Secret {
+    let data = crate::clients::secret_data(pbx);
+    let data: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    secret_of(pbx, clients_secret_name(&pbx.name), "Opaque", &data)
 }
 
 /// Reads back the generated passwords from the operator's Secret.

@@ -52,7 +52,7 @@ async fn canonical_pbx_becomes_ready_and_stays_quiet() {
     // Every child exists, owned by the PBX.
     let children = harness::wait_until(Duration::from_secs(30), "children created", || async {
         let secrets = Api::<Secret>::namespaced(r.client.clone(), &r.ns);
-        let names = ["acme-asterisk", "acme-tls", "acme-ca"];
+        let names = ["acme-asterisk", "acme-tls", "acme-ca", "acme-clients"];
         let mut owned = 0;
         for n in names {
             owned += usize::from(

@@ -582,7 +582,7 @@ async fn secrets_are_read_as_hostile_input_and_never_logged() {
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("drifted"), "no drift was logged:\n{logged}");
     let mut values = Vec::new();
-    for name in ["did-asterisk", "did-tls", "did-ca"] {
+    for name in ["did-asterisk", "did-tls", "did-ca", "did-clients"] {
         for (key, value) in secrets.get(name).await.unwrap().data.unwrap_or_default() {
             let b64 = String::from_utf8(
                 serde_json::to_value(&value)
