@@ -96,12 +96,17 @@ pub fn pbx_client(pbx: &ValidatedPbx) -> PbxClient {
         echo_extension: pbx.spec.dialplan.echo_extension.clone(),
         ice_servers,
         keep_alive_seconds: pbx.keep_alive.as_secs(),
-        phone_url: format!(
-            "https://{}:{}{PHONE_PATH}",
-            pbx.spec.domain, pbx.spec.wss.port
-        ),
+        phone_url: phone_url(pbx),
         ca_secret: (pbx.spec.tls.mode == TlsMode::SelfSigned).then(|| pbx.tls_secret_name.clone()),
     }
+}
+
+/// Where `pbx` serves the web phone (also `status.endpoints.phoneUrl`).
+pub fn phone_url(pbx: &ValidatedPbx) -> String {
+    format!(
+        "https://{}:{}{PHONE_PATH}",
+        pbx.spec.domain, pbx.spec.wss.port
+    )
 }
 
 /// One user's record.

@@ -451,7 +451,7 @@ async fn build_and_apply(
         ],
         endpoints: Some(EndpointsStatus {
             wss_url: validated.wss_url(),
-            phone_url: Some(crate::clients::pbx_client(validated).phone_url),
+            phone_url: Some(crate::clients::phone_url(validated)),
         }),
         certificate: cert.facts.map(|f| CertificateStatus {
             not_after: Some(certs::rfc3339(f.not_after)),
