@@ -910,6 +910,7 @@ async fn engine_register(port: u16, ca_pem: &str) -> f64 {
             password: "pw-1001".into(),
         }),
         echo: None,
+        user_call: None,
         metrics: None,
     };
     let t0 = Instant::now();
@@ -1129,6 +1130,7 @@ async fn engine_burst(port: u16, ca: &str, n: usize) -> std::collections::BTreeM
                     password: format!("pw-{user}"),
                 }),
                 echo: None,
+                user_call: None,
                 metrics: None,
             })
             .await;
@@ -1276,6 +1278,7 @@ async fn echo_worker(spec: &str) {
             max_rtt_ms: 10_000.0,
             min_mos: 1.0,
         }),
+        user_call: None,
         metrics: None,
     };
     // Once, before measuring: what a long-lived process pays only once

@@ -708,6 +708,11 @@ pub struct ProbesSpec {
     /// The echo-call probe.
     #[serde(default)]
     pub echo_call: EchoCallProbe,
+    /// The user-call probe: the probe user calls a second probe user
+    /// through the dialplan (both legs WebRTC) and audio is checked in
+    /// each direction. Off by default.
+    #[serde(default)]
+    pub user_call: UserCallProbe,
     /// The lowest acceptable call quality: an echo call whose ITU-T G.107
     /// E-model MOS estimate (from its round trip, loss and jitter) is below
     /// this fails as PoorCallQuality (default 3.6, 1 to 4.5; 4.41 is a
@@ -731,6 +736,7 @@ impl Default for ProbesSpec {
             min_mos: default_min_mos(),
             register: ProbeToggle::default(),
             echo_call: EchoCallProbe::default(),
+            user_call: UserCallProbe::default(),
         }
     }
 }
@@ -789,6 +795,32 @@ fn default_echo_duration() -> String {
     "10s".into()
 }
 
+/// The user-call probe. Its second probe user (`wpbx-probe-callee`) exists
+/// only while it is enabled; both probe users reach each other and the
+/// echo extension, nothing else.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct UserCallProbe {
+    /// Run this probe (default false). Its condition, UserCallHealthy, is
+    /// then part of Ready.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Length of the call (Go duration, default 10s).
+    #[serde(default = "default_echo_duration")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('10m')")
+        .message("probes.userCall.duration must be a duration between 1s and 10m, such as 10s"))]
+    #[schemars(length(max = 32))]
+    pub duration: String,
+}
+
+impl Default for UserCallProbe {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            duration: default_echo_duration(),
+        }
+    }
+}
+
 /// What the operator observed. Read by `kubectl wait`, Argo CD and Flux.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -797,7 +829,8 @@ pub struct WebRtcPbxStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Conditions: ConfigRendered, CertificateReady, WorkloadReady,
-    /// WssReachable, SipRegistered, EchoCallHealthy, Ready, Reconciling, Stalled.
+    /// WssReachable, SipRegistered, EchoCallHealthy, UserCallHealthy, Ready,
+    /// Reconciling, Stalled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Where clients connect.
@@ -885,6 +918,51 @@ pub struct ProbeFigures {
     /// the run before the echo call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asterisk: Option<AsteriskFigures>,
+    /// The call between the two probe users (`probes.userCall`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_call: Option<UserCallFigures>,
+}
+
+/// Figures of the user call: the whole call and each direction.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserCallFigures {
+    /// INVITE sent to both ends' DTLS-SRTP up, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_ms: Option<f64>,
+    /// Median delay there plus median delay back, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_trip_ms: Option<f64>,
+    /// E-model MOS estimate of the worse direction (1-4.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mos: Option<f64>,
+    /// Audio from the calling probe user to the called one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_to_callee: Option<DirectionFigures>,
+    /// Audio from the called probe user back to the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callee_to_caller: Option<DirectionFigures>,
+}
+
+/// What one direction of the user call carried.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectionFigures {
+    /// Packets sent while both ends were connected.
+    #[serde(default)]
+    pub packets_sent: u32,
+    /// Of those, packets received.
+    #[serde(default)]
+    pub packets_received: u32,
+    /// Loss, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_percent: Option<f64>,
+    /// Median one-way delay, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<f64>,
+    /// Interarrival jitter (RFC 3550), milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_ms: Option<f64>,
 }
 
 /// Asterisk's own figures (res_prometheus), the probe's endpoint and call

@@ -125,7 +125,24 @@ struct ProbeArgs {
     /// Local address for the call's media (default: the one that routes to the PBX).
     #[arg(long)]
     media_address: Option<std::net::IpAddr>,
-    /// Echo loss above this percentage fails as HighLoss.
+    /// Call a second user at this extension (needs --user and --callee):
+    /// both legs WebRTC, audio checked in each direction.
+    #[arg(long, requires = "callee")]
+    call_extension: Option<String>,
+    /// The user that answers the --call-extension call (registers on a
+    /// WebSocket of its own).
+    #[arg(long)]
+    callee: Option<String>,
+    /// File holding the password of --callee.
+    #[arg(long, requires = "callee")]
+    callee_password_file: Option<PathBuf>,
+    /// Length of the call to --callee (Go duration).
+    #[arg(long, default_value = "10s")]
+    call_duration: String,
+    /// Local address for the callee's media (default: --media-address).
+    #[arg(long)]
+    callee_media_address: Option<std::net::IpAddr>,
+    /// Echo (or user-call, each direction) loss above this percentage fails as HighLoss.
     #[arg(long, default_value_t = 5.0)]
     max_loss: f64,
     /// Median echo round trip above this (ms) fails as HighLatency.
@@ -400,17 +417,14 @@ fn run_probe(args: ProbeArgs) -> ExitCode {
         (Some(_), None) => return fail("--user needs --password or --password-file".into()),
         (None, _) => None,
     };
-    let echo = match &args.echo_extension {
-        None => None,
-        Some(_) if account.is_none() => {
-            return fail("--echo-extension needs --user and a password".into());
-        }
-        Some(extension) => {
-            let duration = match webrtc_pbx_operator::validate::parse_duration(&args.echo_duration)
-            {
-                Ok(d) => d,
-                Err(e) => return fail(format!("--echo-duration: {e}")),
-            };
+    let calls = args.echo_extension.is_some() || args.call_extension.is_some();
+    if calls && account.is_none() {
+        return fail("--echo-extension and --call-extension need --user and a password".into());
+    }
+    let media_ip = match (calls, args.media_address) {
+        (false, _) => std::net::IpAddr::from([0, 0, 0, 0]),
+        (true, Some(ip)) => ip,
+        (true, None) => {
             let dialled = args.connect_to.clone().unwrap_or_else(|| {
                 format!(
                     "{}:{}",
@@ -418,16 +432,23 @@ fn run_probe(args: ProbeArgs) -> ExitCode {
                     url.port_or_known_default().unwrap_or(443)
                 )
             });
-            let media_ip = match args.media_address {
+            match webrtc_pbx_operator::probe::transport::route_source(&dialled) {
                 Some(ip) => ip,
-                None => match webrtc_pbx_operator::probe::transport::route_source(&dialled) {
-                    Some(ip) => ip,
-                    None => {
-                        return fail(format!(
-                            "cannot find a local address towards {dialled}; pass --media-address"
-                        ));
-                    }
-                },
+                None => {
+                    return fail(format!(
+                        "cannot find a local address towards {dialled}; pass --media-address"
+                    ));
+                }
+            }
+        }
+    };
+    let echo = match &args.echo_extension {
+        None => None,
+        Some(extension) => {
+            let duration = match webrtc_pbx_operator::validate::parse_duration(&args.echo_duration)
+            {
+                Ok(d) => d,
+                Err(e) => return fail(format!("--echo-duration: {e}")),
             };
             Some(webrtc_pbx_operator::probe::echo::EchoOptions {
                 extension: extension.clone(),
@@ -440,6 +461,39 @@ fn run_probe(args: ProbeArgs) -> ExitCode {
             })
         }
     };
+    let user_call = match (&args.call_extension, &args.callee, &account) {
+        (Some(extension), Some(callee), Some(caller)) => {
+            let duration = match webrtc_pbx_operator::validate::parse_duration(&args.call_duration)
+            {
+                Ok(d) => d,
+                Err(e) => return fail(format!("--call-duration: {e}")),
+            };
+            let Some(path) = &args.callee_password_file else {
+                return fail("--callee needs --callee-password-file".into());
+            };
+            let password = match std::fs::read_to_string(path) {
+                Ok(p) => p.trim_end_matches(['\n', '\r']).to_string(),
+                Err(e) => return fail(format!("{}: {e}", path.display())),
+            };
+            Some(webrtc_pbx_operator::probe::user_call::UserCallOptions {
+                callee: webrtc_pbx_operator::probe::register::Account {
+                    domain: caller.domain.clone(),
+                    user: callee.clone(),
+                    password,
+                },
+                extension: extension.clone(),
+                duration,
+                timeout,
+                media_ip,
+                callee_media_ip: args.callee_media_address.unwrap_or(media_ip),
+                max_loss_percent: args.max_loss,
+                max_rtt_ms: args.max_rtt,
+                min_mos: args.min_mos,
+            })
+        }
+        (None, Some(_), _) => return fail("--callee needs --call-extension".into()),
+        _ => None,
+    };
     let request = webrtc_pbx_operator::probe::Request {
         target: webrtc_pbx_operator::probe::transport::Target {
             url,
@@ -450,6 +504,7 @@ fn run_probe(args: ProbeArgs) -> ExitCode {
         },
         account,
         echo,
+        user_call,
         metrics,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -15,6 +15,8 @@ pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 pub const CONFIG_HASH_ANNOTATION: &str = "pbx.webrtc.io/restart-config-hash";
 /// Key of the probe password in the operator's Secret.
 pub const PROBE_PASSWORD_KEY: &str = "probe-password";
+/// Key of the user-call probe's callee password in the operator's Secret.
+pub const CALLEE_PASSWORD_KEY: &str = "callee-password";
 /// Key of the password of Asterisk's `/metrics` (basic auth) in the
 /// operator's Secret; the user name is [`crate::validate::METRICS_USERNAME`].
 pub const METRICS_PASSWORD_KEY: &str = "metrics-password";

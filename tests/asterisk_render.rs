@@ -8,7 +8,7 @@ use std::time::Instant;
 use webrtc_pbx_operator::cli;
 use webrtc_pbx_operator::probe::register;
 use webrtc_pbx_operator::render;
-use webrtc_pbx_operator::validate::{self, Generated, PROBE_USERNAME, Referenced};
+use webrtc_pbx_operator::validate::{self, CALLEE_USERNAME, Generated, PROBE_USERNAME, Referenced};
 
 const DOMAIN: &str = "pbx.test";
 
@@ -21,6 +21,7 @@ spec:
   domain: {DOMAIN}
   wss: {{port: {port}, bindAddress: 127.0.0.1}}
   network: {{localNetworks: ["127.0.0.0/8"]}}
+  probes: {{userCall: {{enabled: true}}}}
   users:
     - {{extension: "1001", displayName: Alice, passwordSecretRef: {{name: users, key: alice}}}}
     - {{extension: "1002", codecs: [ulaw]}}
@@ -45,6 +46,7 @@ async fn rendered_config_runs_in_real_asterisk() {
         user_passwords: [("1002".to_string(), "generated-1002".to_string())].into(),
         probe_password: "probe-pw".into(),
         metrics_password: "metrics-pw".into(),
+        callee_password: "callee-pw".into(),
     };
     let referenced = Referenced::from_objects(inputs.secrets["voice"].clone(), vec![]);
     let validated = validate::validate(pbx, &referenced, &generated).unwrap();
@@ -71,7 +73,7 @@ async fn rendered_config_runs_in_real_asterisk() {
         "no plain HTTP listener expected:\n{http}"
     );
     let endpoints = asterisk.cli("pjsip show endpoints");
-    for name in ["1001", "1002", PROBE_USERNAME] {
+    for name in ["1001", "1002", PROBE_USERNAME, CALLEE_USERNAME] {
         assert!(
             endpoints.contains(&format!("Endpoint:  {name}")),
             "{name} missing:\n{endpoints}"
@@ -97,6 +99,7 @@ async fn rendered_config_runs_in_real_asterisk() {
         ("1001", "alice;secret"),
         ("1002", "generated-1002"),
         (PROBE_USERNAME, "probe-pw"),
+        (CALLEE_USERNAME, "callee-pw"),
     ] {
         let r = register::probe(&mut ws, &account(user, password), timeout).await;
         assert_eq!(
@@ -119,13 +122,19 @@ async fn rendered_config_runs_in_real_asterisk() {
         "1001 still bound after unregistering:\n{contacts}"
     );
 
-    // Toll-fraud guard: from the probe context only the echo extension exists.
+    // Toll-fraud guard: from the probe context only the echo extension and
+    // the callee probe exist.
     let probe_plan = asterisk.cli("dialplan show *43@probe");
     assert!(
         probe_plan.contains("Echo()"),
         "echo extension not reachable from probe:\n{probe_plan}"
     );
-    for ext in ["1001", "1002", "0039061234567", "600"] {
+    let callee_plan = asterisk.cli(&format!("dialplan show {CALLEE_USERNAME}@probe"));
+    assert!(
+        callee_plan.contains(&format!("Dial(PJSIP/{CALLEE_USERNAME},20)")),
+        "the callee probe not reachable from probe:\n{callee_plan}"
+    );
+    for ext in ["1001", "1002", "0039061234567", "600", PROBE_USERNAME] {
         let shown = asterisk.cli(&format!("dialplan show {ext}@probe"));
         assert!(
             shown.contains("There is no existence"),

@@ -230,8 +230,10 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     let (client, ns, node) = (g.client.clone(), g.ns.clone(), g.node);
 
     // The minimal example with the probes every 5 s; they dial the Service.
+    // The user call (probe user to callee probe through the dialplan) too.
     let (pbx, users) = Pbx::minimal_example(json!({
         "interval": "5s", "timeout": "3s", "echoCall": {"duration": "2s"},
+        "userCall": {"enabled": true, "duration": "2s"},
     }));
     let applied = Instant::now();
     Api::<Secret>::namespaced(client.clone(), &ns)
@@ -247,6 +249,7 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         "WssReachable",
         "SipRegistered",
         "EchoCallHealthy",
+        "UserCallHealthy",
         "WorkloadReady",
     ] {
         let (s, reason, message) = g.condition(type_).await.unwrap();
@@ -299,6 +302,17 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         figures.dtls_ms,
         figures.first_echo_ms
     );
+    let call = figures.user_call.clone().unwrap();
+    eprintln!("user call between the two probe users on real pods: {call:?}");
+    for way in [&call.caller_to_callee, &call.callee_to_caller] {
+        let way = way.as_ref().unwrap();
+        assert!(way.packets_received > 0, "{call:?}");
+        assert!(way.loss_percent.is_some_and(|l| l <= 5.0), "{call:?}");
+    }
+    assert!(
+        call.round_trip_ms.is_some() && call.mos.is_some(),
+        "{call:?}"
+    );
     assert!(figures.echo_round_trip_ms.is_some() && figures.register_ms.is_some());
     assert_eq!(figures.loss_percent, Some(0.0));
     // A clean call on one node rates near the narrowband ceiling (4.41).
@@ -328,6 +342,7 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     for line in [
         format!("probe_success{{{labels}}} 1"),
         format!("probe_check_success{{{labels},check=\"echo\"}} 1"),
+        format!("probe_check_success{{{labels},check=\"user_call\"}} 1"),
     ] {
         assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
     }
@@ -490,8 +505,18 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     assert_eq!(g.condition("SipRegistered").await.unwrap().0, "True");
     assert_eq!(g.condition("WssReachable").await.unwrap().0, "True");
     assert_eq!(g.condition("Ready").await.unwrap().0, "False");
+    // The call between the two probe users names the same fault.
+    g.wait(
+        "UserCallHealthy",
+        "False",
+        Some("IceFailed"),
+        two_intervals() + Duration::from_secs(12),
+    )
+    .await;
     node.allow_all();
     g.wait("EchoCallHealthy", "True", None, two_intervals())
+        .await;
+    g.wait("UserCallHealthy", "True", None, two_intervals())
         .await;
 
     // The certificate Secret is replaced by one for another hostname (a new

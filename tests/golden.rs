@@ -56,6 +56,7 @@ fn fixed_generated(pbx: &webrtc_pbx_operator::api::WebRtcPbx) -> Generated {
             .collect(),
         probe_password: "probe-secret".into(),
         metrics_password: "metrics-secret".into(),
+        callee_password: "callee-secret".into(),
     }
 }
 

@@ -241,6 +241,7 @@ async fn one_process_runs_hundreds_of_register_probes_at_once() {
                 password: format!("pw-{}", 2000 + i),
             }),
             echo: None,
+            user_call: None,
             metrics: None,
         };
         tokio::spawn(async move { webrtc_pbx_operator::probe::run(&request).await })
@@ -306,6 +307,7 @@ async fn a_frozen_pbx_times_out_in_the_phase_it_froze() {
         target,
         account: Some(account),
         echo: None,
+        user_call: None,
         metrics: None,
     })
     .await;
@@ -415,13 +417,9 @@ fn echo_ground(
     (dir, port, netns, asterisk)
 }
 
-fn echo_probe(
-    dir: &Path,
-    port: u16,
-    netns: &harness::Netns,
-    user: &str,
-    extra: &[&str],
-) -> Command {
+/// The `probe` command in `netns` against the test PBX on `port`,
+/// trusting its CA, JSON out, 3 s per step; `extra` says what to check.
+fn probe_in(dir: &Path, port: u16, netns: &harness::Netns, extra: &[&str]) -> Command {
     let mut c = netns.command(env!("CARGO_BIN_EXE_webrtc-pbx-operator"));
     c.args([
         "probe",
@@ -429,24 +427,36 @@ fn echo_probe(
         &format!("wss://{DOMAIN}:{port}/ws"),
         "--connect-to",
         &format!("127.0.0.1:{port}"),
-    ])
-    .args([
         "--ca-file",
         dir.join("ca.crt").to_str().unwrap(),
-        "--user",
-        user,
-        "--password",
-        &format!("pw-{user}"),
     ])
-    .args([
-        "--echo-extension",
-        "*43",
-        "--output",
-        "json",
-        "--timeout",
-        "3s",
-    ])
+    .args(["--output", "json", "--timeout", "3s"])
     .args(extra);
+    c
+}
+
+fn echo_probe(
+    dir: &Path,
+    port: u16,
+    netns: &harness::Netns,
+    user: &str,
+    extra: &[&str],
+) -> Command {
+    let password = format!("pw-{user}");
+    let mut c = probe_in(
+        dir,
+        port,
+        netns,
+        &[
+            "--user",
+            user,
+            "--password",
+            &password,
+            "--echo-extension",
+            "*43",
+        ],
+    );
+    c.args(extra);
     c
 }
 
@@ -563,6 +573,126 @@ fn behind_nat_the_pods_own_candidate_still_serves_lan_clients() {
         &["--echo-duration", "2s"],
     ));
     assert_eq!(json["echo"]["reason"], "Healthy", "{json}");
+    asterisk.kill();
+    drop(netns);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The spec line that adds the user-call probe's callee to a test config.
+const USER_CALL: &str = "  probes: {userCall: {enabled: true}}\n";
+
+/// The probe user calling the callee probe of a [`USER_CALL`] config, both
+/// ends in `netns`.
+fn user_call_probe(dir: &Path, port: u16, netns: &harness::Netns, extra: &[&str]) -> Command {
+    use webrtc_pbx_operator::validate::{CALLEE_USERNAME, PROBE_USERNAME};
+    let callee_password = dir.join("callee.pw");
+    std::fs::write(&callee_password, "callee-pw").unwrap();
+    let mut c = probe_in(
+        dir,
+        port,
+        netns,
+        &["--user", PROBE_USERNAME, "--password", "probe-pw"],
+    );
+    c.args([
+        "--call-extension",
+        CALLEE_USERNAME,
+        "--callee",
+        CALLEE_USERNAME,
+    ])
+    .args(["--callee-password-file", callee_password.to_str().unwrap()])
+    .args(extra);
+    c
+}
+
+#[test]
+fn user_call_carries_audio_both_ways_and_names_the_silent_direction() {
+    let (dir, port, netns, mut asterisk) = echo_ground("user-call", USER_CALL, "127.0.0.1");
+    let json = echo_json(user_call_probe(
+        &dir,
+        port,
+        &netns,
+        &["--call-duration", "10s"],
+    ));
+    assert_eq!(
+        json["user_call"]["reason"],
+        "Healthy",
+        "{json}\n{}",
+        asterisk.output()
+    );
+    assert_eq!(json["ok"], true, "{json}");
+    let r = &json["user_call_result"];
+    for way in ["caller_to_callee", "callee_to_caller"] {
+        let w = &r[way];
+        eprintln!(
+            "user call {way}: {}/{} packets, loss {} %, delay median {} ms p95 {} ms, jitter {} ms",
+            w["received"],
+            w["sent"],
+            w["loss_percent"],
+            w["delay_median_ms"],
+            w["delay_p95_ms"],
+            w["jitter_ms"]
+        );
+        assert!(
+            w["sent"].as_u64().unwrap() >= 450,
+            "10 s of 20 ms frames: {r}"
+        );
+        assert!(w["loss_percent"].as_f64().unwrap() <= 1.0, "{way}: {r}");
+    }
+    eprintln!(
+        "user call: INVITE to 200 OK {} ms, setup (both ends DTLS up) {} ms, round trip {} ms, MOS {}",
+        r["invite_ms"], r["setup_ms"], r["round_trip_ms"], r["mos"]
+    );
+
+    // RTP (not STUN or DTLS) to one end's media address dropped: that
+    // end hears nothing, the other end's audio arrives, and the silent
+    // direction is named.
+    // The callee's media address defaults to the caller's: each end gets
+    // its own here.
+    for (address, ends, silent, silent_way, heard) in [
+        (
+            "127.0.0.2",
+            ["127.0.0.1", "127.0.0.2"],
+            "callerToCallee",
+            "caller_to_callee",
+            "callee_to_caller",
+        ),
+        (
+            "127.0.0.3",
+            ["127.0.0.3", "127.0.0.1"],
+            "calleeToCaller",
+            "callee_to_caller",
+            "caller_to_callee",
+        ),
+    ] {
+        netns.drop_rtp_to(address);
+        let json = echo_json(user_call_probe(
+            &dir,
+            port,
+            &netns,
+            &[
+                "--call-duration",
+                "3s",
+                "--media-address",
+                ends[0],
+                "--callee-media-address",
+                ends[1],
+            ],
+        ));
+        assert_eq!(json["user_call"]["reason"], "OneWayAudio", "{json}");
+        assert_eq!(json["ok"], false, "{json}");
+        let r = &json["user_call_result"];
+        assert_eq!(r["outcome"]["silent"], silent, "{r}");
+        assert_eq!(r[silent_way]["received"], 0, "{r}");
+        assert!(r[heard]["received"].as_u64().unwrap() > 100, "{r}");
+        let message = json["user_call"]["message"].as_str().unwrap();
+        let named = silent_way.replace('_', " ");
+        assert!(
+            message.contains(&format!("nothing arrived from {named}")),
+            "{message}"
+        );
+        eprintln!("RTP to {address} dropped: {message}");
+        netns.allow_all();
+    }
     asterisk.kill();
     drop(netns);
     std::fs::remove_dir_all(&dir).unwrap();

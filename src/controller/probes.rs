@@ -20,10 +20,10 @@ use tracing::{debug, info};
 
 use crate::api::WebRtcPbx;
 use crate::names;
-use crate::probe::{self, asterisk_metrics, echo, register, transport};
+use crate::probe::{self, asterisk_metrics, echo, register, transport, user_call};
 use crate::status::Probed;
 use crate::telemetry::Metrics;
-use crate::validate::{METRICS_USERNAME, PROBE_USERNAME, ValidatedPbx};
+use crate::validate::{CALLEE_USERNAME, METRICS_USERNAME, PROBE_USERNAME, ValidatedPbx};
 
 /// Probe runs in flight across all PBXs, by default.
 pub const DEFAULT_CONCURRENCY: usize = 32;
@@ -68,8 +68,26 @@ pub fn plan(pbx: &ValidatedPbx, ca_pem: Option<String>) -> Option<Plan> {
     } else {
         probes.connect_address.clone()
     };
-    let account =
-        (probes.register.enabled || probes.echo_call.enabled).then(|| register::Account {
+    let user_call = pbx
+        .callee_password
+        .as_ref()
+        .map(|password| user_call::UserCallOptions {
+            callee: register::Account {
+                domain: pbx.spec.domain.clone(),
+                user: CALLEE_USERNAME.into(),
+                password: password.clone(),
+            },
+            extension: CALLEE_USERNAME.into(),
+            duration: pbx.user_call_duration,
+            timeout,
+            media_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            callee_media_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            max_loss_percent: MAX_LOSS_PERCENT,
+            max_rtt_ms: MAX_RTT_MS,
+            min_mos: probes.min_mos,
+        });
+    let account = (probes.register.enabled || probes.echo_call.enabled || user_call.is_some())
+        .then(|| register::Account {
             domain: pbx.spec.domain.clone(),
             user: PROBE_USERNAME.into(),
             password: pbx.probe_password.clone(),
@@ -96,6 +114,7 @@ pub fn plan(pbx: &ValidatedPbx, ca_pem: Option<String>) -> Option<Plan> {
             },
             account,
             echo,
+            user_call,
             metrics: Some(asterisk_metrics::Access {
                 path: crate::render::METRICS_PATH.into(),
                 user: METRICS_USERNAME.into(),
@@ -115,6 +134,8 @@ pub struct Results {
     pub register: Option<Probed>,
     /// The echo-call check.
     pub echo: Option<Probed>,
+    /// The user-call check.
+    pub user_call: Option<Probed>,
     /// The last report and when it finished.
     pub last: Option<(probe::Report, OffsetDateTime)>,
     /// Runs finished.
@@ -130,6 +151,7 @@ impl Results {
         self.wss = next(&self.wss, Some(&report.wss));
         self.register = next(&self.register, report.register.as_ref());
         self.echo = next(&self.echo, report.echo.as_ref());
+        self.user_call = next(&self.user_call, report.user_call.as_ref());
         self.last = Some((report, at));
         self.runs += 1;
     }
@@ -366,17 +388,23 @@ fn jittered(interval: Duration, rng: &mut impl Rng) -> Duration {
     Duration::from_secs_f64((interval.as_secs_f64() + rng.random_range(-spread..=spread)).max(0.0))
 }
 
-/// One probe run; the echo call uses the local address that routes to the PBX.
+/// One probe run; the calls use the local address that routes to the PBX.
 async fn run_once(request: &probe::Request) -> probe::Report {
     let mut request = request.clone();
-    if let Some(echo) = request.echo.as_mut() {
+    if request.echo.is_some() || request.user_call.is_some() {
         let dial = request.target.connect_to.clone().unwrap_or_default();
         let found = tokio::task::spawn_blocking(move || transport::route_source(&dial))
             .await
             .ok()
             .flatten();
         if let Some(ip) = found {
-            echo.media_ip = ip;
+            if let Some(echo) = request.echo.as_mut() {
+                echo.media_ip = ip;
+            }
+            if let Some(call) = request.user_call.as_mut() {
+                call.media_ip = ip;
+                call.callee_media_ip = ip;
+            }
         }
     }
     probe::run_bounded(&request).await
@@ -447,7 +475,42 @@ mod tests {
         );
         assert_eq!(p.request.target.timeout, Duration::from_secs(2));
         assert!(p.request.account.is_none() && p.request.echo.is_none());
+        assert!(p.request.user_call.is_none());
         assert!(plan(&validated(serde_json::json!({"enabled": false})), None).is_none());
+    }
+
+    #[test]
+    fn the_user_call_probe_calls_the_callee_as_the_probe_user() {
+        let spec: WebRtcPbxSpec = serde_json::from_value(serde_json::json!({
+            "domain": "pbx.acme.example",
+            "probes": {"register": {"enabled": false}, "echoCall": {"enabled": false},
+                       "userCall": {"enabled": true, "duration": "20s"}},
+        }))
+        .unwrap();
+        let pbx = WebRtcPbx::new("acme", spec);
+        let generated = Generated {
+            probe_password: "probe-secret".into(),
+            metrics_password: "metrics-secret".into(),
+            callee_password: "callee-secret".into(),
+            ..Default::default()
+        };
+        let validated = crate::validate::validate(&pbx, &Default::default(), &generated).unwrap();
+        let p = plan(&validated, None).unwrap();
+        // The caller still needs its account, with REGISTER and echo off.
+        assert_eq!(p.request.account.as_ref().unwrap().user, PROBE_USERNAME);
+        let call = p.request.user_call.as_ref().unwrap();
+        assert_eq!(call.callee.user, CALLEE_USERNAME);
+        assert_eq!(call.callee.password, "callee-secret");
+        assert_eq!(call.extension, CALLEE_USERNAME);
+        assert_eq!(call.duration, Duration::from_secs(20));
+        // Off, there is no callee at all.
+        assert!(
+            plan(&self::validated(serde_json::json!({})), None)
+                .unwrap()
+                .request
+                .user_call
+                .is_none()
+        );
     }
 
     #[test]
@@ -492,6 +555,8 @@ mod tests {
             register_result: None,
             echo: None,
             echo_result: None,
+            user_call: None,
+            user_call_result: None,
             asterisk: None,
             asterisk_error: None,
             ok: false,

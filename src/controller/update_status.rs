@@ -198,6 +198,7 @@ fn probe_conditions(
             r.and_then(|r| r.wss.as_ref()),
             r.and_then(|r| r.register.as_ref()),
             r.and_then(|r| r.echo.as_ref()),
+            r.and_then(|r| r.user_call.as_ref()),
         ],
         outcome.waiting_for_workload,
         &previous.conditions,

@@ -56,12 +56,12 @@ pub struct AsteriskFacts {
 }
 
 /// Fetches and parses the metrics from the target's host and port, leaving out
-/// endpoint `ignore_endpoint` (the probe's, registered at that moment).
+/// the endpoints `ignore` (the probes' own).
 /// The error is a sentence for status and logs.
 pub async fn fetch(
     target: &Target,
     access: &Access,
-    ignore_endpoint: &str,
+    ignore: &[&str],
 ) -> Result<AsteriskFacts, String> {
     let path = &access.path;
     let (mut tls, _, _) = transport::open_tls(target)
@@ -93,7 +93,7 @@ pub async fn fetch(
     let text = String::from_utf8_lossy(&reply);
     let (status, body) = split_reply(&text)?;
     match status {
-        200 => Ok(parse(body, ignore_endpoint)),
+        200 => Ok(parse(body, ignore)),
         401 | 403 => Err(format!(
             "Asterisk refused the metrics credentials ({status}): prometheus.conf and the operator's Secret disagree"
         )),
@@ -139,9 +139,12 @@ fn split_reply(text: &str) -> Result<(u16, &str), String> {
 /// The facts in a Prometheus text exposition from res_prometheus (pure).
 /// Unknown and malformed lines are ignored: the numbers that are there
 /// still count.
-pub fn parse(text: &str, ignore_endpoint: &str) -> AsteriskFacts {
+pub fn parse(text: &str, ignore: &[&str]) -> AsteriskFacts {
     let mut facts = AsteriskFacts::default();
-    let ignored = format!("resource=\"{ignore_endpoint}\"");
+    let ignored: Vec<String> = ignore
+        .iter()
+        .map(|endpoint| format!("resource=\"{endpoint}\""))
+        .collect();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
@@ -161,7 +164,7 @@ pub fn parse(text: &str, ignore_endpoint: &str) -> AsteriskFacts {
             "asterisk_calls_count" => facts.active_calls = count,
             "asterisk_channels_count" => facts.active_channels = count,
             "asterisk_core_uptime_seconds" => facts.uptime_seconds = count,
-            "asterisk_endpoints_state" if !labels.contains(&ignored) => {
+            "asterisk_endpoints_state" if !ignored.iter().any(|i| labels.contains(i)) => {
                 facts.endpoints += 1;
                 // 0 unknown, 1 offline, 2 online.
                 if count == 2 {
@@ -189,12 +192,13 @@ asterisk_endpoints_count{eid=\"02:fc:00:00:00:01\"} 3\n\
 asterisk_endpoints_state{eid=\"02:fc:00:00:00:01\",id=\"PJSIP/1001\",tech=\"PJSIP\",resource=\"1001\"} 2\n\
 asterisk_endpoints_state{eid=\"02:fc:00:00:00:01\",id=\"PJSIP/1002\",tech=\"PJSIP\",resource=\"1002\"} 1\n\
 asterisk_endpoints_state{eid=\"02:fc:00:00:00:01\",id=\"PJSIP/wpbx-probe\",tech=\"PJSIP\",resource=\"wpbx-probe\"} 2\n\
+asterisk_endpoints_state{eid=\"02:fc:00:00:00:01\",id=\"PJSIP/wpbx-probe-callee\",tech=\"PJSIP\",resource=\"wpbx-probe-callee\"} 1\n\
 asterisk_core_uptime_seconds{eid=\"02:fc:00:00:00:01\"} 3601\n";
 
     #[test]
     fn reads_calls_channels_endpoints_and_uptime_leaving_the_probe_out() {
         assert_eq!(
-            parse(SCRAPE, "wpbx-probe"),
+            parse(SCRAPE, &["wpbx-probe", "wpbx-probe-callee"]),
             AsteriskFacts {
                 active_calls: 1,
                 active_channels: 2,
@@ -209,7 +213,7 @@ asterisk_core_uptime_seconds{eid=\"02:fc:00:00:00:01\"} 3601\n";
     fn hostile_values_become_zero_and_junk_is_ignored() {
         let text = "asterisk_calls_count -5\nasterisk_channels_count NaN\n\
                     asterisk_core_uptime_seconds 1e400\ngarbage\n{{{ 1\n";
-        let facts = parse(text, "p");
+        let facts = parse(text, &["p"]);
         assert_eq!(facts.active_calls, 0);
         assert_eq!(facts.active_channels, 0);
         assert_eq!(facts.uptime_seconds, 0);

@@ -12,11 +12,10 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 
-use super::digest;
-use super::media::{Figures, MAGIC, Media};
+use super::media::{Figures, MAGIC, Media, direction};
 use super::quality;
 use super::register::Account;
-use super::session::{Session, TxError};
+use super::session::{InviteError, Session};
 use super::step::{Check, Step};
 
 /// PCMU at 8 kHz, 20 ms.
@@ -217,7 +216,7 @@ impl EchoResult {
 
 /// WebRTC stacks offer `c=IN IP4 0.0.0.0` and port 9; Asterisk reads that
 /// as hold and sends nothing. Put the real host candidate there.
-fn fix_connection_address(sdp: &str, addr: SocketAddr) -> String {
+pub(super) fn fix_connection_address(sdp: &str, addr: SocketAddr) -> String {
     sdp.lines()
         .map(|l| {
             if l.starts_with("c=IN IP4 0.0.0.0") {
@@ -233,20 +232,11 @@ fn fix_connection_address(sdp: &str, addr: SocketAddr) -> String {
         + "\r\n"
 }
 
-/// Places the echo call on an open, idle SIP WebSocket.
-pub async fn call(
-    ws: &mut super::transport::Wss,
-    account: &Account,
-    opts: &EchoOptions,
-) -> EchoResult {
-    let socket = match UdpSocket::bind((opts.media_ip, 0)).await {
-        Ok(s) => s,
-        Err(_) => return EchoResult::failed(EchoOutcome::IceFailed),
-    };
-    let Ok(local) = socket.local_addr() else {
-        return EchoResult::failed(EchoOutcome::IceFailed);
-    };
-    let start = Instant::now();
+/// One end of a WebRTC call: a UDP socket on `ip` and a str0m instance
+/// with that socket's host candidate (PCMU only, no reordering buffer).
+pub(super) async fn media_end(ip: IpAddr, start: Instant) -> Option<(UdpSocket, SocketAddr, Rtc)> {
+    let socket = UdpSocket::bind((ip, 0)).await.ok()?;
+    let local = socket.local_addr().ok()?;
     let mut rtc = Rtc::builder()
         .clear_codecs()
         .enable_pcmu(true, false)
@@ -255,10 +245,19 @@ pub async fn call(
         // round trip and jitter the probe measures (and to its MOS).
         .set_reordering_size_audio(0)
         .build(start);
-    let Ok(candidate) = Candidate::host(local, "udp") else {
+    rtc.add_local_candidate(Candidate::host(local, "udp").ok()?);
+    Some((socket, local, rtc))
+}
+
+/// Places the echo call on an open, idle SIP WebSocket.
+pub async fn call(
+    ws: &mut super::transport::Wss,
+    account: &Account,
+    opts: &EchoOptions,
+) -> EchoResult {
+    let Some((socket, local, mut rtc)) = media_end(opts.media_ip, Instant::now()).await else {
         return EchoResult::failed(EchoOutcome::IceFailed);
     };
-    rtc.add_local_candidate(candidate);
     let mut changes = rtc.sdp_api();
     let mid: Mid = changes.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
     let Some((offer, pending)) = changes.apply() else {
@@ -267,50 +266,17 @@ pub async fn call(
     let offer_sdp = fix_connection_address(&offer.to_sdp_string(), local);
 
     let mut session = Session::new(ws, opts.timeout);
-    let uri = format!("sip:{}@{}", opts.extension, account.domain);
-    let from = format!("sip:{}@{}", account.user, account.domain);
-    let contact = format!("<sip:{}@{};transport=ws>", account.user, session.host);
-    let invite = |s: &mut Session<'_>, auth: Option<String>| {
-        let mut m = s
-            .request("INVITE", &uri, &from, &uri)
-            .with_header("Contact", contact.clone());
-        if let Some(a) = auth {
-            m = m.with_header("Authorization", a);
-        }
-        m.with_body("application/sdp", offer_sdp.clone())
-    };
-    let first = invite(&mut session, None);
     let setup = Instant::now();
-    let mut response = match session.transaction(&first).await {
-        Ok(r) => r,
-        Err(TxError::Timeout) => return EchoResult::failed(EchoOutcome::Timeout),
-        Err(TxError::Closed(_)) => return EchoResult::failed(EchoOutcome::TransportClosed),
+    let (last_invite, response) = match session.invite(account, &opts.extension, &offer_sdp).await {
+        Ok(call) => call,
+        Err(InviteError::Timeout) => return EchoResult::failed(EchoOutcome::Timeout),
+        Err(InviteError::Closed) => return EchoResult::failed(EchoOutcome::TransportClosed),
+        Err(InviteError::Rejected(status)) => {
+            return EchoResult::failed(EchoOutcome::CallRejected { status });
+        }
     };
-    let mut last_invite = first;
-    if response.status() == Some(401) {
-        session.ack_failure(&last_invite, &response).await;
-        let Some(challenge) = digest::strongest(response.header_values("WWW-Authenticate")) else {
-            return EchoResult::failed(EchoOutcome::CallRejected { status: 401 });
-        };
-        let creds = digest::Credentials {
-            username: &account.user,
-            password: &account.password,
-        };
-        let auth = digest::authorization(&challenge, &creds, "INVITE", &uri, "e0c1", 1);
-        last_invite = invite(&mut session, Some(auth));
-        response = match session.transaction(&last_invite).await {
-            Ok(r) => r,
-            Err(TxError::Timeout) => return EchoResult::failed(EchoOutcome::Timeout),
-            Err(TxError::Closed(_)) => return EchoResult::failed(EchoOutcome::TransportClosed),
-        };
-    }
     let answered = Instant::now();
     let status = response.status().unwrap_or(0);
-    if !(200..300).contains(&status) {
-        session.ack_failure(&last_invite, &response).await;
-        return EchoResult::failed(EchoOutcome::CallRejected { status });
-    }
-    session.ack(&last_invite, &response).await;
     let answer = match SdpAnswer::from_sdp_string(&response.body) {
         Ok(a) => a,
         Err(_) => return EchoResult::failed(EchoOutcome::CallRejected { status }),
@@ -321,19 +287,19 @@ pub async fn call(
     }
 
     let mut media = Media::default();
-    let outcome = media_loop(
-        &mut rtc,
-        &socket,
+    let call = Leg {
+        rtc: &mut rtc,
+        socket: &socket,
         local,
         mid,
-        &mut session,
-        opts,
-        &mut media,
-    )
-    .await;
-    if !matches!(outcome, Some(EchoOutcome::CallDropped { .. })) {
+        session: &mut session,
+        media: &mut media,
+    };
+    let dropped = call.media_loop(opts.timeout, opts.duration, None).await;
+    if dropped.is_none() {
         session.bye(&last_invite, &response).await;
     }
+    let outcome = dropped.map(|at_second| EchoOutcome::CallDropped { at_second });
     result(&media, outcome, setup, answered, opts)
 }
 
@@ -345,14 +311,15 @@ fn result(
     answered: Instant,
     opts: &EchoOptions,
 ) -> EchoResult {
+    // Both ends of the direction are the probe: the delay is a round trip.
     let Figures {
         sent,
-        echoed,
+        received: echoed,
         loss_percent: loss,
-        rtt_median_ms: median,
-        rtt_p95_ms: p95,
+        delay_median_ms: median,
+        delay_p95_ms: p95,
         jitter_ms: jitter,
-    } = media.figures();
+    } = direction(&media.sent_at, &media.arrivals);
     let rated = median
         .zip(loss)
         .map(|(rtt, loss)| quality::rate(rtt, loss, jitter.unwrap_or(0.0), quality::Codec::Pcmu));
@@ -395,158 +362,176 @@ fn result(
                 .map(|(ice, dtls)| ms_between(ice, dtls)),
             first_echo_ms: media
                 .dtls_connected
-                .zip(media.first_echo)
+                .zip(media.first_arrival)
                 .map(|(dtls, echo)| ms_between(dtls, echo)),
         },
     }
 }
 
 /// Milliseconds from `from` to `to` (0 when `to` is earlier).
-fn ms_between(from: Instant, to: Instant) -> f64 {
+pub(super) fn ms_between(from: Instant, to: Instant) -> f64 {
     to.saturating_duration_since(from).as_secs_f64() * 1000.0
 }
 
-/// Drives str0m from the socket and the clock until the call ends. Returns
-/// an outcome only when the call itself decided it (dropped).
-async fn media_loop(
-    rtc: &mut Rtc,
-    socket: &UdpSocket,
-    local: SocketAddr,
-    mid: Mid,
-    session: &mut Session<'_>,
-    opts: &EchoOptions,
-    media: &mut Media,
-) -> Option<EchoOutcome> {
-    let epoch = Instant::now();
-    let setup_deadline = epoch + opts.timeout;
-    let mut media_end: Option<Instant> = None;
-    let mut next_frame = Instant::now();
-    // The SIP WebSocket is read at most every WS_POLL: each read walks
-    // TLS and tungstenite even when nothing came (5 % of a call's CPU when
-    // read on every packet). A BYE or OPTIONS waits at most that long.
-    let mut next_ws = Instant::now();
-    let mut buf = vec![0u8; 2000];
-    loop {
-        // Drain str0m's output until it wants to wait.
-        let wait_until = loop {
-            match rtc.poll_output() {
-                Ok(Output::Transmit(t)) => {
-                    let _ = socket.send_to(&t.contents, t.destination).await;
-                }
-                Ok(Output::Timeout(t)) => break t,
-                Ok(Output::Event(e)) => match e {
-                    Event::IceConnectionStateChange(
-                        IceConnectionState::Connected | IceConnectionState::Completed,
-                    ) => {
-                        media.ice_connected.get_or_insert_with(Instant::now);
+/// One end of a connected call, as the media loop drives it.
+pub(super) struct Leg<'a, 's> {
+    pub(super) rtc: &'a mut Rtc,
+    pub(super) socket: &'a UdpSocket,
+    pub(super) local: SocketAddr,
+    pub(super) mid: Mid,
+    pub(super) session: &'a mut Session<'s>,
+    pub(super) media: &'a mut Media,
+}
+
+impl Leg<'_, '_> {
+    /// Drives str0m from the socket and the clock: sends `duration` of
+    /// sequence-numbered frames once DTLS is up (`timeout` after the start
+    /// at most) and records what arrives, marked packets with a sequence
+    /// number below `peer_limit` (default: what this end sent, as an echo
+    /// can only return that). Returns the second the call dropped at, when
+    /// it did (ICE lost, a BYE, the WebSocket closed, arrivals stopped).
+    pub(super) async fn media_loop(
+        self,
+        timeout: Duration,
+        duration: Duration,
+        peer_limit: Option<usize>,
+    ) -> Option<f64> {
+        let Leg {
+            rtc,
+            socket,
+            local,
+            mid,
+            session,
+            media,
+        } = self;
+        let setup_deadline = Instant::now() + timeout;
+        let mut media_end: Option<Instant> = None;
+        let mut next_frame = Instant::now();
+        // The SIP WebSocket is read at most every WS_POLL: each read walks
+        // TLS and tungstenite even when nothing came (5 % of a call's CPU when
+        // read on every packet). A BYE or OPTIONS waits at most that long.
+        let mut next_ws = Instant::now();
+        let mut buf = vec![0u8; 2000];
+        loop {
+            // Drain str0m's output until it wants to wait.
+            let wait_until = loop {
+                match rtc.poll_output() {
+                    Ok(Output::Transmit(t)) => {
+                        let _ = socket.send_to(&t.contents, t.destination).await;
                     }
-                    Event::IceConnectionStateChange(IceConnectionState::Disconnected)
-                        if media.dtls_connected.is_some() =>
-                    {
-                        let at = media.seconds();
-                        return Some(EchoOutcome::CallDropped { at_second: at });
-                    }
-                    Event::Connected => {
-                        media.dtls_connected = Some(Instant::now());
-                        media_end = Some(Instant::now() + opts.duration);
-                        next_frame = on_frame_grid(Instant::now());
-                    }
-                    Event::MediaData(data) => media.on_packet(&data.data, Instant::now(), epoch),
-                    _ => {}
-                },
-                Err(_) => return None,
-            }
-        };
-        let now = Instant::now();
-        match media_end {
-            None if now >= setup_deadline => return None,
-            Some(end) if now >= end + Duration::from_millis(500) => {
-                // Echoes stopped long before the end: the call dropped.
-                if let Some(last) = media.last_echo
-                    && end.duration_since(last) > Duration::from_secs(3)
-                {
-                    let at = last
-                        .duration_since(media.dtls_connected.unwrap_or(last))
-                        .as_secs_f64();
-                    return Some(EchoOutcome::CallDropped { at_second: at });
+                    Ok(Output::Timeout(t)) => break t,
+                    Ok(Output::Event(e)) => match e {
+                        Event::IceConnectionStateChange(
+                            IceConnectionState::Connected | IceConnectionState::Completed,
+                        ) => {
+                            media.ice_connected.get_or_insert_with(Instant::now);
+                        }
+                        Event::IceConnectionStateChange(IceConnectionState::Disconnected)
+                            if media.dtls_connected.is_some() =>
+                        {
+                            return Some(media.seconds_at(Instant::now()));
+                        }
+                        Event::Connected => {
+                            media.dtls_connected = Some(Instant::now());
+                            media_end = Some(Instant::now() + duration);
+                            next_frame = on_frame_grid(Instant::now());
+                        }
+                        Event::MediaData(data) => {
+                            let limit = peer_limit.unwrap_or(media.sent_at.len());
+                            media.on_packet(&data.data, Instant::now(), limit);
+                        }
+                        _ => {}
+                    },
+                    Err(_) => return None,
                 }
-                return None;
-            }
-            _ => {}
-        }
-        // Woken only when something is due: str0m's timeout, the next frame,
-        // the end of setup or of the call (no polling tick).
-        let check_at = match media_end {
-            None => setup_deadline,
-            Some(end) => end + Duration::from_millis(500),
-        };
-        let mut deadline = wait_until.min(check_at);
-        if let Some(end) = media_end
-            && now < end
-        {
-            if now >= next_frame {
-                let seq = u32::try_from(media.sent_at.len()).unwrap_or(u32::MAX);
-                let mut payload = vec![0xffu8; SAMPLES as usize];
-                payload[..4].copy_from_slice(&MAGIC);
-                payload[4..8].copy_from_slice(&seq.to_be_bytes());
-                media.sent_at.push(now);
-                let rtp_time = MediaTime::new(u64::from(seq) * SAMPLES, Frequency::EIGHT_KHZ);
-                if let Some(writer) = rtc.writer(mid) {
-                    let _ = writer.write(Pt::new_with_value(PCMU), now, rtp_time, payload);
-                }
-                next_frame += FRAME;
-                continue;
-            }
-            // During the call str0m's future timers (feedback, NACK and
-            // pause checks, RTCP reports, ICE consent) are served at the
-            // next wake the call has anyway, the frame clock's every 20 ms
-            // or an echo's arrival, not by wakes of their own: each wake
-            // of a thread costs more than the work it does. What str0m
-            // wants now (packetizing a frame) is served at once.
-            deadline = if wait_until > now {
-                check_at.min(next_frame)
-            } else {
-                deadline.min(next_frame)
             };
-        }
-        let ws_due = now >= next_ws;
-        if !ws_due {
-            deadline = deadline.min(next_ws);
-        }
-        let sleep = tokio::time::sleep_until(deadline.into());
-        tokio::select! {
-            received = socket.recv_from(&mut buf) => {
-                if let Ok((n, source)) = received
-                    && let Ok(contents) = buf[..n].try_into()
-                {
-                    let input = Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source, destination: local, contents });
-                    let _ = rtc.handle_input(input);
-                }
-            }
-            message = session.recv(), if ws_due => {
-                match message {
-                    Some(m) if m.method() == Some("BYE") => {
-                        session.reply(&m, 200, "OK").await;
-                        let at = media.seconds();
-                        return Some(EchoOutcome::CallDropped { at_second: at });
+            let now = Instant::now();
+            match media_end {
+                None if now >= setup_deadline => return None,
+                Some(end) if now >= end + Duration::from_millis(500) => {
+                    // Arrivals stopped long before the end: the call dropped.
+                    if let Some(last) = media.last_arrival
+                        && end.duration_since(last) > Duration::from_secs(3)
+                    {
+                        return Some(media.seconds_at(last));
                     }
-                    Some(m) if m.method().is_some() => session.reply(&m, 200, "OK").await,
-                    Some(_) => {}
-                    None => return Some(EchoOutcome::CallDropped {
-                        at_second: media.seconds(),
-                    }),
+                    return None;
                 }
+                _ => {}
             }
-            () = sleep => {}
-        }
-        // str0m's timeout handling is its costliest step: only once what
-        // str0m asked for is due, not at every wake of our own frame clock.
-        let now = Instant::now();
-        if now >= wait_until {
-            let _ = rtc.handle_input(Input::Timeout(now));
-        }
-        if ws_due {
-            next_ws = now + WS_POLL;
+            // Woken only when something is due: str0m's timeout, the next frame,
+            // the end of setup or of the call (no polling tick).
+            let check_at = match media_end {
+                None => setup_deadline,
+                Some(end) => end + Duration::from_millis(500),
+            };
+            let mut deadline = wait_until.min(check_at);
+            if let Some(end) = media_end
+                && now < end
+            {
+                if now >= next_frame {
+                    let seq = u32::try_from(media.sent_at.len()).unwrap_or(u32::MAX);
+                    let mut payload = vec![0xffu8; SAMPLES as usize];
+                    payload[..4].copy_from_slice(&MAGIC);
+                    payload[4..8].copy_from_slice(&seq.to_be_bytes());
+                    media.sent_at.push(now);
+                    let rtp_time = MediaTime::new(u64::from(seq) * SAMPLES, Frequency::EIGHT_KHZ);
+                    if let Some(writer) = rtc.writer(mid) {
+                        let _ = writer.write(Pt::new_with_value(PCMU), now, rtp_time, payload);
+                    }
+                    next_frame += FRAME;
+                    continue;
+                }
+                // During the call str0m's future timers (feedback, NACK and
+                // pause checks, RTCP reports, ICE consent) are served at the
+                // next wake the call has anyway, the frame clock's every 20 ms
+                // or an arrival, not by wakes of their own: each wake
+                // of a thread costs more than the work it does. What str0m
+                // wants now (packetizing a frame) is served at once.
+                deadline = if wait_until > now {
+                    check_at.min(next_frame)
+                } else {
+                    deadline.min(next_frame)
+                };
+            }
+            let ws_due = now >= next_ws;
+            if !ws_due {
+                deadline = deadline.min(next_ws);
+            }
+            let sleep = tokio::time::sleep_until(deadline.into());
+            tokio::select! {
+                received = socket.recv_from(&mut buf) => {
+                    if let Ok((n, source)) = received
+                        && let Ok(contents) = buf[..n].try_into()
+                    {
+                        let input = Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source, destination: local, contents });
+                        let _ = rtc.handle_input(input);
+                    }
+                }
+                message = session.recv(), if ws_due => {
+                    match message {
+                        Some(m) if m.method() == Some("BYE") => {
+                            session.reply(&m, 200, "OK").await;
+                            return Some(media.seconds_at(Instant::now()));
+                        }
+                        // An ACK has no answer (the callee's ACK of its 200 OK).
+                        Some(m) if m.method() == Some("ACK") => {}
+                        Some(m) if m.method().is_some() => session.reply(&m, 200, "OK").await,
+                        Some(_) => {}
+                        None => return Some(media.seconds_at(Instant::now())),
+                    }
+                }
+                () = sleep => {}
+            }
+            // str0m's timeout handling is its costliest step: only once what
+            // str0m asked for is due, not at every wake of our own frame clock.
+            let now = Instant::now();
+            if now >= wait_until {
+                let _ = rtc.handle_input(Input::Timeout(now));
+            }
+            if ws_due {
+                next_ws = now + WS_POLL;
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The probe engine, independent of Kubernetes: it tells a PBX admin whether
 //! browsers can reach the PBX (WSS), register (REGISTER) and hear audio (a
-//! WebRTC echo call), naming the fault when not. Used by the `probe` command
+//! WebRTC echo call, and a call between two users), naming the fault when
+//! not. Used by the `probe` command
 //! and by the operator's probe scheduler.
 
 pub mod asterisk_metrics;
@@ -13,6 +14,7 @@ pub mod session;
 pub mod sip;
 pub mod step;
 pub mod transport;
+pub mod user_call;
 
 #[cfg(test)]
 mod test_server;
@@ -32,6 +34,8 @@ pub struct Request {
     pub account: Option<register::Account>,
     /// The echo call (needs `account`).
     pub echo: Option<echo::EchoOptions>,
+    /// A call from `account` to a second user (needs `account`).
+    pub user_call: Option<user_call::UserCallOptions>,
     /// Read Asterisk's own metrics with these credentials.
     pub metrics: Option<asterisk_metrics::Access>,
 }
@@ -65,6 +69,12 @@ pub struct Report {
     /// Echo-call figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub echo_result: Option<echo::EchoResult>,
+    /// The user-call check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_call: Option<Check>,
+    /// User-call figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_call_result: Option<user_call::UserCallResult>,
     /// What Asterisk's own metrics said (read after REGISTER, before the
     /// echo call, so the probe's call is not counted).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,14 +87,18 @@ pub struct Report {
 }
 
 /// The longest one run of `request` may take: every step's time limit
-/// (connect, TLS, upgrade, two REGISTERs, INVITE, BYE) plus the call.
+/// (connect, TLS, upgrade, two REGISTERs, INVITE, BYE) plus the call, and
+/// for a user call the callee's steps (connect, TLS, upgrade, two
+/// REGISTERs, INVITE, both legs' media setup, two BYEs) plus its call.
 pub fn budget(request: &Request) -> std::time::Duration {
     let t = request.target.timeout;
+    let zero = std::time::Duration::ZERO;
     t * 8
+        + request.echo.as_ref().map_or(zero, |e| e.duration)
         + request
-            .echo
+            .user_call
             .as_ref()
-            .map_or(std::time::Duration::ZERO, |e| e.duration)
+            .map_or(zero, |u| t * 10 + u.duration)
 }
 
 /// Reason of a run cut off at its [`budget`].
@@ -107,6 +121,7 @@ pub async fn run_bounded(request: &Request) -> Report {
             };
             report.register = request.account.as_ref().map(|_| cut_off.clone());
             report.echo = request.echo.as_ref().map(|_| cut_off.clone());
+            report.user_call = request.user_call.as_ref().map(|_| cut_off.clone());
             report.wss = cut_off;
             report
         }
@@ -137,6 +152,8 @@ fn new_report(request: &Request) -> Report {
         register_result: None,
         echo: None,
         echo_result: None,
+        user_call: None,
+        user_call_result: None,
         asterisk: None,
         asterisk_error: None,
         ok: false,
@@ -157,6 +174,7 @@ pub async fn run(request: &Request) -> Report {
         let skipped = || Check::not_attempted("the WebSocket did not open");
         report.register = request.account.as_ref().map(|_| skipped());
         report.echo = request.echo.as_ref().map(|_| skipped());
+        report.user_call = request.user_call.as_ref().map(|_| skipped());
         return report;
     };
     if let Some(account) = &request.account {
@@ -177,6 +195,17 @@ pub async fn run(request: &Request) -> Report {
                 ));
             }
         }
+        if let Some(options) = &request.user_call {
+            if registered {
+                let call = user_call::step(&mut ws, account, target, options).await;
+                report.user_call = Some(call.check);
+                report.user_call_result = Some(call.figures);
+            } else {
+                report.user_call = Some(Check::not_attempted(
+                    "REGISTER failed, so no call was placed",
+                ));
+            }
+        }
     }
     if request.account.is_none() {
         read_asterisk_metrics(request, &mut report).await;
@@ -184,7 +213,8 @@ pub async fn run(request: &Request) -> Report {
     let _ = ws.close(None).await;
     report.ok = report.wss.ok
         && report.register.as_ref().is_none_or(|c| c.ok)
-        && report.echo.as_ref().is_none_or(|c| c.ok);
+        && report.echo.as_ref().is_none_or(|c| c.ok)
+        && report.user_call.as_ref().is_none_or(|c| c.ok);
     report
 }
 
@@ -194,8 +224,13 @@ async fn read_asterisk_metrics(request: &Request, report: &mut Report) {
     let Some(access) = &request.metrics else {
         return;
     };
-    let probe_user = request.account.as_ref().map_or("", |a| a.user.as_str());
-    match asterisk_metrics::fetch(&request.target, access, probe_user).await {
+    let probe_users: Vec<&str> = request
+        .account
+        .iter()
+        .map(|a| a.user.as_str())
+        .chain(request.user_call.iter().map(|u| u.callee.user.as_str()))
+        .collect();
+    match asterisk_metrics::fetch(&request.target, access, &probe_users).await {
         Ok(facts) => report.asterisk = Some(facts),
         Err(message) => report.asterisk_error = Some(message),
     }
@@ -238,27 +273,31 @@ pub fn table(report: &Report) -> String {
             c.days_to_expiry
         );
     }
-    if let Some(r) = &report.register {
-        let ms = report
+    let check_line = |out: &mut String, name: &str, check: Option<&Check>, ms: Option<f64>| {
+        if let Some(c) = check {
+            let verdict = if c.ok {
+                format!("ok {}", c.message)
+            } else {
+                format!("FAIL {}: {}", c.reason, c.message)
+            };
+            let _ = writeln!(out, "  {name:<10} {:>10}  {verdict}", fmt_ms(ms));
+        }
+    };
+    check_line(
+        &mut out,
+        "register",
+        report.register.as_ref(),
+        report
             .register_result
             .as_ref()
-            .and_then(|r| r.round_trip_ms);
-        let verdict = if r.ok {
-            format!("ok {}", r.message)
-        } else {
-            format!("FAIL {}: {}", r.reason, r.message)
-        };
-        let _ = writeln!(out, "  {:<10} {:>10}  {verdict}", "register", fmt_ms(ms));
-    }
-    if let Some(e) = &report.echo {
-        let ms = report.echo_result.as_ref().and_then(|r| r.rtt_median_ms);
-        let verdict = if e.ok {
-            format!("ok {}", e.message)
-        } else {
-            format!("FAIL {}: {}", e.reason, e.message)
-        };
-        let _ = writeln!(out, "  {:<10} {:>10}  {verdict}", "echo", fmt_ms(ms));
-    }
+            .and_then(|r| r.round_trip_ms),
+    );
+    check_line(
+        &mut out,
+        "echo",
+        report.echo.as_ref(),
+        report.echo_result.as_ref().and_then(|r| r.rtt_median_ms),
+    );
     if let Some(r) = &report.echo_result {
         let p = &r.phases;
         let _ = writeln!(
@@ -280,6 +319,15 @@ pub fn table(report: &Report) -> String {
             );
         }
     }
+    check_line(
+        &mut out,
+        "user call",
+        report.user_call.as_ref(),
+        report
+            .user_call_result
+            .as_ref()
+            .and_then(|r| r.round_trip_ms),
+    );
     if let Some(a) = &report.asterisk {
         let _ = writeln!(
             out,

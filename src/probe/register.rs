@@ -144,33 +144,22 @@ async fn register_once(
     Ok((response, Some(challenge.algorithm.name().to_string()), true))
 }
 
-/// The REGISTER probe: register, check the binding, unregister.
-pub async fn probe(ws: &mut Wss, account: &Account, timeout: Duration) -> RegisterResult {
-    let mut session = Session::new(ws, timeout);
-    let started = Instant::now();
-    let result = register_once(&mut session, account, 60).await;
-    let round_trip_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-    let (response, algorithm, answered) = match result {
+/// Registers `account` on `session` for `expires` seconds (0 removes the
+/// binding) and names the outcome, with the digest algorithm used.
+pub(super) async fn bind(
+    session: &mut Session<'_>,
+    account: &Account,
+    expires: u32,
+) -> (Outcome, Option<String>) {
+    let (response, algorithm, answered) = match register_once(session, account, expires).await {
         Ok(r) => r,
-        Err(TxError::Timeout) => {
-            return RegisterResult {
-                outcome: Outcome::Timeout,
-                round_trip_ms: None,
-                algorithm: None,
-                unregistered: false,
-            };
-        }
-        Err(TxError::Closed(detail)) => {
-            return RegisterResult {
-                outcome: Outcome::TransportClosed { detail },
-                round_trip_ms: None,
-                algorithm: None,
-                unregistered: false,
-            };
-        }
+        Err(TxError::Timeout) => return (Outcome::Timeout, None),
+        Err(TxError::Closed(detail)) => return (Outcome::TransportClosed { detail }, None),
     };
     let status = response.status().unwrap_or(0);
     let outcome = match status {
+        // A removal needs no binding back.
+        200..=299 if expires == 0 => Outcome::Registered,
         200..=299 => {
             // The PBX must hand back our binding (Asterisk restores the
             // original .invalid host in the 200 OK).
@@ -188,9 +177,19 @@ pub async fn probe(ws: &mut Wss, account: &Account, timeout: Duration) -> Regist
         500..=599 => Outcome::ServerError { status },
         _ => Outcome::Rejected { status },
     };
+    (outcome, algorithm)
+}
+
+/// The REGISTER probe: register, check the binding, unregister.
+pub async fn probe(ws: &mut Wss, account: &Account, timeout: Duration) -> RegisterResult {
+    let mut session = Session::new(ws, timeout);
+    let started = Instant::now();
+    let (outcome, algorithm) = bind(&mut session, account, 60).await;
+    let round_trip_ms = (!matches!(outcome, Outcome::Timeout | Outcome::TransportClosed { .. }))
+        .then(|| started.elapsed().as_secs_f64() * 1000.0);
     let mut unregistered = false;
     if outcome == Outcome::Registered {
-        unregistered = matches!(register_once(&mut session, account, 0).await, Ok((r, _, _)) if r.status() == Some(200));
+        unregistered = bind(&mut session, account, 0).await.0 == Outcome::Registered;
     }
     RegisterResult {
         outcome,

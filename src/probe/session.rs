@@ -9,6 +9,8 @@ use futures::{SinkExt, StreamExt};
 use rand::Rng;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
+use super::digest;
+use super::register::Account;
 use super::sip::Message;
 use super::transport::Wss;
 
@@ -31,6 +33,17 @@ pub enum TxError {
     Timeout,
     /// The WebSocket closed or failed.
     Closed(String),
+}
+
+/// Why an INVITE did not set up a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InviteError {
+    /// No final response in time.
+    Timeout,
+    /// The WebSocket closed or failed.
+    Closed,
+    /// A final error (or a challenge that could not be answered).
+    Rejected(u16),
 }
 
 /// A random lowercase alphanumeric token (tags, branches, Call-IDs, cnonces).
@@ -185,6 +198,93 @@ impl<'a> Session<'a> {
             .unwrap_or(1);
         let ack = self.in_dialog("ACK", cseq, invite, response);
         self.send(&ack).await;
+    }
+
+    /// INVITEs `extension` with `sdp` as `account`, answering a digest
+    /// challenge once, and ACKs the final response. Returns the INVITE
+    /// that was answered and its 2xx.
+    pub async fn invite(
+        &mut self,
+        account: &Account,
+        extension: &str,
+        sdp: &str,
+    ) -> Result<(Message, Message), InviteError> {
+        let uri = format!("sip:{extension}@{}", account.domain);
+        let from = format!("sip:{}@{}", account.user, account.domain);
+        let contact = format!("<sip:{}@{};transport=ws>", account.user, self.host);
+        let build = |s: &mut Session<'_>, auth: Option<String>| {
+            let mut m = s
+                .request("INVITE", &uri, &from, &uri)
+                .with_header("Contact", contact.clone());
+            if let Some(a) = auth {
+                m = m.with_header("Authorization", a);
+            }
+            m.with_body("application/sdp", sdp)
+        };
+        let tx_error = |e: TxError| match e {
+            TxError::Timeout => InviteError::Timeout,
+            TxError::Closed(_) => InviteError::Closed,
+        };
+        let mut invite = build(self, None);
+        let mut response = self.transaction(&invite).await.map_err(tx_error)?;
+        if response.status() == Some(401) {
+            self.ack_failure(&invite, &response).await;
+            let challenge = digest::strongest(response.header_values("WWW-Authenticate"))
+                .ok_or(InviteError::Rejected(401))?;
+            let creds = digest::Credentials {
+                username: &account.user,
+                password: &account.password,
+            };
+            let auth = digest::authorization(&challenge, &creds, "INVITE", &uri, &token(8), 1);
+            invite = build(self, Some(auth));
+            response = self.transaction(&invite).await.map_err(tx_error)?;
+        }
+        let status = response.status().unwrap_or(0);
+        if !(200..300).contains(&status) {
+            self.ack_failure(&invite, &response).await;
+            return Err(InviteError::Rejected(status));
+        }
+        self.ack(&invite, &response).await;
+        Ok((invite, response))
+    }
+
+    /// Waits (up to the session's time limit) for a request `method` from
+    /// the PBX, answering others meanwhile as [`Session::transaction`] does.
+    pub async fn wait_request(&mut self, method: &str) -> Result<Message, TxError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let message = match tokio::time::timeout_at(deadline, self.recv()).await {
+                Err(_) => return Err(TxError::Timeout),
+                Ok(None) => return Err(TxError::Closed("connection closed".into())),
+                Ok(Some(m)) => m,
+            };
+            match message.method() {
+                Some(m) if m == method => return Ok(message),
+                Some(_) => self.answer(&message).await?,
+                None => {}
+            }
+        }
+    }
+
+    /// Answers an INVITE from the PBX with 200 OK and `sdp` as `user`:
+    /// the dialog gets this session's tag, and our Contact.
+    pub async fn accept(&mut self, invite: &Message, user: &str, sdp: &str) {
+        let mut ok = Message::response(200, "OK");
+        for name in ["Via", "From", "Call-ID", "CSeq", "Record-Route"] {
+            for value in invite.header_values(name) {
+                ok = ok.with_header(name, value);
+            }
+        }
+        let to = invite.header("To").unwrap_or_default();
+        let ok = ok
+            .with_header("To", format!("{to};tag={}", self.tag))
+            .with_header(
+                "Contact",
+                format!("<sip:{user}@{};transport=ws>", self.host),
+            )
+            .with_header("User-Agent", "webrtc-pbx-probe")
+            .with_body("application/sdp", sdp);
+        self.send(&ok).await;
     }
 
     /// Ends the dialog with BYE and waits (briefly) for its answer.

@@ -1,7 +1,8 @@
 //! The contract every probe step keeps (blackbox_exporter's "one probe
 //! step, one signature"): a step returns a [`Step`], its verdict as a
 //! [`Check`] and the figures it measured, both built in the step's own file
-//! (`transport::step`, `register::step`, `echo::step`). The engine
+//! (`transport::step`, `register::step`, `echo::step`,
+//! `user_call::step`). The engine
 //! (`probe::run`) only sequences the steps and fills the report.
 
 use serde::Serialize;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::conf::{ConfFile, Section};
-use crate::validate::{METRICS_USERNAME, PROBE_USERNAME, ValidatedPbx};
+use crate::validate::{CALLEE_USERNAME, METRICS_USERNAME, PROBE_USERNAME, ValidatedPbx};
 
 /// Where Asterisk reads its configuration inside the pod.
 pub const ETC_DIR: &str = "/etc/asterisk";
@@ -17,7 +17,8 @@ pub const KEYS_DIR: &str = "keys";
 pub const RUNTIME_DIR: &str = "runtime";
 /// Dialplan context of the users.
 pub const USERS_CONTEXT: &str = "users";
-/// Dialplan context of the probe endpoint: the echo extension and nothing else.
+/// Dialplan context of the probe endpoints: the echo extension and, with
+/// the user-call probe, the callee; nothing else.
 pub const PROBE_CONTEXT: &str = "probe";
 /// Dialplan context holding only the echo extension.
 pub const ECHO_CONTEXT: &str = "echo-test";
@@ -266,6 +267,14 @@ fn pjsip_conf(pbx: &ValidatedPbx) -> ConfFile {
         // a leaked probe credential must not place a toll call.
         webrtc_endpoint(PROBE_USERNAME, PROBE_CONTEXT, "ulaw").set("callerid", "\"probe\" <probe>"),
     );
+    if pbx.callee_password.is_some() {
+        // The user-call probe's callee: in the same confined context.
+        sections.push(aor(CALLEE_USERNAME, 1));
+        sections.push(
+            webrtc_endpoint(CALLEE_USERNAME, PROBE_CONTEXT, "ulaw")
+                .set("callerid", "\"probe callee\" <probe-callee>"),
+        );
+    }
     ConfFile::new()
         .sections(sections)
         .include(format!("{SECRETS_DIR}/pjsip_auth.conf"))
@@ -306,6 +315,9 @@ fn pjsip_auth_conf(pbx: &ValidatedPbx) -> ConfFile {
         .map(|u| auth(&u.extension, &u.password))
         .collect();
     sections.push(auth(PROBE_USERNAME, &pbx.probe_password));
+    if let Some(password) = &pbx.callee_password {
+        sections.push(auth(CALLEE_USERNAME, password));
+    }
     ConfFile::new().sections(sections)
 }
 
@@ -331,9 +343,21 @@ fn extensions_conf(pbx: &ValidatedPbx) -> ConfFile {
             )
             .arrow("same", "n,Hangup()");
     }
-    let probe = Section::new(PROBE_CONTEXT)
-        .comment("The probe reaches the echo extension and nothing else.")
-        .arrow("include", ECHO_CONTEXT);
+    let mut probe = Section::new(PROBE_CONTEXT);
+    probe = match pbx.callee_password {
+        None => probe
+            .comment("The probe reaches the echo extension and nothing else.")
+            .arrow("include", ECHO_CONTEXT),
+        // Dial(PJSIP/endpoint) rings the callee's registered contact.
+        Some(_) => probe
+            .comment("The probes reach the echo extension and the callee probe, nothing else.")
+            .arrow("include", ECHO_CONTEXT)
+            .arrow(
+                "exten",
+                format!("{CALLEE_USERNAME},1,Dial(PJSIP/{CALLEE_USERNAME},20)"),
+            )
+            .arrow("same", "n,Hangup()"),
+    };
     let mut file = ConfFile::new().sections([general, echo_ctx, users, probe]);
     if pbx.extra_dialplan.is_some() {
         file = file.include(CUSTOM_DIALPLAN_FILE);

@@ -160,6 +160,12 @@ fn secret(pbx: &ValidatedPbx, config: &AsteriskConfig) -> Secret {
         METRICS_PASSWORD_KEY.into(),
         ByteString(pbx.metrics_password.clone().into_bytes()),
     );
+    if let Some(password) = &pbx.callee_password {
+        data.insert(
+            CALLEE_PASSWORD_KEY.into(),
+            ByteString(password.clone().into_bytes()),
+        );
+    }
     data.insert(
         METRICS_USERNAME_KEY.into(),
         ByteString(METRICS_USERNAME.as_bytes().to_vec()),
@@ -193,6 +199,8 @@ pub fn generated_from_secret(secret: Option<&Secret>) -> Generated {
             generated.probe_password = text;
         } else if key == METRICS_PASSWORD_KEY {
             generated.metrics_password = text;
+        } else if key == CALLEE_PASSWORD_KEY {
+            generated.callee_password = text;
         } else if let Some(encoded) = key.strip_prefix(USER_PASSWORD_KEY_PREFIX) {
             generated
                 .user_passwords

@@ -30,6 +30,8 @@ pub mod types {
     pub const SIP_REGISTERED: &str = "SipRegistered";
     /// The echo-call probe heard its audio back.
     pub const ECHO_CALL_HEALTHY: &str = "EchoCallHealthy";
+    /// The user-call probe carried audio both ways between two probe users.
+    pub const USER_CALL_HEALTHY: &str = "UserCallHealthy";
     /// Summary: everything above that is enabled is True.
     pub const READY: &str = "Ready";
     /// kstatus: the controller is working towards the desired state.
@@ -37,13 +39,14 @@ pub mod types {
     /// kstatus: progress is blocked until the user changes something.
     pub const STALLED: &str = "Stalled";
     /// Every type above.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         CONFIG_RENDERED,
         CERTIFICATE_READY,
         WORKLOAD_READY,
         WSS_REACHABLE,
         SIP_REGISTERED,
         ECHO_CALL_HEALTHY,
+        USER_CALL_HEALTHY,
         READY,
         RECONCILING,
         STALLED,

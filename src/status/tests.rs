@@ -172,7 +172,7 @@ fn every_input_problem_and_certificate_outcome_has_its_reason() {
 fn probe_conditions_wait_for_the_workload_and_follow_the_toggles() {
     let mut spec = ProbesSpec::default();
     spec.echo_call.enabled = false;
-    let waiting = probe_verdicts(&spec, [None, None, None], true, &[], DEFAULT_FLAP_THRESHOLD);
+    let waiting = probe_verdicts(&spec, [None; 4], true, &[], DEFAULT_FLAP_THRESHOLD);
     let types: Vec<_> = waiting.iter().map(|(v, _)| v.type_).collect();
     assert_eq!(types, [types::WSS_REACHABLE, types::SIP_REGISTERED]);
     assert!(
@@ -188,7 +188,7 @@ fn probe_conditions_wait_for_the_workload_and_follow_the_toggles() {
     };
     let found = probe_verdicts(
         &spec,
-        [Some(&ok), None, None],
+        [Some(&ok), None, None, None],
         false,
         &[],
         DEFAULT_FLAP_THRESHOLD,
@@ -198,6 +198,31 @@ fn probe_conditions_wait_for_the_workload_and_follow_the_toggles() {
         (Tri::True, "Connected")
     );
     assert_eq!(found[1].0.reason, reasons::AWAITING_PROBE);
+    // The user call is off by default; on, it is one more condition.
+    spec.user_call.enabled = true;
+    let failed = Probed {
+        ok: false,
+        reason: "OneWayAudio".into(),
+        message: "one-way audio".into(),
+        failures_in_a_row: 2,
+    };
+    let calling = probe_verdicts(
+        &spec,
+        [Some(&ok), Some(&ok), None, Some(&failed)],
+        false,
+        &[],
+        DEFAULT_FLAP_THRESHOLD,
+    );
+    let last = calling.last().unwrap();
+    assert_eq!(
+        (last.0.type_, last.0.status, last.0.reason.as_str(), last.1),
+        (
+            types::USER_CALL_HEALTHY,
+            Tri::False,
+            "OneWayAudio",
+            Blocking::NeedsUser
+        )
+    );
     let (v, b) = connect_not_allowed("no".into());
     assert_eq!(
         (v.type_, v.status, b),

@@ -5,7 +5,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::{Blocking, Tri, Verdict, reasons, types};
-use crate::api::{AsteriskFigures, ProbeFigures, ProbesSpec};
+use crate::api::{AsteriskFigures, DirectionFigures, ProbeFigures, ProbesSpec, UserCallFigures};
 use crate::certs::Outcome;
 use crate::probe;
 use crate::validate::Problem;
@@ -271,11 +271,11 @@ pub fn connect_not_allowed(why: String) -> (Verdict, Blocking) {
 }
 
 /// The probe conditions `spec` asks for, from what the schedule found of
-/// the WSS, REGISTER and echo checks. Before the first run, and while the
+/// the WSS, REGISTER, echo and user-call checks. Before the first run, and while the
 /// workload is not ready, they wait (AwaitingProbe).
 pub fn probe_verdicts(
     spec: &ProbesSpec,
-    [wss, register, echo]: [Option<&Probed>; 3],
+    [wss, register, echo, user_call]: [Option<&Probed>; 4],
     waiting_for_workload: bool,
     previous: &[Condition],
     threshold: u32,
@@ -284,6 +284,7 @@ pub fn probe_verdicts(
         (types::WSS_REACHABLE, true, wss),
         (types::SIP_REGISTERED, spec.register.enabled, register),
         (types::ECHO_CALL_HEALTHY, spec.echo_call.enabled, echo),
+        (types::USER_CALL_HEALTHY, spec.user_call.enabled, user_call),
     ];
     wanted
         .into_iter()
@@ -420,6 +421,22 @@ pub fn probe_figures(report: &probe::Report, time: String) -> ProbeFigures {
         dtls_ms: round(echo.and_then(|e| e.phases.dtls_ms)),
         first_echo_ms: round(echo.and_then(|e| e.phases.first_echo_ms)),
         asterisk: asterisk_figures(report),
+        user_call: report.user_call_result.as_ref().map(|u| {
+            let way = |w: &probe::user_call::WayFigures| DirectionFigures {
+                packets_sent: w.sent,
+                packets_received: w.received,
+                loss_percent: round(w.loss_percent),
+                delay_ms: round(w.delay_median_ms),
+                jitter_ms: round(w.jitter_ms),
+            };
+            UserCallFigures {
+                setup_ms: round(u.setup_ms),
+                round_trip_ms: round(u.round_trip_ms),
+                mos: round(u.mos),
+                caller_to_callee: Some(way(&u.caller_to_callee)),
+                callee_to_caller: Some(way(&u.callee_to_caller)),
+            }
+        }),
     }
 }
 

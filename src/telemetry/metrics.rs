@@ -141,7 +141,7 @@ pub struct CheckLabels {
     pub namespace: String,
     /// PBX name.
     pub name: String,
-    /// wss, register, echo.
+    /// wss, register, echo, user_call.
     pub check: String,
 }
 
@@ -158,7 +158,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 pub struct ProbeMetrics {
     /// 1 when every check of the last run passed.
     pub success: Family<PbxLabels, Gauge>,
-    /// 1 per check (wss, register, echo) that passed in the last run.
+    /// 1 per check (wss, register, echo, user_call) that passed in the last run.
     pub check_success: Family<CheckLabels, Gauge>,
     /// Wall time of the last run, seconds.
     pub duration: Family<PbxLabels, FloatGauge>,
@@ -239,7 +239,7 @@ const PHASES: [&str; 10] = [
     "dtls",
     "first_echo",
 ];
-const CHECKS: [&str; 3] = ["wss", "register", "echo"];
+const CHECKS: [&str; 4] = ["wss", "register", "echo", "user_call"];
 
 /// Every metric the operator exports.
 pub struct Metrics {
@@ -276,7 +276,7 @@ impl Default for Metrics {
         );
         root.register(
             "probe_check_success",
-            "1 per check (wss, register, echo) that passed in the last probe run",
+            "1 per check (wss, register, echo, user_call) that passed in the last probe run",
             probe.check_success.clone(),
         );
         root.register(
@@ -405,6 +405,7 @@ impl Metrics {
             Some(&report.wss),
             report.register.as_ref(),
             report.echo.as_ref(),
+            report.user_call.as_ref(),
         ];
         for (check, result) in CHECKS.iter().zip(checks) {
             let labels = CheckLabels {
@@ -636,6 +637,8 @@ mod tests {
             register_result: None,
             echo: None,
             echo_result: None,
+            user_call: None,
+            user_call_result: None,
             asterisk: Some(crate::probe::asterisk_metrics::AsteriskFacts {
                 active_calls: 3,
                 active_channels: 5,

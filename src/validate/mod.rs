@@ -18,6 +18,9 @@ pub use fields::*;
 /// User name of the probe endpoint. Never a valid extension (extensions are
 /// digits), so it cannot collide with a user.
 pub const PROBE_USERNAME: &str = "wpbx-probe";
+/// User name (and extension) of the user-call probe's callee, which exists
+/// only while `probes.userCall` is enabled. Not digits either.
+pub const CALLEE_USERNAME: &str = "wpbx-probe-callee";
 /// The basic-auth user of Asterisk's `/metrics` (res_prometheus).
 pub const METRICS_USERNAME: &str = "wpbx-metrics";
 
@@ -105,6 +108,8 @@ pub struct Generated {
     pub probe_password: String,
     /// The password of Asterisk's `/metrics`.
     pub metrics_password: String,
+    /// The user-call probe's callee password (empty while that probe is off).
+    pub callee_password: String,
 }
 
 /// A user ready to render.
@@ -152,6 +157,9 @@ pub struct ValidatedPbx {
     pub probe_password: String,
     /// The password of Asterisk's `/metrics` (user [`METRICS_USERNAME`]).
     pub metrics_password: String,
+    /// The user-call probe's callee password; `Some` only while
+    /// `probes.userCall` is enabled (the callee endpoint exists only then).
+    pub callee_password: Option<String>,
     /// First STUN server as `host:port`.
     pub stun: Option<String>,
     /// First TURN server.
@@ -166,6 +174,8 @@ pub struct ValidatedPbx {
     pub probe_timeout: Duration,
     /// Length of the echo call.
     pub echo_duration: Duration,
+    /// Length of the user call.
+    pub user_call_duration: Duration,
     /// How long before expiry an operator-issued certificate is renewed.
     pub renew_before: Duration,
     /// Name of the Secret holding tls.crt / tls.key.
@@ -234,6 +244,9 @@ pub fn fill_generated<R: rand::Rng>(
     if generated.metrics_password.is_empty() {
         generated.metrics_password = random();
     }
+    if spec.probes.user_call.enabled && generated.callee_password.is_empty() {
+        generated.callee_password = random();
+    }
     generated
 }
 
@@ -274,6 +287,11 @@ pub fn validate(
     let echo_duration = duration(
         "probes.echoCall.duration",
         &spec.probes.echo_call.duration,
+        ECHO_DURATION,
+    );
+    let user_call_duration = duration(
+        "probes.userCall.duration",
+        &spec.probes.user_call.duration,
         ECHO_DURATION,
     );
     let renew_before = duration("tls.renewBefore", &spec.tls.renew_before, RENEW_BEFORE);
@@ -417,6 +435,13 @@ pub fn validate(
             message: "no probe or metrics password was generated".into(),
         });
     }
+    let user_call = spec.probes.enabled && spec.probes.user_call.enabled;
+    if user_call && generated.callee_password.is_empty() {
+        problems.push(Problem::InvalidSpec {
+            field: "probes.userCall".into(),
+            message: "no password was generated for the user call's callee".into(),
+        });
+    }
 
     if !problems.is_empty() {
         return Err(problems);
@@ -430,6 +455,7 @@ pub fn validate(
         users,
         probe_password: generated.probe_password.clone(),
         metrics_password: generated.metrics_password.clone(),
+        callee_password: user_call.then(|| generated.callee_password.clone()),
         stun,
         turn,
         extra_dialplan,
@@ -437,6 +463,7 @@ pub fn validate(
         probe_interval,
         probe_timeout,
         echo_duration,
+        user_call_duration,
         renew_before,
     })
 }
@@ -455,6 +482,7 @@ mod tests {
             user_passwords: [("1".to_string(), "kept".to_string())].into(),
             probe_password: String::new(),
             metrics_password: String::new(),
+            callee_password: String::new(),
         };
         let filled = fill_generated(&spec, stored, &mut rand::rng());
         assert_eq!(filled.user_passwords["1"], "kept");
@@ -462,6 +490,13 @@ mod tests {
         assert!(!filled.user_passwords.contains_key("3"));
         assert_eq!(filled.probe_password.len(), 24);
         assert_eq!(filled.metrics_password.len(), 24);
+        // No callee without the user-call probe.
+        assert_eq!(filled.callee_password, "");
+        let mut calling = spec.clone();
+        calling.probes.user_call.enabled = true;
+        let filled = fill_generated(&calling, filled, &mut rand::rng());
+        assert_eq!(filled.callee_password.len(), 24);
+        assert_eq!(filled.user_passwords["1"], "kept");
     }
 
     #[test]

@@ -995,6 +995,7 @@ async fn stalled_tenants_do_not_starve_another_namespaces_probes() {
             },
             account: None,
             echo: None,
+            user_call: None,
             metrics: None,
         },
         interval: Duration::from_secs(5),
@@ -1129,6 +1130,7 @@ async fn a_hostile_pbx_cannot_make_the_probe_take_in_what_it_sends() {
             password: "pw".into(),
         }),
         echo: None,
+        user_call: None,
         metrics: None,
     };
     let started = Instant::now();

@@ -718,6 +718,8 @@ pub fn render_config(dir: &Path, domain: &str, port: u16, extra_users: &str) -> 
             .collect(),
         probe_password: "probe-pw".into(),
         metrics_password: "metrics-pw".into(),
+        // Used only where the manifest enables probes.userCall.
+        callee_password: "callee-pw".into(),
     };
     let validated =
         validate::validate(&inputs.pbxes[0], &Referenced::default(), &generated).unwrap();
@@ -1133,7 +1135,20 @@ impl Netns {
             .output();
     }
 
-    /// Removes what [`Netns::drop_udp`] and [`Netns::lose_udp`] added.
+    /// Drops RTP and RTCP (UDP whose payload starts with RTP version 2)
+    /// sent to `address` inside the namespace; STUN and DTLS still pass:
+    /// a call whose media connects and then flows one way only.
+    pub fn drop_rtp_to(&self, address: &str) {
+        nft_input_rule(
+            || self.command("nft"),
+            &[
+                "ip", "daddr", address, "meta", "l4proto", "udp", "@th,64,2", "2", "drop",
+            ],
+        );
+    }
+
+    /// Removes what [`Netns::drop_udp`], [`Netns::lose_udp`] and
+    /// [`Netns::drop_rtp_to`] added.
     pub fn allow_all(&self) {
         nft_allow_all(|| self.command("nft"));
     }
@@ -1239,6 +1254,7 @@ pub async fn register_at(
             password: password.into(),
         }),
         echo: None,
+        user_call: None,
         metrics: None,
     };
     webrtc_pbx_operator::probe::run(&request).await
