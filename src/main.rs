@@ -178,7 +178,7 @@ enum Output {
 enum Command {
     /// Probe any PBX: WSS (DNS, TCP, TLS, WebSocket) and REGISTER, with
     /// timings and named faults. Exit 0 only if every check passed.
-    Probe(ProbeArgs),
+    Probe(Box<ProbeArgs>),
     /// Run the controller (kubeconfig or in-cluster configuration).
     Run(RunArgs),
     /// Print the WebRtcPbx CustomResourceDefinition as YAML.
@@ -222,7 +222,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Command::Run(run) => return run_controller(run),
-        Command::Probe(args) => return run_probe(args),
+        Command::Probe(args) => return run_probe(*args),
         Command::ClientConfig {
             namespace,
             pbx,

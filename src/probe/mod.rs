@@ -88,8 +88,9 @@ pub struct Report {
 
 /// The longest one run of `request` may take: every step's time limit
 /// (connect, TLS, upgrade, two REGISTERs, INVITE, BYE) plus the call, and
-/// for a user call the callee's steps (connect, TLS, upgrade, two
-/// REGISTERs, INVITE, both legs' media setup, two BYEs) plus its call.
+/// for a user call its steps (the callee's connect, TLS, upgrade and
+/// REGISTER, the caller's INVITE, the media setup, BYE, the callee's
+/// unregistering) plus its call.
 pub fn budget(request: &Request) -> std::time::Duration {
     let t = request.target.timeout;
     let zero = std::time::Duration::ZERO;
@@ -98,7 +99,7 @@ pub fn budget(request: &Request) -> std::time::Duration {
         + request
             .user_call
             .as_ref()
-            .map_or(zero, |u| t * 10 + u.duration)
+            .map_or(zero, |u| t * 12 + u.duration)
 }
 
 /// Reason of a run cut off at its [`budget`].

@@ -255,6 +255,9 @@ impl UserCallResult {
             UserCallOutcome::CalleeNotRegistered { detail } => {
                 format!("the callee {callee} could not register: {detail}")
             }
+            UserCallOutcome::CallRejected { status: 488 } => {
+                "488 Not Acceptable Here: a WebRTC offer between the PBX and a probe user was refused (webrtc=yes, DTLS-SRTP, PCMU)".into()
+            }
             UserCallOutcome::CallRejected { status } => format!(
                 "the call to {} answered {status}: the dialplan does not reach the callee, or the callee is not registered",
                 options.extension
@@ -445,18 +448,17 @@ async fn answer(
         .wait_request("INVITE")
         .await
         .map_err(|_| UserCallOutcome::Timeout)?;
-    let refuse = |status| UserCallOutcome::CallRejected { status };
-    let Ok(offer) = SdpOffer::from_sdp_string(&invite.body) else {
+    // The PBX's WebRTC offer, answered the way a browser would.
+    let accepted = SdpOffer::from_sdp_string(&invite.body)
+        .ok()
+        .and_then(|offer| rtc.sdp_api().accept_offer(offer).ok())
+        .and_then(|answer| {
+            let mid = audio_mid(&invite.body).filter(|mid| rtc.media(*mid).is_some())?;
+            Some((answer, mid))
+        });
+    let Some((answer, mid)) = accepted else {
         session.reply(&invite, 488, "Not Acceptable Here").await;
-        return Err(refuse(488));
-    };
-    let Ok(answer) = rtc.sdp_api().accept_offer(offer) else {
-        session.reply(&invite, 488, "Not Acceptable Here").await;
-        return Err(refuse(488));
-    };
-    let Some(mid) = audio_mid(&invite.body).filter(|mid| rtc.media(*mid).is_some()) else {
-        session.reply(&invite, 488, "Not Acceptable Here").await;
-        return Err(refuse(488));
+        return Err(UserCallOutcome::CallRejected { status: 488 });
     };
     let sdp = fix_connection_address(&answer.to_sdp_string(), local);
     session.accept(&invite, user, &sdp).await;
@@ -541,6 +543,14 @@ async fn connected_call(
         }
     };
     let answered = Instant::now();
+    // The callee refusing the PBX's offer says more than what the PBX then
+    // answered the caller.
+    if let Some(Err(refused @ UserCallOutcome::CallRejected { .. })) = &answered_by_callee {
+        if let Ok((invite, response)) = &invited {
+            caller_session.bye(invite, response).await;
+        }
+        return UserCallResult::failed(refused.clone());
+    }
     let (invite, response) = match invited {
         Ok(call) => call,
         Err(InviteError::Timeout) => return UserCallResult::failed(UserCallOutcome::Timeout),

@@ -836,8 +836,8 @@ async fn killed_mid_reconcile_the_binary_restarts_to_the_same_state() {
         .unwrap();
     assert_eq!(
         secrets.items.len(),
-        names.len() * 3,
-        "Secrets: asterisk, tls and ca per PBX"
+        names.len() * 4,
+        "Secrets: asterisk, tls, ca and clients per PBX"
     );
     let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
         .list(&ListParams::default())
