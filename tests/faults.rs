@@ -471,8 +471,9 @@ async fn killed_at_20_random_moments_the_end_state_equals_a_clean_run() {
 
     let a = children(&client, &clean).await;
     let b = children(&client, &killed).await;
-    // 80 PBXs: CA, TLS and operator Secrets, ConfigMap, WSS and RTP Services, StatefulSet.
-    assert_eq!(a.len(), 80 * 7, "{:?}", a.keys().collect::<Vec<_>>());
+    // 80 PBXs: CA, TLS, operator and clients Secrets, ConfigMap, WSS and
+    // RTP Services, StatefulSet.
+    assert_eq!(a.len(), 80 * 8, "{:?}", a.keys().collect::<Vec<_>>());
     let differing: Vec<&String> = a.keys().filter(|k| a.get(*k) != b.get(*k)).collect();
     let extra: Vec<&String> = b.keys().filter(|k| !a.contains_key(*k)).collect();
     assert!(
