@@ -1,8 +1,9 @@
 //! Host-port conflicts between PBXs (pure): in HostNetwork mode a PBX's WSS
-//! port and RTP range are the node's ports. RTP ranges cannot be declared
-//! to the scheduler, so the rendered pods keep HostNetwork PBXs on separate
-//! nodes (anti-affinity); a PBX whose pod finds no node is blocked by the
-//! older HostNetwork PBXs that may use the same nodes. Finds the first.
+//! port and RTP range are the node's ports. The WSS (and WS) ports are
+//! declared to the scheduler as host ports; RTP ranges cannot be, so
+//! HostNetwork PBXs share a node only when every port differs: a PBX whose
+//! ports overlap those of an older HostNetwork PBX that may run on the same
+//! nodes is blocked by it. Finds the first.
 
 use kube::ResourceExt;
 
@@ -20,15 +21,12 @@ pub struct Conflict {
 impl Conflict {
     /// What to tell the user.
     pub fn message(&self) -> String {
-        let ports = if self.ports.is_empty() {
-            "host-network PBXs get a node each".to_string()
-        } else {
-            format!("host ports {} overlap", self.ports.join(", "))
-        };
         format!(
-            "no node is free for this PBX: WebRtcPbx {} runs on the nodes it may use ({ports}); \
-             give it a nodeSelector for other nodes, add nodes, or use network.mode Service",
-            self.other
+            "WebRtcPbx {} may run on the same nodes and holds host ports {}: \
+             give this PBX other ports (wss.port, rtp.portRange), a nodeSelector for other nodes, \
+             or network.mode Service",
+            self.other,
+            self.ports.join(", ")
         )
     }
 }

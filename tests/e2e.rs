@@ -613,6 +613,107 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     );
 }
 
+/// Several PBXs per node: five HostNetwork PBXs with WSS ports and RTP
+/// ranges of their own on the one real node (their WSS ports declared as
+/// host ports, no anti-affinity), all Ready with the operator's probes
+/// passing; then an echo call to each at once from the host: every call
+/// hears all of its own audio and none of another's (each call marks its
+/// packets with an id of its own).
+#[tokio::test]
+async fn five_host_network_pbxs_share_one_node_and_their_calls_stay_apart() {
+    const PBXS: u16 = 5;
+    let g = Ground::new("e2e-dense").await;
+    let (client, ns, node) = (g.client.clone(), g.ns.clone(), g.node);
+    let name = |i: u16| format!("dense-{i}");
+    let domain = |i: u16| format!("pbx{i}.dense.example");
+    // Apart from every other test's ports on the node (8089, 10000-20000).
+    let wss_port = |i: u16| 8201 + i;
+    let created = Instant::now();
+    for i in 0..PBXS {
+        let rtp = 40000 + u32::from(i) * 20;
+        Pbx::new(
+            &name(i),
+            json!({
+                "domain": domain(i),
+                "users": [{"extension": "1001"}],
+                "network": {"mode": "HostNetwork"},
+                "wss": {"port": wss_port(i)},
+                "rtp": {"portRange": {"start": rtp, "end": rtp + 19}},
+                "probes": {"interval": "30s", "timeout": "3s", "echoCall": {"duration": "2s"}},
+            }),
+        )
+        .create(&client, &ns)
+        .await;
+    }
+    for i in 0..PBXS {
+        harness::wait_for_condition(&client, &ns, &name(i), "Ready", "True", None).await;
+    }
+    let all_ready = created.elapsed();
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let nodes: Vec<_> = pods
+        .items
+        .iter()
+        .map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+        .collect();
+    assert_eq!(nodes.len(), usize::from(PBXS), "{nodes:?}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n.as_deref() == Some(node.name.as_str())),
+        "{nodes:?}"
+    );
+    let mut passwords = Vec::new();
+    for i in 0..PBXS {
+        let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+            .get(&format!("{}-asterisk", name(i)))
+            .await
+            .unwrap();
+        let data = secret.data.unwrap();
+        passwords.push(String::from_utf8(data["probe-password"].0.clone()).unwrap());
+    }
+    // All five calls at once, 10 s each.
+    let calls = futures::future::join_all((0..PBXS).map(|i| {
+        let (domain, password) = (domain(i), passwords[usize::from(i)].clone());
+        async move {
+            harness::echo_at(&node.ip, wss_port(i), &domain, "wpbx-probe", &password, 10).await
+        }
+    }))
+    .await;
+    for (i, report) in calls.iter().enumerate() {
+        let echo = report.echo_result.as_ref();
+        let r = echo.unwrap_or_else(|| panic!("PBX {i}: no call: {report:?}"));
+        eprintln!(
+            "dense-{i} (wss {}): {}/{} echoed, loss {:?} %, rtt {:?} ms, {} packets of another call",
+            wss_port(i as u16),
+            r.echoed,
+            r.sent,
+            r.loss_percent,
+            r.rtt_median_ms,
+            r.foreign_packets
+        );
+        assert_eq!(
+            report.echo.as_ref().map(|c| c.reason.as_str()),
+            Some("Healthy"),
+            "{report:?}"
+        );
+        assert_eq!(r.foreign_packets, 0, "{report:?}");
+        assert!(r.sent >= 450 && r.echoed == r.sent, "{report:?}");
+    }
+    eprintln!(
+        "{PBXS} HostNetwork PBXs on one node: created -> all Ready {:.1} s; five 10 s echo calls at once, none lost or crossed",
+        all_ready.as_secs_f64()
+    );
+    for i in 0..PBXS {
+        Api::<WebRtcPbx>::namespaced(client.clone(), &ns)
+            .delete(&name(i), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+}
+
 /// Service mode on real pods: the PBX in the pod network (no host network),
 /// WSS through its ClusterIP Service (kube-proxy) and cluster DNS, the RTP
 /// range as a Service with an endpoint per port; Ready=True with the probes

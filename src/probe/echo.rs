@@ -12,7 +12,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 
-use super::media::{Figures, MAGIC, Media, direction};
+use super::media::{Figures, Media, direction};
 use super::quality;
 use super::register::Account;
 use super::session::{InviteError, Session};
@@ -61,6 +61,8 @@ pub enum EchoOutcome {
     NoMediaReceived,
     /// Media arrived, but not our echoed audio.
     OneWayAudio,
+    /// Audio of another call arrived in this one.
+    CrossTalk,
     /// Media or the dialog stopped at this second.
     CallDropped {
         /// Seconds after media started.
@@ -88,6 +90,7 @@ impl EchoOutcome {
             EchoOutcome::DtlsFailed => "DtlsFailed",
             EchoOutcome::NoMediaReceived => "NoMediaReceived",
             EchoOutcome::OneWayAudio => "OneWayAudio",
+            EchoOutcome::CrossTalk => "CrossTalk",
             EchoOutcome::CallDropped { .. } => "CallDropped",
             EchoOutcome::HighLoss => "HighLoss",
             EchoOutcome::HighLatency => "HighLatency",
@@ -109,6 +112,8 @@ pub struct EchoResult {
     pub sent: u32,
     /// Our packets that came back.
     pub echoed: u32,
+    /// Marked packets of another call that arrived in this one.
+    pub foreign_packets: u32,
     /// Loss, percent of sent.
     pub loss_percent: Option<f64>,
     /// Median round trip, ms.
@@ -170,6 +175,10 @@ impl EchoResult {
             EchoOutcome::OneWayAudio => {
                 "audio arrived but not the echo of ours: one-way audio (NAT: network.externalAddress, localNetworks)".into()
             }
+            EchoOutcome::CrossTalk => format!(
+                "{} packets of another call arrived in this one: the PBX crossed media between calls (RTP ports shared by two PBXs on one host?)",
+                self.foreign_packets
+            ),
             EchoOutcome::CallDropped { at_second } => format!(
                 "the call dropped at second {at_second:.0}: a NAT or firewall timeout (sip.keepAliveInterval) or the PBX hung up"
             ),
@@ -203,6 +212,7 @@ impl EchoResult {
             setup_ms: None,
             sent: 0,
             echoed: 0,
+            foreign_packets: 0,
             loss_percent: None,
             rtt_median_ms: None,
             rtt_p95_ms: None,
@@ -286,7 +296,7 @@ pub async fn call(
         return EchoResult::failed(EchoOutcome::CallRejected { status });
     }
 
-    let mut media = Media::default();
+    let mut media = Media::for_call(rand::random());
     let call = Leg {
         rtc: &mut rtc,
         socket: &socket,
@@ -328,6 +338,8 @@ fn result(
             EchoOutcome::IceFailed
         } else if media.dtls_connected.is_none() {
             EchoOutcome::DtlsFailed
+        } else if media.foreign_packets > 0 {
+            EchoOutcome::CrossTalk
         } else if echoed == 0 && media.other_packets > 0 {
             EchoOutcome::OneWayAudio
         } else if echoed == 0 {
@@ -347,6 +359,7 @@ fn result(
         setup_ms: media.dtls_connected.map(|t| ms_between(setup, t)),
         sent,
         echoed,
+        foreign_packets: media.foreign_packets,
         loss_percent: loss,
         rtt_median_ms: median,
         rtt_p95_ms: p95,
@@ -472,8 +485,8 @@ impl Leg<'_, '_> {
                 if now >= next_frame {
                     let seq = u32::try_from(media.sent_at.len()).unwrap_or(u32::MAX);
                     let mut payload = vec![0xffu8; SAMPLES as usize];
-                    payload[..4].copy_from_slice(&MAGIC);
-                    payload[4..8].copy_from_slice(&seq.to_be_bytes());
+                    let mark = media.mark(seq);
+                    payload[..mark.len()].copy_from_slice(&mark);
                     media.sent_at.push(now);
                     let rtp_time = MediaTime::new(u64::from(seq) * SAMPLES, Frequency::EIGHT_KHZ);
                     if let Some(writer) = rtc.writer(mid) {

@@ -9,8 +9,11 @@
 
 use std::time::Instant;
 
-/// Marks our packets in the PCMU payload (then the sequence number).
+/// Marks our packets in the PCMU payload (then the call's id and the
+/// sequence number).
 pub(super) const MAGIC: [u8; 4] = *b"WPBX";
+/// Bytes of the mark: MAGIC, the call's id, the sequence number.
+pub(super) const MARK_LEN: usize = 12;
 
 /// What the media of one end of a call measured so far.
 #[derive(Default)]
@@ -23,13 +26,35 @@ pub(super) struct Media {
     pub(super) arrivals: Vec<(u32, Instant)>,
     /// Per sequence number: whether it arrived.
     pub(super) seen: Vec<bool>,
+    /// This call's id, in every packet it marks: packets of another call
+    /// (a PBX that crosses media between calls) are told apart.
+    pub(super) call: [u8; 4],
     /// Packets that were not a first arrival of a marked packet.
     pub(super) other_packets: u32,
+    /// Marked packets of another call.
+    pub(super) foreign_packets: u32,
     pub(super) first_arrival: Option<Instant>,
     pub(super) last_arrival: Option<Instant>,
 }
 
 impl Media {
+    /// An end of call `call` (its id), nothing sent or received yet.
+    pub(super) fn for_call(call: [u8; 4]) -> Self {
+        Self {
+            call,
+            ..Self::default()
+        }
+    }
+
+    /// The mark of packet `seq` of this call, to start its payload.
+    pub(super) fn mark(&self, seq: u32) -> [u8; MARK_LEN] {
+        let mut mark = [0u8; MARK_LEN];
+        mark[..4].copy_from_slice(&MAGIC);
+        mark[4..8].copy_from_slice(&self.call);
+        mark[8..].copy_from_slice(&seq.to_be_bytes());
+        mark
+    }
+
     /// Seconds since media started (DTLS-SRTP up) until `now`, 0 before.
     pub(super) fn seconds_at(&self, now: Instant) -> f64 {
         self.dtls_connected
@@ -42,11 +67,16 @@ impl Media {
     /// counted apart. The limit keeps a PBX that sends (or repeats) packets
     /// without end from growing the samples past what could have been sent.
     pub(super) fn on_packet(&mut self, data: &[u8], now: Instant, limit: usize) {
-        if data.len() < 8 || data[..4] != MAGIC {
+        if data.len() < MARK_LEN || data[..4] != MAGIC {
             self.other_packets += 1;
             return;
         }
-        let seq = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+        if data[4..8] != self.call {
+            self.other_packets += 1;
+            self.foreign_packets += 1;
+            return;
+        }
+        let seq = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
         let index = seq as usize;
         if index >= limit {
             self.other_packets += 1;
@@ -131,9 +161,7 @@ mod tests {
     use std::time::Duration;
 
     fn marked(seq: u32) -> Vec<u8> {
-        let mut packet = MAGIC.to_vec();
-        packet.extend(seq.to_be_bytes());
-        packet
+        Media::default().mark(seq).to_vec()
     }
 
     #[test]
@@ -151,6 +179,19 @@ mod tests {
         assert_eq!(media.arrivals.len(), 1);
         assert_eq!(media.other_packets, 1000);
         assert_eq!(direction(&media.sent_at, &media.arrivals).received, 1);
+        assert_eq!(media.foreign_packets, 0);
+    }
+
+    #[test]
+    fn packets_of_another_call_are_foreign_not_samples() {
+        let mut media = Media::for_call(*b"call");
+        media.sent_at.push(Instant::now());
+        let other = Media::for_call(*b"else");
+        media.on_packet(&other.mark(0), Instant::now(), 1);
+        assert_eq!((media.arrivals.len(), media.foreign_packets), (0, 1));
+        let own = media.mark(0);
+        media.on_packet(&own, Instant::now(), 1);
+        assert_eq!((media.arrivals.len(), media.foreign_packets), (1, 1));
     }
 
     #[test]

@@ -113,6 +113,8 @@ pub enum UserCallOutcome {
     },
     /// Connected, but no audio arrived in either direction.
     NoMediaReceived,
+    /// Audio of another call arrived in this one.
+    CrossTalk,
     /// Audio flowed one way only.
     OneWayAudio {
         /// The direction that stayed silent.
@@ -149,6 +151,7 @@ impl UserCallOutcome {
             UserCallOutcome::IceFailed { .. } => "IceFailed",
             UserCallOutcome::DtlsFailed { .. } => "DtlsFailed",
             UserCallOutcome::NoMediaReceived => "NoMediaReceived",
+            UserCallOutcome::CrossTalk => "CrossTalk",
             UserCallOutcome::OneWayAudio { .. } => "OneWayAudio",
             UserCallOutcome::CallDropped { .. } => "CallDropped",
             UserCallOutcome::HighLoss { .. } => "HighLoss",
@@ -203,6 +206,8 @@ pub struct UserCallResult {
     pub callee_to_caller: WayFigures,
     /// Median delay there plus median delay back, ms.
     pub round_trip_ms: Option<f64>,
+    /// Marked packets of another call that arrived at either end.
+    pub foreign_packets: u32,
     /// E-model R of the worse direction.
     pub r_factor: Option<f64>,
     /// E-model MOS of the worse direction (1-4.5).
@@ -218,6 +223,7 @@ impl UserCallResult {
             caller_to_callee: WayFigures::default(),
             callee_to_caller: WayFigures::default(),
             round_trip_ms: None,
+            foreign_packets: 0,
             r_factor: None,
             mos: None,
         }
@@ -283,6 +289,10 @@ impl UserCallResult {
             UserCallOutcome::NoMediaReceived => {
                 "the call connected but no audio arrived in either direction: the PBX bridges the call without media".into()
             }
+            UserCallOutcome::CrossTalk => format!(
+                "{} packets of another call arrived in this one: the PBX crossed media between calls (RTP ports shared by two PBXs on one host?)",
+                self.foreign_packets
+            ),
             UserCallOutcome::OneWayAudio { silent } => format!(
                 "one-way audio: nothing arrived from {} ({}/{} packets) while the other way carried audio: NAT (network.externalAddress, localNetworks) or a firewall dropping RTP one way",
                 silent.describe(),
@@ -378,6 +388,7 @@ fn judge(
     } else {
         (Way::CallerToCallee, &forward)
     };
+    let foreign = ends.caller.foreign_packets + ends.callee.foreign_packets;
     let outcome = if let Some(at_second) = ends.caller_dropped {
         UserCallOutcome::CallDropped {
             end: End::Caller,
@@ -396,6 +407,8 @@ fn judge(
         UserCallOutcome::DtlsFailed { end: End::Caller }
     } else if ends.callee.dtls_connected.is_none() {
         UserCallOutcome::DtlsFailed { end: End::Callee }
+    } else if foreign > 0 {
+        UserCallOutcome::CrossTalk
     } else if forward.received == 0 && backward.received == 0 {
         UserCallOutcome::NoMediaReceived
     } else if forward.received == 0 {
@@ -422,6 +435,7 @@ fn judge(
         caller_to_callee: forward.into(),
         callee_to_caller: backward.into(),
         round_trip_ms: round_trip,
+        foreign_packets: foreign,
         r_factor: worse.map(|q| q.r_factor),
         mos: worse.map(|q| q.mos),
     }
@@ -581,7 +595,9 @@ async fn connected_call(
         return UserCallResult::failed(UserCallOutcome::CallRejected { status });
     }
 
-    let (mut caller_media, mut callee_media) = (Media::default(), Media::default());
+    // One call, one id: both ends mark their packets with it.
+    let call_id: [u8; 4] = rand::random();
+    let (mut caller_media, mut callee_media) = (Media::for_call(call_id), Media::for_call(call_id));
     let limit = Some(frame_limit(opts.duration));
     let (caller_dropped, callee_dropped) = tokio::join!(
         Leg {
@@ -696,8 +712,7 @@ mod tests {
         delay_ms: u64,
     ) {
         for seq in seqs {
-            let mut packet = media::MAGIC.to_vec();
-            packet.extend(seq.to_be_bytes());
+            let packet = sender.mark(seq);
             let at = sender.sent_at[seq as usize] + Duration::from_millis(delay_ms);
             receiver.on_packet(&packet, at, 1000);
         }
@@ -803,6 +818,15 @@ mod tests {
             r.message(&options())
                 .contains("10.0 % of packets lost from caller to callee")
         );
+        // One packet of another call at the caller: crossed media.
+        let mut crossed = end(t0, 100);
+        receive(&mut crossed, &callee.clone_sent(), 0..100, 5);
+        crossed.on_packet(&Media::for_call(*b"else").mark(3), t0, 1000);
+        let r = judge(&ends(&crossed, &callee), t0, t0, &options());
+        assert_eq!(
+            (r.outcome.clone(), r.foreign_packets),
+            (UserCallOutcome::CrossTalk, 1)
+        );
         call.callee_dropped = Some(31.0);
         let dropped = judge(&call, t0, t0, &options());
         assert_eq!(
@@ -818,7 +842,7 @@ mod tests {
         fn clone_sent(&self) -> Media {
             Media {
                 sent_at: self.sent_at.clone(),
-                ..Media::default()
+                ..Media::for_call(self.call)
             }
         }
     }

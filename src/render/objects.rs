@@ -13,12 +13,11 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Secret, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Secret,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -446,19 +445,19 @@ fn stateful_set(pbx: &ValidatedPbx, config: &AsteriskConfig) -> StatefulSet {
     let mut asterisk_mounts = etc_mounts.clone();
     asterisk_mounts.push(mount("spool", "/var/spool/asterisk".into(), false));
     asterisk_mounts.push(mount("log", "/var/log/asterisk".into(), false));
-    let mut ports = vec![ContainerPort {
-        name: Some("wss".into()),
-        container_port: spec.wss.port,
+    // In the host network these are the node's ports: declared as host
+    // ports, the scheduler keeps two PBXs wanting the same one apart (the
+    // RTP range cannot be declared; disjoint ranges are ports::conflict's).
+    let tcp_port = |name: &str, port: i32| ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        host_port: host_network.then_some(port),
         protocol: Some("TCP".into()),
         ..ContainerPort::default()
-    }];
+    };
+    let mut ports = vec![tcp_port("wss", spec.wss.port)];
     if let Some(ws) = spec.wss.ws_port {
-        ports.push(ContainerPort {
-            name: Some("ws".into()),
-            container_port: ws,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        });
+        ports.push(tcp_port("ws", ws));
     }
     let asterisk = Container {
         name: "asterisk".into(),
@@ -607,24 +606,6 @@ fn stateful_set(pbx: &ValidatedPbx, config: &AsteriskConfig) -> StatefulSet {
     if volume_claim_templates.is_none() {
         volumes.push(empty_dir("spool"));
     }
-    let affinity = host_network.then(|| Affinity {
-        // Host network: two PBXs on one node would fight for the same ports.
-        pod_anti_affinity: Some(PodAntiAffinity {
-            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
-                label_selector: Some(LabelSelector {
-                    match_labels: Some(BTreeMap::from([(
-                        "app.kubernetes.io/name".into(),
-                        APP_NAME.into(),
-                    )])),
-                    match_expressions: None,
-                }),
-                topology_key: "kubernetes.io/hostname".into(),
-                ..PodAffinityTerm::default()
-            }]),
-            ..PodAntiAffinity::default()
-        }),
-        ..Affinity::default()
-    });
     let pod = PodSpec {
         host_network: host_network.then_some(true),
         dns_policy: Some(
@@ -649,7 +630,6 @@ fn stateful_set(pbx: &ValidatedPbx, config: &AsteriskConfig) -> StatefulSet {
         init_containers,
         containers: vec![asterisk, reloader],
         volumes: Some(volumes),
-        affinity,
         node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
         tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
         automount_service_account_token: Some(false),

@@ -1240,7 +1240,45 @@ pub async fn register_at(
     password: &str,
     timeout: Duration,
 ) -> webrtc_pbx_operator::probe::Report {
-    let request = webrtc_pbx_operator::probe::Request {
+    webrtc_pbx_operator::probe::run(&request_at(ip, port, domain, user, password, timeout)).await
+}
+
+/// As [`register_at`], then an echo call to `*43` of `seconds`, its media
+/// from the local address that routes to `ip`.
+pub async fn echo_at(
+    ip: &str,
+    port: u16,
+    domain: &str,
+    user: &str,
+    password: &str,
+    seconds: u64,
+) -> webrtc_pbx_operator::probe::Report {
+    let timeout = Duration::from_secs(5);
+    let mut request = request_at(ip, port, domain, user, password, timeout);
+    let media_ip = webrtc_pbx_operator::probe::transport::route_source(&format!("{ip}:{port}"))
+        .expect("a local address towards the PBX");
+    request.echo = Some(webrtc_pbx_operator::probe::echo::EchoOptions {
+        extension: "*43".into(),
+        duration: Duration::from_secs(seconds),
+        timeout,
+        media_ip,
+        max_loss_percent: 5.0,
+        max_rtt_ms: 400.0,
+        min_mos: 1.0,
+    });
+    webrtc_pbx_operator::probe::run(&request).await
+}
+
+/// The probe request of [`register_at`].
+fn request_at(
+    ip: &str,
+    port: u16,
+    domain: &str,
+    user: &str,
+    password: &str,
+    timeout: Duration,
+) -> webrtc_pbx_operator::probe::Request {
+    webrtc_pbx_operator::probe::Request {
         target: Target {
             url: url::Url::parse(&format!("wss://{domain}:{port}/ws")).unwrap(),
             connect_to: Some(format!("{ip}:{port}")),
@@ -1256,8 +1294,7 @@ pub async fn register_at(
         echo: None,
         user_call: None,
         metrics: None,
-    };
-    webrtc_pbx_operator::probe::run(&request).await
+    }
 }
 
 /// SHA-256 fingerprint of the certificate served on `ip`:`port` for
