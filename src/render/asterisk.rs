@@ -31,8 +31,11 @@ pub const METRICS_PATH: &str = "/metrics";
 /// Concurrent HTTP/WebSocket sessions Asterisk accepts.
 pub const HTTP_SESSION_LIMIT: u32 = 2000;
 
-/// Files whose change needs an Asterisk restart (the rest are reloaded).
+/// Files whose change needs an Asterisk restart (the rest are reloaded;
+/// [`super::reloads`] has the whole table).
 pub const RESTART_FILES: [&str; 2] = ["asterisk.conf", "modules.conf"];
+/// The pjsip transport's section.
+pub const TRANSPORT_SECTION: &str = "transport-wss";
 
 /// The rendered files, relative to [`ETC_DIR`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -234,7 +237,7 @@ fn pjsip_conf(pbx: &ValidatedPbx) -> ConfFile {
         // otherwise vanish after ~30-60 s of silence.
         .set("keep_alive_interval", pbx.keep_alive.as_secs())
         .set("user_agent", "webrtc-pbx");
-    let mut transport = Section::new("transport-wss")
+    let mut transport = Section::new(TRANSPORT_SECTION)
         .set("type", "transport")
         .set("protocol", "wss")
         .set("bind", "0.0.0.0");

@@ -5,8 +5,9 @@
 pub mod asterisk;
 pub mod conf;
 pub mod objects;
+pub mod reloads;
 
-pub use asterisk::{AsteriskConfig, METRICS_PATH};
+pub use asterisk::{AsteriskConfig, METRICS_PATH, RESTART_FILES};
 pub use objects::Object;
 
 use crate::validate::ValidatedPbx;
