@@ -494,8 +494,10 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
             "EchoCallHealthy",
             "False",
             Some("IceFailed"),
-            // Each failing run waits out the call's 3 s setup limit.
-            two_intervals() + Duration::from_secs(6),
+            // Each failing run waits out the echo call's 3 s setup limit,
+            // then the user call's (its callee's WebSocket and REGISTER
+            // first): two such runs before the flip.
+            two_intervals() + Duration::from_secs(16),
         )
         .await;
     eprintln!(
@@ -510,7 +512,7 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         "UserCallHealthy",
         "False",
         Some("IceFailed"),
-        two_intervals() + Duration::from_secs(12),
+        two_intervals() + Duration::from_secs(16),
     )
     .await;
     node.allow_all();
