@@ -674,13 +674,15 @@ async fn five_host_network_pbxs_share_one_node_and_their_calls_stay_apart() {
             .await
             .unwrap();
         let data = secret.data.unwrap();
-        passwords.push(String::from_utf8(data["probe-password"].0.clone()).unwrap());
+        let key = webrtc_pbx_operator::names::PROBE_PASSWORD_KEY;
+        passwords.push(String::from_utf8(data[key].0.clone()).unwrap());
     }
     // All five calls at once, 10 s each.
     let calls = futures::future::join_all((0..PBXS).map(|i| {
         let (domain, password) = (domain(i), passwords[usize::from(i)].clone());
         async move {
-            harness::echo_at(&node.ip, wss_port(i), &domain, "wpbx-probe", &password, 10).await
+            let user = webrtc_pbx_operator::validate::PROBE_USERNAME;
+            harness::echo_at(&node.ip, wss_port(i), &domain, user, &password, 10).await
         }
     }))
     .await;

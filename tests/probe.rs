@@ -417,21 +417,11 @@ fn echo_ground(
     (dir, port, netns, asterisk)
 }
 
-/// The `probe` command in `netns` against the test PBX on `port`,
-/// trusting its CA, JSON out, 3 s per step; `extra` says what to check.
+/// The `probe` command in `netns` against the test PBX on `port`;
+/// `extra` says what to check.
 fn probe_in(dir: &Path, port: u16, netns: &harness::Netns, extra: &[&str]) -> Command {
-    let mut c = netns.command(env!("CARGO_BIN_EXE_webrtc-pbx-operator"));
-    c.args([
-        "probe",
-        "--url",
-        &format!("wss://{DOMAIN}:{port}/ws"),
-        "--connect-to",
-        &format!("127.0.0.1:{port}"),
-        "--ca-file",
-        dir.join("ca.crt").to_str().unwrap(),
-    ])
-    .args(["--output", "json", "--timeout", "3s"])
-    .args(extra);
+    let mut c = harness::probe_in(netns, DOMAIN, port, &dir.join("ca.crt"));
+    c.args(extra);
     c
 }
 
@@ -461,14 +451,7 @@ fn echo_probe(
 }
 
 fn echo_json(mut command: Command) -> Value {
-    let out = command.output().unwrap();
-    serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap_or_else(|_| {
-        panic!(
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    harness::probe_json(command.output().unwrap())
 }
 
 #[test]

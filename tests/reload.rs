@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
 use webrtc_pbx_operator::render::reloads::{Applied, TABLE};
 
 const DOMAIN: &str = "pbx.reload.test";
@@ -21,7 +20,7 @@ fn render(dir: &Path, port: u16, tail: &str) -> PathBuf {
     etc
 }
 
-/// The `probe` command in `netns` as `user`, JSON out; `extra` adds checks.
+/// The `probe` command in `netns` as `user`; `extra` adds checks.
 fn probe(
     dir: &Path,
     port: u16,
@@ -30,29 +29,14 @@ fn probe(
     password: &str,
     extra: &[&str],
 ) -> Command {
-    let mut c = netns.command(env!("CARGO_BIN_EXE_webrtc-pbx-operator"));
-    c.args(["probe", "--url", &format!("wss://{DOMAIN}:{port}/ws")])
-        .args(["--connect-to", &format!("127.0.0.1:{port}")])
-        .args(["--ca-file", dir.join("ca.crt").to_str().unwrap()])
-        .args(["--user", user, "--password", password])
-        .args(["--output", "json", "--timeout", "3s"])
-        .args(extra);
+    let mut c = harness::probe_in(netns, DOMAIN, port, &dir.join("ca.crt"));
+    c.args(["--user", user, "--password", password]).args(extra);
     c
-}
-
-fn json_of(out: std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 /// The REGISTER reason for `user` with `password`.
 fn register(dir: &Path, port: u16, netns: &harness::Netns, user: &str, password: &str) -> String {
-    let json = json_of(
+    let json = harness::probe_json(
         probe(dir, port, netns, user, password, &[])
             .output()
             .unwrap(),
@@ -196,7 +180,7 @@ fn each_reload_row_applies_in_place_while_a_call_runs_and_each_restart_row_does_
 
     // The call ran through every reload.
     let out = live.wait_with_output().unwrap();
-    let json = json_of(out);
+    let json = harness::probe_json(out);
     assert_eq!(json["echo"]["reason"], "Healthy", "{json}");
     let r = &json["echo_result"];
     assert_eq!(r["loss_percent"].as_f64(), Some(0.0), "{r}");

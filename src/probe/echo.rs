@@ -259,6 +259,23 @@ pub(super) async fn media_end(ip: IpAddr, start: Instant) -> Option<(UdpSocket, 
     Some((socket, local, rtc))
 }
 
+/// The caller's WebRTC offer of one audio line (sendrecv), its host
+/// candidate in place of the 0.0.0.0 str0m writes: the media line, the
+/// SDP to send and the offer awaiting its answer.
+pub(super) fn audio_offer(
+    rtc: &mut Rtc,
+    local: SocketAddr,
+) -> Option<(Mid, String, str0m::change::SdpPendingOffer)> {
+    let mut changes = rtc.sdp_api();
+    let mid = changes.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+    let (offer, pending) = changes.apply()?;
+    Some((
+        mid,
+        fix_connection_address(&offer.to_sdp_string(), local),
+        pending,
+    ))
+}
+
 /// Places the echo call on an open, idle SIP WebSocket.
 pub async fn call(
     ws: &mut super::transport::Wss,
@@ -268,12 +285,9 @@ pub async fn call(
     let Some((socket, local, mut rtc)) = media_end(opts.media_ip, Instant::now()).await else {
         return EchoResult::failed(EchoOutcome::IceFailed);
     };
-    let mut changes = rtc.sdp_api();
-    let mid: Mid = changes.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
-    let Some((offer, pending)) = changes.apply() else {
+    let Some((mid, offer_sdp, pending)) = audio_offer(&mut rtc, local) else {
         return EchoResult::failed(EchoOutcome::CallRejected { status: 0 });
     };
-    let offer_sdp = fix_connection_address(&offer.to_sdp_string(), local);
 
     let mut session = Session::new(ws, opts.timeout);
     let setup = Instant::now();

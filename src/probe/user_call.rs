@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::Mid;
 
-use super::echo::{Leg, fix_connection_address, media_end, ms_between};
+use super::echo::{Leg, audio_offer, fix_connection_address, media_end, ms_between};
 use super::media::{self, Media};
 use super::quality;
 use super::register::{self, Account};
@@ -528,12 +528,9 @@ async fn connected_call(
     else {
         return UserCallResult::failed(UserCallOutcome::IceFailed { end: End::Callee });
     };
-    let mut changes = caller_rtc.sdp_api();
-    let caller_mid = changes.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
-    let Some((offer, pending)) = changes.apply() else {
+    let Some((caller_mid, offer_sdp, pending)) = audio_offer(&mut caller_rtc, caller_local) else {
         return UserCallResult::failed(UserCallOutcome::CallRejected { status: 0 });
     };
-    let offer_sdp = fix_connection_address(&offer.to_sdp_string(), caller_local);
 
     let mut caller_session = Session::new(caller_ws, opts.timeout);
     let setup = Instant::now();

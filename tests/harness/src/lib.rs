@@ -462,6 +462,31 @@ pub fn operator_exe() -> PathBuf {
         .join("webrtc-pbx-operator")
 }
 
+/// The operator's `probe` command in `netns` against a test PBX for
+/// `domain` on 127.0.0.1:`port`, trusting the CA in `ca_file`, its report
+/// as JSON, 3 s per step; the caller adds what to check.
+pub fn probe_in(netns: &Netns, domain: &str, port: u16, ca_file: &Path) -> Command {
+    let mut c = netns.command(operator_exe());
+    c.args(["probe", "--url", &format!("wss://{domain}:{port}/ws")])
+        .args(["--connect-to", &format!("127.0.0.1:{port}")])
+        .arg("--ca-file")
+        .arg(ca_file)
+        .args(["--output", "json", "--timeout", "3s"]);
+    c
+}
+
+/// The JSON report a `probe` command printed (a failed probe prints it
+/// too); its output in the panic when there is none.
+pub fn probe_json(out: std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// The operator binary (`run`) for namespace `ns`, serving metrics on
 /// 127.0.0.1:`metrics_port`, as [`operator_user`]; its log goes to `log` (or nowhere).
 pub fn operator_binary(ns: &str, metrics_port: u16, log: Option<&Path>) -> Operator {
