@@ -92,14 +92,14 @@ pub const DEFAULT_IMAGE: &str = concat!(
         .message("metadata.name must be at most 52 characters: the StatefulSet's pods carry a controller-revision-hash label of the name plus 11 characters, and labels are limited to 63")
 )]
 #[x_kube(
-    validation = Rule::new("!(self.wss.port >= self.rtp.portRange.start && self.wss.port <= self.rtp.portRange.end)")
-        .message("wss.port lies inside rtp.portRange: move the WSS port (default 8089) out of the RTP range"),
-    validation = Rule::new("!has(self.wss.wsPort) || self.wss.wsPort != self.wss.port")
+    validation = Rule::new("!has(self.wss.port) || !has(self.rtp.portRange) || !(self.wss.port >= self.rtp.portRange.start && self.wss.port <= self.rtp.portRange.end)")
+        .message("wss.port lies inside rtp.portRange: move the WSS port out of the RTP range"),
+    validation = Rule::new("!has(self.wss.wsPort) || !has(self.wss.port) || self.wss.wsPort != self.wss.port")
         .message("wss.wsPort equals wss.port: plain WS and WSS need different ports"),
-    validation = Rule::new("!has(self.wss.wsPort) || !(self.wss.wsPort >= self.rtp.portRange.start && self.wss.wsPort <= self.rtp.portRange.end)")
+    validation = Rule::new("!has(self.wss.wsPort) || !has(self.rtp.portRange) || !(self.wss.wsPort >= self.rtp.portRange.start && self.wss.wsPort <= self.rtp.portRange.end)")
         .message("wss.wsPort lies inside rtp.portRange: move it out of the RTP range"),
-    validation = Rule::new("self.network.mode != 'Service' || self.rtp.portRange.end - self.rtp.portRange.start < 200")
-        .message("network.mode Service needs rtp.portRange of at most 200 ports: a Kubernetes Service cannot carry a port range, so each RTP port becomes one Service port; narrow the range or use mode HostNetwork"),
+    validation = Rule::new("self.network.mode != 'Service' || (has(self.rtp.portRange) && self.rtp.portRange.end - self.rtp.portRange.start < 200)")
+        .message("network.mode Service needs rtp.portRange of at most 200 ports: a Kubernetes Service cannot carry a port range, so each RTP port becomes one Service port; set a narrow range or use mode HostNetwork"),
     validation = Rule::new("!self.users.exists(u, u.extension == self.dialplan.echoExtension)")
         .message("dialplan.echoExtension is also a user's extension: pick an echo extension no user has (default *43)"),
     validation = Rule::new("self.probes.timeout == '' || self.probes.interval == '' || duration(self.probes.timeout) < duration(self.probes.interval)")
@@ -237,10 +237,12 @@ pub struct NetworkSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WssSpec {
-    /// TLS port of the WebSocket server (`wss://DOMAIN:PORT/ws`). Default 8089.
-    #[serde(default = "default_wss_port")]
+    /// TLS port of the WebSocket server (`wss://DOMAIN:PORT/ws`). Left
+    /// out: in HostNetwork mode the operator allocates one from its pool
+    /// (`status.endpoints.wssUrl` shows it), in Service mode 8089.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub port: i32,
+    pub port: Option<i32>,
     /// Optional plain (unencrypted) WebSocket port; off by default. Browsers
     /// only allow `ws://` from `http://` pages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,7 +261,7 @@ pub struct WssSpec {
 impl Default for WssSpec {
     fn default() -> Self {
         Self {
-            port: default_wss_port(),
+            port: None,
             ws_port: None,
             bind_address: default_bind_address(),
             service: WssServiceSpec::default(),
@@ -267,9 +269,8 @@ impl Default for WssSpec {
     }
 }
 
-fn default_wss_port() -> i32 {
-    8089
-}
+/// The WSS port of a Service-mode PBX that leaves `wss.port` out.
+pub const SERVICE_WSS_PORT: i32 = 8089;
 
 fn default_bind_address() -> String {
     "0.0.0.0".into()
@@ -321,7 +322,7 @@ pub struct WssServiceSpec {
 }
 
 /// A UDP port range.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[x_kube(validation = Rule::new("self.start <= self.end").message("rtp.portRange.start must not be greater than rtp.portRange.end"))]
 pub struct PortRange {
     /// First port of the range (inclusive).
@@ -350,32 +351,18 @@ impl PortRange {
 }
 
 /// RTP media.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RtpSpec {
-    /// UDP ports Asterisk uses for RTP (default 10000-20000). Forward all of
-    /// them to the PBX, or calls connect without audio.
-    #[serde(default = "default_port_range")]
-    pub port_range: PortRange,
+    /// UDP ports Asterisk uses for RTP. Forward all of them to the PBX, or
+    /// calls connect without audio. Left out in HostNetwork mode: the
+    /// operator allocates a block from its pool (`status.endpoints`
+    /// shows it). Service mode needs it (at most 200 ports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_range: Option<PortRange>,
     /// ICE servers advertised and used by Asterisk.
     #[serde(default)]
     pub ice: IceSpec,
-}
-
-impl Default for RtpSpec {
-    fn default() -> Self {
-        Self {
-            port_range: default_port_range(),
-            ice: IceSpec::default(),
-        }
-    }
-}
-
-fn default_port_range() -> PortRange {
-    PortRange {
-        start: 10000,
-        end: 20000,
-    }
 }
 
 /// ICE settings.
@@ -854,6 +841,13 @@ pub struct EndpointsStatus {
     /// Asterisk image; a custom `spec.image` must ship it, see the README).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone_url: Option<String>,
+    /// The WSS port (from the spec, or allocated by the operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wss_port: Option<i32>,
+    /// The RTP ports (from the spec, or allocated by the operator): in
+    /// HostNetwork mode, the node's UDP ports a firewall must open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtp_port_range: Option<PortRange>,
 }
 
 /// The serving certificate.

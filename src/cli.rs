@@ -141,13 +141,17 @@ pub fn render_all(inputs: &Inputs) -> Result<Vec<(WebRtcPbx, render::Rendered)>,
     let mut rng = rand::rng();
     let mut out = Vec::new();
     let mut failures = Vec::new();
-    for pbx in &inputs.pbxes {
+    let allocations = crate::allocate::place_all(&Default::default(), &inputs.pbxes);
+    for (pbx, ports) in inputs.pbxes.iter().zip(allocations) {
         let ns = namespace_of(pbx.namespace());
         let referenced = Referenced::from_objects(
             inputs.secrets.get(&ns).cloned().unwrap_or_default(),
             inputs.config_maps.get(&ns).cloned().unwrap_or_default(),
         );
-        let generated = validate::fill_generated(&pbx.spec, Generated::default(), &mut rng);
+        let generated = Generated {
+            ports,
+            ..validate::fill_generated(&pbx.spec, Generated::default(), &mut rng)
+        };
         match validate::validate(pbx, &referenced, &generated) {
             Ok(v) => out.push((pbx.clone(), render::render(&v))),
             Err(problems) => {

@@ -103,10 +103,7 @@ pub fn pbx_client(pbx: &ValidatedPbx) -> PbxClient {
 
 /// Where `pbx` serves the web phone (also `status.endpoints.phoneUrl`).
 pub fn phone_url(pbx: &ValidatedPbx) -> String {
-    format!(
-        "https://{}:{}{PHONE_PATH}",
-        pbx.spec.domain, pbx.spec.wss.port
-    )
+    format!("https://{}:{}{PHONE_PATH}", pbx.spec.domain, pbx.wss_port)
 }
 
 /// One user's record.

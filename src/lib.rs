@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod allocate;
 pub mod api;
 pub mod certs;
 pub mod cli;

@@ -60,6 +60,35 @@ struct RunArgs {
     /// repeatable.
     #[arg(long = "pod-monitor-label", value_name = "KEY=VALUE", value_parser = key_value)]
     pod_monitor_labels: Vec<(String, String)>,
+    /// TCP ports handed to HostNetwork PBXs that leave wss.port out.
+    #[arg(long, value_name = "START-END", default_value = "8089-8999", value_parser = port_range)]
+    wss_port_pool: webrtc_pbx_operator::api::PortRange,
+    /// UDP ports handed, in blocks, to HostNetwork PBXs that leave
+    /// rtp.portRange out.
+    #[arg(long, value_name = "START-END", default_value = "10000-59999", value_parser = port_range)]
+    rtp_port_pool: webrtc_pbx_operator::api::PortRange,
+    /// Ports per allocated RTP block.
+    #[arg(long, default_value_t = 100)]
+    rtp_block_size: u16,
+    /// The ConfigMap (in the Lease's namespace) that records allocated ports.
+    #[arg(long, default_value = controller::DEFAULT_LEDGER)]
+    port_ledger: String,
+}
+
+fn port_range(text: &str) -> Result<webrtc_pbx_operator::api::PortRange, String> {
+    let (start, end) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?} is not START-END"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map(i32::from)
+            .map_err(|e| format!("{p:?}: {e}"))
+    };
+    Ok(webrtc_pbx_operator::api::PortRange {
+        start: port(start)?,
+        end: port(end)?,
+    })
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -320,6 +349,20 @@ fn run_controller(args: RunArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let pools = webrtc_pbx_operator::allocate::Pools {
+            wss: args.wss_port_pool,
+            rtp: args.rtp_port_pool,
+            rtp_block: args.rtp_block_size,
+        };
+        if let Some(problem) = pools.problem() {
+            tracing::error!(%problem, "the port pools cannot work");
+            return ExitCode::FAILURE;
+        }
+        let lease_namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into());
         let ctx = std::sync::Arc::new(
             controller::Context::with_probes(
                 client,
@@ -328,7 +371,8 @@ fn run_controller(args: RunArgs) -> ExitCode {
                 metrics,
             )
             .with_policy(args.policy())
-            .with_pod_monitors(args.pod_monitors()),
+            .with_pod_monitors(args.pod_monitors())
+            .with_allocator(pools, &lease_namespace, &args.port_ledger),
         );
         let listener = match tokio::net::TcpListener::bind(&args.metrics_address).await {
             Ok(l) => l,
@@ -342,10 +386,7 @@ fn run_controller(args: RunArgs) -> ExitCode {
             .unwrap_or_else(|_| format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into()), std::process::id()));
         let lease = controller::leader::LeaseConfig {
             name: args.lease_name,
-            namespace: args
-                .lease_namespace
-                .or_else(|| std::env::var("POD_NAMESPACE").ok())
-                .unwrap_or_else(|| "default".into()),
+            namespace: lease_namespace,
             identity,
             duration_seconds: 15,
             grace_seconds: 5,

@@ -3,10 +3,13 @@
 //! declared to the scheduler as host ports; RTP ranges cannot be, so
 //! HostNetwork PBXs share a node only when every port differs: a PBX whose
 //! ports overlap those of an older HostNetwork PBX that may run on the same
-//! nodes is blocked by it. Finds the first.
+//! nodes is blocked by it. Finds the first. Ports allocated by the operator
+//! (from the [`Ledger`]) count as the PBX's own; they never overlap each
+//! other, only a port pinned later can overlap them.
 
 use kube::ResourceExt;
 
+use crate::allocate::{Ledger, host_ports};
 use crate::api::{NetworkMode, WebRtcPbx};
 
 /// Another PBX whose host ports overlap this one's on shared nodes.
@@ -31,12 +34,6 @@ impl Conflict {
     }
 }
 
-fn tcp_ports(pbx: &WebRtcPbx) -> Vec<i32> {
-    std::iter::once(pbx.spec.wss.port)
-        .chain(pbx.spec.wss.ws_port)
-        .collect()
-}
-
 /// True when the node selectors could select the same node (no label key
 /// with different required values).
 fn may_share_nodes(a: &WebRtcPbx, b: &WebRtcPbx) -> bool {
@@ -56,10 +53,12 @@ fn older(a: &WebRtcPbx, b: &WebRtcPbx) -> bool {
 pub fn conflict<'a>(
     this: &WebRtcPbx,
     others: impl IntoIterator<Item = &'a WebRtcPbx>,
+    ledger: &Ledger,
 ) -> Option<Conflict> {
     if this.spec.network.mode != NetworkMode::HostNetwork {
         return None;
     }
+    let mine = host_ports(this, ledger);
     others.into_iter().find_map(|other| {
         let same = other.uid() == this.uid()
             && other.name_any() == this.name_any()
@@ -71,15 +70,18 @@ pub fn conflict<'a>(
         {
             return None;
         }
-        let mut ports: Vec<String> = tcp_ports(this)
-            .into_iter()
-            .filter(|p| tcp_ports(other).contains(p))
+        let theirs = host_ports(other, ledger);
+        let mut ports: Vec<String> = mine
+            .tcp
+            .iter()
+            .filter(|p| theirs.tcp.contains(p))
             .map(|p| format!("{p}/TCP"))
             .collect();
-        let (a, b) = (this.spec.rtp.port_range, other.spec.rtp.port_range);
-        let (lo, hi) = (a.start.max(b.start), a.end.min(b.end));
-        if lo <= hi {
-            ports.push(format!("{lo}-{hi}/UDP"));
+        if let (Some(a), Some(b)) = (mine.udp, theirs.udp) {
+            let (lo, hi) = (a.start.max(b.start), a.end.min(b.end));
+            if lo <= hi {
+                ports.push(format!("{lo}-{hi}/UDP"));
+            }
         }
         (!ports.is_empty()).then(|| Conflict {
             other: format!(
@@ -106,46 +108,67 @@ mod tests {
         .unwrap()
     }
 
+    fn pinned(domain: &str) -> serde_json::Value {
+        json!({"domain": domain, "wss": {"port": 8089}, "rtp": {"portRange": {"start": 10000, "end": 20000}}})
+    }
+
+    #[test]
+    fn a_port_pinned_later_over_an_allocated_one_is_the_conflict() {
+        let allocated = pbx("a", "2026-01-01T00:00:00Z", json!({"domain": "a.test"}));
+        let late = pbx("b", "2026-01-02T00:00:00Z", pinned("b.test"));
+        let mut ledger = Ledger::default();
+        let (entry, _) =
+            crate::allocate::place(&crate::allocate::Pools::default(), &ledger, &allocated, []);
+        ledger.entries.insert("a".into(), entry.unwrap());
+        let c = conflict(&late, [&allocated], &ledger).unwrap();
+        assert_eq!(c.ports, vec!["8089/TCP", "10000-10099/UDP"]);
+        assert_eq!(conflict(&allocated, [&late], &ledger), None);
+    }
+
     #[test]
     fn newer_overlapping_pbx_is_blocked_by_the_older() {
-        let a = pbx("a", "2026-01-01T00:00:00Z", json!({"domain": "a.test"}));
+        let a = pbx("a", "2026-01-01T00:00:00Z", pinned("a.test"));
         let b = pbx(
             "b",
             "2026-01-02T00:00:00Z",
-            json!({"domain": "b.test", "rtp": {"portRange": {"start": 15000, "end": 25000}}}),
+            json!({"domain": "b.test", "wss": {"port": 8089}, "rtp": {"portRange": {"start": 15000, "end": 25000}}}),
         );
-        let c = conflict(&b, [&a, &b]).unwrap();
+        let c = conflict(&b, [&a, &b], &Ledger::default()).unwrap();
         assert_eq!(c.other, "voice/a");
         assert_eq!(c.ports, vec!["8089/TCP", "15000-20000/UDP"]);
         assert!(c.message().contains("voice/a"));
-        assert_eq!(conflict(&a, [&a, &b]), None, "the older one keeps running");
+        assert_eq!(
+            conflict(&a, [&a, &b], &Ledger::default()),
+            None,
+            "the older one keeps running"
+        );
     }
 
     #[test]
     fn disjoint_ports_nodes_or_modes_do_not_conflict() {
-        let a = pbx("a", "2026-01-01T00:00:00Z", json!({"domain": "a.test"}));
+        let a = pbx("a", "2026-01-01T00:00:00Z", pinned("a.test"));
         let ports = pbx(
             "b",
             "2026-01-02T00:00:00Z",
             json!({"domain": "b.test", "wss": {"port": 9443}, "rtp": {"portRange": {"start": 30000, "end": 31000}}}),
         );
-        assert_eq!(conflict(&ports, [&a]), None);
+        assert_eq!(conflict(&ports, [&a], &Ledger::default()), None);
         let nodes_a = pbx(
             "na",
             "2026-01-01T00:00:00Z",
-            json!({"domain": "a.test", "nodeSelector": {"pool": "x"}}),
+            json!({"domain": "a.test", "wss": {"port": 8089}, "nodeSelector": {"pool": "x"}}),
         );
         let nodes_b = pbx(
             "nb",
             "2026-01-02T00:00:00Z",
-            json!({"domain": "b.test", "nodeSelector": {"pool": "y"}}),
+            json!({"domain": "b.test", "wss": {"port": 8089}, "nodeSelector": {"pool": "y"}}),
         );
-        assert_eq!(conflict(&nodes_b, [&nodes_a]), None);
+        assert_eq!(conflict(&nodes_b, [&nodes_a], &Ledger::default()), None);
         let svc = pbx(
             "s",
             "2026-01-02T00:00:00Z",
             json!({"domain": "s.test", "network": {"mode": "Service"}, "rtp": {"portRange": {"start": 10000, "end": 10010}}}),
         );
-        assert_eq!(conflict(&svc, [&a]), None);
+        assert_eq!(conflict(&svc, [&a], &Ledger::default()), None);
     }
 }

@@ -47,6 +47,8 @@ async fn rendered_config_runs_in_real_asterisk() {
         probe_password: "probe-pw".into(),
         metrics_password: "metrics-pw".into(),
         callee_password: "callee-pw".into(),
+        ports: webrtc_pbx_operator::allocate::place_all(&Default::default(), &inputs.pbxes)
+            .remove(0),
     };
     let referenced = Referenced::from_objects(inputs.secrets["voice"].clone(), vec![]);
     let validated = validate::validate(pbx, &referenced, &generated).unwrap();

@@ -24,6 +24,8 @@ use webrtc_pbx_operator::api::WebRtcPbx;
 
 const NAME: &str = "demo";
 const DOMAIN: &str = "pbx.demo.example";
+/// The WSS port of the Service-mode PBXs (HostNetwork ones get theirs from
+/// the operator's pool: [`Ground::ports`]).
 const WSS_PORT: u16 = 8089;
 /// The probe interval of the test (the minimum the API allows).
 const INTERVAL: Duration = Duration::from_secs(5);
@@ -58,6 +60,17 @@ impl Ground {
             .await
             .ok()
             .flatten()
+    }
+
+    /// The demo PBX's WSS port and RTP range as its status shows them (the
+    /// minimal example leaves them out: the operator allocates them).
+    async fn ports(&self) -> (u16, webrtc_pbx_operator::api::PortRange) {
+        let pbx = self.pbx().await.unwrap();
+        let e = pbx.status.unwrap().endpoints.unwrap();
+        (
+            u16::try_from(e.wss_port.unwrap()).unwrap(),
+            e.rtp_port_range.unwrap(),
+        )
     }
 
     async fn condition(&self, type_: &str) -> Option<(String, String, String)> {
@@ -219,9 +232,9 @@ fn two_intervals() -> Duration {
     INTERVAL * 2 + Duration::from_secs(3)
 }
 
-/// SHA-256 fingerprint of the certificate served on `ip`:8089 for DOMAIN.
-fn served_certificate(ip: &str) -> String {
-    harness::served_certificate(ip, WSS_PORT, DOMAIN)
+/// SHA-256 fingerprint of the certificate served on `ip`:`port` for DOMAIN.
+fn served_certificate(ip: &str, port: u16) -> String {
+    harness::served_certificate(ip, port, DOMAIN)
 }
 
 #[tokio::test]
@@ -255,6 +268,15 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
         let (s, reason, message) = g.condition(type_).await.unwrap();
         assert_eq!(s, "True", "{type_}: {reason}: {message}");
     }
+    // The ports came from the operator's pools (the chart's defaults), and
+    // the pod declares the WSS one as a host port.
+    let (wss_port, rtp) = g.ports().await;
+    assert!((8089..=8999).contains(&wss_port), "{wss_port}");
+    assert!(
+        rtp.start >= 10000 && rtp.end <= 59999 && rtp.len() == 100,
+        "{rtp:?}"
+    );
+    eprintln!("allocated: WSS {wss_port}, RTP {}-{}", rtp.start, rtp.end);
     // On the real node, in containers containerd started.
     let pod = g.pod().await.unwrap();
     assert_eq!(
@@ -426,12 +448,13 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
             Duration::from_secs(90),
             "the new password accepted",
             || async {
-                (register_as(&node.ip, "1001", "new-pw-alice").await == "Registered").then_some(())
+                (register_as(&node.ip, wss_port, "1001", "new-pw-alice").await == "Registered")
+                    .then_some(())
             },
         )
         .await;
     assert_eq!(
-        register_as(&node.ip, "1001", "change-me-alice").await,
+        register_as(&node.ip, wss_port, "1001", "change-me-alice").await,
         "AuthenticationFailed"
     );
     assert_eq!(
@@ -457,7 +480,7 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
 
     // The certificate is re-issued (its Secret deleted; the operator issues a
     // new one from its CA): the served certificate changes, no restart.
-    let before = served_certificate(&node.ip);
+    let before = served_certificate(&node.ip, wss_port);
     assert!(
         before.contains("Fingerprint"),
         "a certificate is served: {before}"
@@ -471,7 +494,7 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
             Duration::from_secs(90),
             "the served certificate changed",
             || async {
-                let now = served_certificate(&node.ip);
+                let now = served_certificate(&node.ip, wss_port);
                 (now.contains("Fingerprint") && now != before).then_some(())
             },
         )
@@ -488,7 +511,7 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
     g.wait("Ready", "True", None, two_intervals()).await;
 
     // RTP blocked at the node: the call fails on ICE, REGISTER still works.
-    node.drop_udp("10000-20000");
+    node.drop_udp(&format!("{}-{}", rtp.start, rtp.end));
     let flip = g
         .wait(
             "EchoCallHealthy",
@@ -628,29 +651,51 @@ async fn five_host_network_pbxs_share_one_node_and_their_calls_stay_apart() {
     let (client, ns, node) = (g.client.clone(), g.ns.clone(), g.node);
     let name = |i: u16| format!("dense-{i}");
     let domain = |i: u16| format!("pbx{i}.dense.example");
-    // Apart from every other test's ports on the node (8089, 10000-20000).
-    let wss_port = |i: u16| 8201 + i;
+    // No ports in the specs: the operator allocates them, all created at
+    // once.
     let created = Instant::now();
-    for i in 0..PBXS {
-        let rtp = 40000 + u32::from(i) * 20;
-        Pbx::new(
-            &name(i),
-            json!({
-                "domain": domain(i),
-                "users": [{"extension": "1001"}],
-                "network": {"mode": "HostNetwork"},
-                "wss": {"port": wss_port(i)},
-                "rtp": {"portRange": {"start": rtp, "end": rtp + 19}},
-                "probes": {"interval": "30s", "timeout": "3s", "echoCall": {"duration": "2s"}},
-            }),
-        )
-        .create(&client, &ns)
-        .await;
-    }
+    futures::future::join_all((0..PBXS).map(|i| {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            Pbx::new(
+                &name(i),
+                json!({
+                    "domain": domain(i),
+                    "users": [{"extension": "1001"}],
+                    "network": {"mode": "HostNetwork"},
+                    "probes": {"interval": "30s", "timeout": "3s", "echoCall": {"duration": "2s"}},
+                }),
+            )
+            .create(&client, &ns)
+            .await
+        }
+    }))
+    .await;
     for i in 0..PBXS {
         harness::wait_for_condition(&client, &ns, &name(i), "Ready", "True", None).await;
     }
     let all_ready = created.elapsed();
+    let mut ports = Vec::new();
+    for i in 0..PBXS {
+        let pbx = Api::<WebRtcPbx>::namespaced(client.clone(), &ns)
+            .get(&name(i))
+            .await
+            .unwrap();
+        let e = pbx.status.unwrap().endpoints.unwrap();
+        let (wss, rtp) = (e.wss_port.unwrap(), e.rtp_port_range.unwrap());
+        assert_eq!(e.wss_url, format!("wss://{}:{wss}/ws", domain(i)));
+        ports.push((u16::try_from(wss).unwrap(), rtp));
+    }
+    for (i, a) in ports.iter().enumerate() {
+        for b in &ports[i + 1..] {
+            assert!(
+                a.0 != b.0 && (a.1.end < b.1.start || b.1.end < a.1.start),
+                "allocations overlap: {ports:?}"
+            );
+        }
+    }
+    let wss_port = |i: u16| ports[usize::from(i)].0;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns)
         .list(&ListParams::default())
         .await
@@ -690,8 +735,10 @@ async fn five_host_network_pbxs_share_one_node_and_their_calls_stay_apart() {
         let echo = report.echo_result.as_ref();
         let r = echo.unwrap_or_else(|| panic!("PBX {i}: no call: {report:?}"));
         eprintln!(
-            "dense-{i} (wss {}): {}/{} echoed, loss {:?} %, rtt {:?} ms, {} packets of another call",
+            "dense-{i} (wss {}, rtp {}-{}): {}/{} echoed, loss {:?} %, rtt {:?} ms, {} packets of another call",
             wss_port(i as u16),
+            ports[i].1.start,
+            ports[i].1.end,
             r.echoed,
             r.sent,
             r.loss_percent,
@@ -1117,9 +1164,9 @@ async fn ready_transition(g: &Ground) -> String {
 
 /// REGISTERs as `user` at the node's address through the probe engine;
 /// returns the outcome's reason.
-async fn register_as(ip: &str, user: &str, password: &str) -> String {
+async fn register_as(ip: &str, port: u16, user: &str, password: &str) -> String {
     let report =
-        harness::register_at(ip, WSS_PORT, DOMAIN, user, password, Duration::from_secs(5)).await;
+        harness::register_at(ip, port, DOMAIN, user, password, Duration::from_secs(5)).await;
     report
         .register
         .map(|c| c.reason)
@@ -1236,7 +1283,7 @@ fn fragment_of(pairs: &[(&str, &str)]) -> String {
 /// with a fake microphone.
 async fn browser_check(g: &Ground) {
     let started = Instant::now();
-    let url = format!("wss://{DOMAIN}:{WSS_PORT}/ws");
+    let url = format!("wss://{DOMAIN}:{}/ws", g.ports().await.0);
     let fragment = fragment_of(&[
         ("url", &url),
         ("domain", DOMAIN),
@@ -1364,7 +1411,10 @@ async fn clients_check(g: &Ground) {
         })
         .collect();
     assert_eq!(links[0].0, format!("sip:1001@{DOMAIN}"));
-    let phone = format!("https://{DOMAIN}:{WSS_PORT}/static/phone/index.html");
+    let phone = format!(
+        "https://{DOMAIN}:{}/static/phone/index.html",
+        g.ports().await.0
+    );
     assert!(
         links[1]
             .1

@@ -57,6 +57,11 @@ fn fixed_generated(pbx: &webrtc_pbx_operator::api::WebRtcPbx) -> Generated {
         probe_password: "probe-secret".into(),
         metrics_password: "metrics-secret".into(),
         callee_password: "callee-secret".into(),
+        ports: webrtc_pbx_operator::allocate::place_all(
+            &Default::default(),
+            std::slice::from_ref(pbx),
+        )
+        .remove(0),
     }
 }
 

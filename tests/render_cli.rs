@@ -93,6 +93,7 @@ metadata: {name: bad, namespace: voice}
 spec:
   domain: pbx.bad.example
   sip: {keepAliveInterval: soon}
+  wss: {port: 8500}
   rtp: {portRange: {start: 8000, end: 9000}}
   users:
     - {extension: "1001", passwordSecretRef: {name: nowhere, key: "1001"}}

@@ -6,6 +6,7 @@
 //! these files only fetch, write, requeue and report. This file holds the
 //! shared Context, the error type and the reconcile that calls the steps.
 
+pub mod allocation;
 pub mod apply;
 pub mod cache;
 mod certificate;
@@ -71,6 +72,9 @@ pub enum Error {
     /// Reading the PBX's Secrets, ConfigMap, pod or StatefulSet failed.
     #[error("dereference: {0}")]
     Dereference(#[source] kube::Error),
+    /// Reading or writing the port ledger failed.
+    #[error("allocate: {0}")]
+    Allocate(#[source] kube::Error),
     /// A certificate could not be issued.
     #[error("certificate: {0}")]
     Certificate(#[from] certs::CertError),
@@ -95,6 +99,7 @@ impl Error {
         match self {
             Error::NoNamespace => "invalid_object",
             Error::Dereference(_) => "dereference",
+            Error::Allocate(_) => "allocate",
             Error::Certificate(_) => "certificate",
             Error::Apply(_) => "apply",
             Error::Prune(_) => "prune",
@@ -133,7 +138,12 @@ pub struct Context {
     pub spec_memo: cache::SpecMemo,
     /// The status writes the PBX cache has not shown yet.
     pub status_writes: cache::StatusWrites,
+    /// Host ports for HostNetwork PBXs that leave them out.
+    pub allocator: Arc<allocation::Allocator>,
 }
+
+/// The port ledger ConfigMap's name unless the operator is told otherwise.
+pub const DEFAULT_LEDGER: &str = "webrtc-pbx-operator-ports";
 
 /// A PBX's uid and generation, as last listed.
 pub type ListMark = (Option<String>, Option<i64>);
@@ -174,7 +184,24 @@ impl Context {
             pod_monitors: None,
             spec_memo: cache::SpecMemo::default(),
             status_writes: cache::StatusWrites::default(),
+            allocator: Arc::new(allocation::Allocator::new(
+                crate::allocate::Pools::default(),
+                "default",
+                DEFAULT_LEDGER,
+            )),
         }
+    }
+
+    /// The same context, allocating host ports from `pools` and keeping
+    /// the ledger in ConfigMap `namespace/name`.
+    pub fn with_allocator(
+        mut self,
+        pools: crate::allocate::Pools,
+        namespace: &str,
+        name: &str,
+    ) -> Self {
+        self.allocator = Arc::new(allocation::Allocator::new(pools, namespace, name));
+        self
     }
 
     /// The same context under `policy`.
@@ -211,6 +238,16 @@ impl Context {
         self.spec_memo.forget(&ns, &pbx.name_any());
         self.status_writes.forget(&ns, &pbx.name_any());
         self.metrics.forget_pbx(&ns, &pbx.name_any());
+        if let Some(uid) = pbx.uid() {
+            let (allocator, client) = (self.allocator.clone(), self.client.clone());
+            // Off the watch stream; a failure leaves the entry to the
+            // sweep of the next allocation.
+            tokio::spawn(async move {
+                if let Err(e) = allocator.release(&client, &uid).await {
+                    warn!(%uid, error = %e, "freeing host ports failed; the next allocation sweeps them");
+                }
+            });
+        }
     }
 }
 
@@ -269,6 +306,9 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(attempt.min(16)).min(300))
 }
 
+/// How soon a PBX waiting for a port from a full pool looks again.
+const POOL_RETRY: Duration = Duration::from_secs(20);
+
 /// How soon a reconcile that met a write conflict looks again.
 const CONFLICT_RETRY: Duration = Duration::from_millis(500);
 
@@ -300,7 +340,7 @@ fn connect_check(
                 .collect()
         })
         .unwrap_or_default();
-    policy.connect_denied(connect, &own_hosts, &own_ips, v.spec.wss.port)
+    policy.connect_denied(connect, &own_hosts, &own_ips, v.wss_port)
 }
 
 async fn reconcile(pbx: Arc<WebRtcPbx>, run: Arc<Run>) -> Result<Action, Error> {
@@ -334,9 +374,16 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, run: &Run) -> Result<Action, Error
         .await
         .map_err(Error::Dereference)?;
     let stored = objects::generated_from_secret(fetched.own_secret.as_ref());
-    let generated = validate::fill_generated(&pbx.spec, stored, &mut rand::rng());
+    let mut generated = validate::fill_generated(&pbx.spec, stored, &mut rand::rng());
     let others = run.pbxes.state();
-    let conflict = ports::conflict(&pbx, others.iter().map(|p| &**p));
+    let (allocation, ledger) = ctx
+        .allocator
+        .ensure(&ctx.client, &pbx, &others)
+        .await
+        .map_err(Error::Allocate)?;
+    let short = allocation.shortage.is_some();
+    generated.ports = allocation;
+    let conflict = ports::conflict(&pbx, others.iter().map(|p| &**p), &ledger);
     // The workload as the caches show it, whatever this reconcile writes.
     let workload = status::workload_verdict(&workload_facts(
         fetched.stateful_set.as_ref(),
@@ -365,6 +412,8 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, run: &Run) -> Result<Action, Error
     }
     Ok(match recheck {
         Some(d) => Action::requeue(d),
+        // A full pool frees ports only when another PBX goes: look again.
+        None if short => Action::requeue(POOL_RETRY),
         None => Action::await_change(),
     })
 }
@@ -452,6 +501,8 @@ async fn build_and_apply(
         endpoints: Some(EndpointsStatus {
             wss_url: validated.wss_url(),
             phone_url: Some(crate::clients::phone_url(validated)),
+            wss_port: Some(validated.wss_port),
+            rtp_port_range: Some(validated.rtp_ports),
         }),
         certificate: cert.facts.map(|f| CertificateStatus {
             not_after: Some(certs::rfc3339(f.not_after)),

@@ -63,7 +63,7 @@ pub fn plan(pbx: &ValidatedPbx, ca_pem: Option<String>) -> Option<Plan> {
             "{}.{}.svc:{}",
             names::wss_service_name(&pbx.name),
             pbx.namespace,
-            pbx.spec.wss.port
+            pbx.wss_port
         )
     } else {
         probes.connect_address.clone()
@@ -438,6 +438,8 @@ mod tests {
         let generated = Generated {
             probe_password: "probe-secret".into(),
             metrics_password: "metrics-secret".into(),
+            ports: crate::allocate::place_all(&Default::default(), std::slice::from_ref(&pbx))
+                .remove(0),
             ..Default::default()
         };
         crate::validate::validate(&pbx, &Default::default(), &generated).unwrap()
@@ -492,6 +494,8 @@ mod tests {
             probe_password: "probe-secret".into(),
             metrics_password: "metrics-secret".into(),
             callee_password: "callee-secret".into(),
+            ports: crate::allocate::place_all(&Default::default(), std::slice::from_ref(&pbx))
+                .remove(0),
             ..Default::default()
         };
         let validated = crate::validate::validate(&pbx, &Default::default(), &generated).unwrap();

@@ -179,7 +179,7 @@ fn logger_conf() -> ConfFile {
 
 fn http_conf(pbx: &ValidatedPbx) -> ConfFile {
     let wss = &pbx.spec.wss;
-    let bind = bind_with_port(&wss.bind_address, wss.port);
+    let bind = bind_with_port(&wss.bind_address, pbx.wss_port);
     let keys = format!("{ETC_DIR}/{KEYS_DIR}");
     let mut general = Section::new("general")
         .set("servername", "webrtc-pbx")
@@ -370,7 +370,7 @@ fn extensions_conf(pbx: &ValidatedPbx) -> ConfFile {
 
 fn rtp_conf(pbx: &ValidatedPbx) -> ConfFile {
     let spec = &pbx.spec;
-    let range = spec.rtp.port_range;
+    let range = pbx.rtp_ports;
     let mut general = Section::new("general")
         // Only these ports need forwarding; outside them calls have no audio.
         .set("rtpstart", range.start)

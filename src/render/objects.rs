@@ -330,13 +330,13 @@ fn service(pbx: &ValidatedPbx, name: String, ports: Vec<ServicePort>) -> Service
 
 fn wss_service(pbx: &ValidatedPbx) -> Service {
     let wss = &pbx.spec.wss;
-    let mut ports = vec![service_port("wss".into(), wss.port, "TCP")];
+    let mut ports = vec![service_port("wss".into(), pbx.wss_port, "TCP")];
     ports.extend(wss.ws_port.map(|ws| service_port("ws".into(), ws, "TCP")));
     service(pbx, wss_service_name(&pbx.name), ports)
 }
 
 fn rtp_service(pbx: &ValidatedPbx) -> Service {
-    let range = pbx.spec.rtp.port_range;
+    let range = pbx.rtp_ports;
     // A Service cannot carry a range: one port per RTP port (admission
     // bounds the range in Service mode).
     let ports = (range.start..=range.end)
@@ -455,7 +455,7 @@ fn stateful_set(pbx: &ValidatedPbx, config: &AsteriskConfig) -> StatefulSet {
         protocol: Some("TCP".into()),
         ..ContainerPort::default()
     };
-    let mut ports = vec![tcp_port("wss", spec.wss.port)];
+    let mut ports = vec![tcp_port("wss", pbx.wss_port)];
     if let Some(ws) = spec.wss.ws_port {
         ports.push(tcp_port("ws", ws));
     }
@@ -484,7 +484,7 @@ fn stateful_set(pbx: &ValidatedPbx, config: &AsteriskConfig) -> StatefulSet {
         }),
         readiness_probe: Some(Probe {
             tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::Int(spec.wss.port),
+                port: IntOrString::Int(pbx.wss_port),
                 host: None,
             }),
             period_seconds: Some(5),

@@ -126,30 +126,38 @@ pub const MAX_NAME: usize = 52;
 
 /// The rules the apiserver also enforces, repeated for input that never
 /// passed admission (the offline `render` command, an apiserver without CEL).
-pub(super) fn check_spec(spec: &WebRtcPbxSpec, problems: &mut Vec<Problem>) {
+pub(super) fn check_spec(
+    spec: &WebRtcPbxSpec,
+    wss_port: Option<i32>,
+    range: Option<crate::api::PortRange>,
+    problems: &mut Vec<Problem>,
+) {
     let mut invalid = |field: &str, message: String| {
         problems.push(Problem::InvalidSpec {
             field: field.into(),
             message,
         })
     };
-    let range = spec.rtp.port_range;
-    if range.start > range.end {
-        invalid(
-            "rtp.portRange",
-            format!("start {} is greater than end {}", range.start, range.end),
-        );
+    if let Some(range) = range {
+        if range.start > range.end {
+            invalid(
+                "rtp.portRange",
+                format!("start {} is greater than end {}", range.start, range.end),
+            );
+        }
+        for (field, port) in [("wss.port", wss_port), ("wss.wsPort", spec.wss.ws_port)] {
+            if let Some(port) = port.filter(|p| range.contains(*p)) {
+                invalid(
+                    field,
+                    format!(
+                        "{port} lies inside rtp.portRange {}-{}",
+                        range.start, range.end
+                    ),
+                );
+            }
+        }
     }
-    if range.contains(spec.wss.port) {
-        invalid(
-            "wss.port",
-            format!(
-                "{} lies inside rtp.portRange {}-{}",
-                spec.wss.port, range.start, range.end
-            ),
-        );
-    }
-    if spec.wss.ws_port == Some(spec.wss.port) {
+    if wss_port.is_some() && spec.wss.ws_port == wss_port {
         invalid("wss.wsPort", "equals wss.port".into());
     }
     // NaN fails the range too.
@@ -162,7 +170,9 @@ pub(super) fn check_spec(spec: &WebRtcPbxSpec, problems: &mut Vec<Problem>) {
             ),
         );
     }
-    if spec.network.mode == crate::api::NetworkMode::Service && range.len() > 200 {
+    if let Some(range) = range.filter(|r| r.len() > 200)
+        && spec.network.mode == crate::api::NetworkMode::Service
+    {
         invalid(
             "rtp.portRange",
             format!(

@@ -10,7 +10,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 
-use crate::api::{Codec, SecretKeyRef, TlsMode, WebRtcPbx, WebRtcPbxSpec};
+use crate::api::{
+    Codec, NetworkMode, PortRange, SERVICE_WSS_PORT, SecretKeyRef, TlsMode, WebRtcPbx,
+    WebRtcPbxSpec,
+};
 
 mod fields;
 pub use fields::*;
@@ -110,6 +113,9 @@ pub struct Generated {
     pub metrics_password: String,
     /// The user-call probe's callee password (empty while that probe is off).
     pub callee_password: String,
+    /// The host ports the operator allocated (not stored in the Secret:
+    /// the allocation ledger holds them).
+    pub ports: crate::allocate::Allocation,
 }
 
 /// A user ready to render.
@@ -145,6 +151,12 @@ pub struct TurnServer {
 pub struct ValidatedPbx {
     /// Name of the WebRtcPbx.
     pub name: String,
+    /// The WSS port: the spec's, else allocated (HostNetwork), else 8089.
+    pub wss_port: i32,
+    /// The RTP ports: the spec's, else allocated.
+    pub rtp_ports: PortRange,
+    /// Whether any of them came from the operator's pools.
+    pub allocated: bool,
     /// Namespace of the WebRtcPbx.
     pub namespace: String,
     /// UID, when the object came from the apiserver (owner references need it).
@@ -185,7 +197,7 @@ pub struct ValidatedPbx {
 impl ValidatedPbx {
     /// The URL browsers connect to.
     pub fn wss_url(&self) -> String {
-        format!("wss://{}:{}/ws", self.spec.domain, self.spec.wss.port)
+        format!("wss://{}:{}/ws", self.spec.domain, self.wss_port)
     }
 }
 
@@ -258,6 +270,46 @@ pub fn tls_secret_name(name: &str, spec: &WebRtcPbxSpec) -> String {
     }
 }
 
+/// The WSS port and RTP range: the spec's, else what the operator
+/// allocated, else (WSS in Service mode) the fixed default; a problem for
+/// each that has none.
+fn resolve_ports(
+    spec: &WebRtcPbxSpec,
+    allocated: &crate::allocate::Allocation,
+    problems: &mut Vec<Problem>,
+) -> (Option<i32>, Option<PortRange>) {
+    let service = spec.network.mode == NetworkMode::Service;
+    let wss = spec
+        .wss
+        .port
+        .or(allocated.wss)
+        .or(service.then_some(SERVICE_WSS_PORT));
+    let rtp = spec.rtp.port_range.or(allocated.rtp);
+    let why = |what: &str| {
+        allocated.shortage.clone().unwrap_or_else(|| {
+            format!("no {what} was allocated yet (the operator allocates it in HostNetwork mode)")
+        })
+    };
+    if wss.is_none() {
+        problems.push(Problem::InvalidSpec {
+            field: "wss.port".into(),
+            message: why("WSS port"),
+        });
+    }
+    if rtp.is_none() {
+        let message = if service {
+            "network.mode Service needs rtp.portRange (at most 200 ports)".into()
+        } else {
+            why("RTP port block")
+        };
+        problems.push(Problem::InvalidSpec {
+            field: "rtp.portRange".into(),
+            message,
+        });
+    }
+    (wss, rtp)
+}
+
 /// Checks a PBX against what it references and resolves it for rendering.
 /// Returns every problem found, not just the first.
 pub fn validate(
@@ -271,7 +323,8 @@ pub fn validate(
     let mut problems = Vec::new();
 
     check_name(&name, &mut problems);
-    check_spec(spec, &mut problems);
+    let (wss_port, rtp_ports) = resolve_ports(spec, &generated.ports, &mut problems);
+    check_spec(spec, wss_port, rtp_ports, &mut problems);
     // Parsed once, into the validated type: nothing downstream re-parses
     // with a default of its own.
     let mut duration = |field: &str, value: &str, range: (Duration, Duration)| {
@@ -443,15 +496,22 @@ pub fn validate(
         });
     }
 
-    if !problems.is_empty() {
+    let (Some(wss_port), Some(rtp_ports), true) = (wss_port, rtp_ports, problems.is_empty()) else {
         return Err(problems);
-    }
+    };
+    let mut spec = spec.clone();
+    // Resolved into the spec too: what renders and what is reported agree.
+    spec.wss.port = Some(wss_port);
+    spec.rtp.port_range = Some(rtp_ports);
     Ok(ValidatedPbx {
-        tls_secret_name: tls_secret_name(&name, spec),
+        wss_port,
+        rtp_ports,
+        allocated: generated.ports.wss.is_some() || generated.ports.rtp.is_some(),
+        tls_secret_name: tls_secret_name(&name, &spec),
         name,
         namespace,
         uid: pbx.metadata.uid.clone(),
-        spec: spec.clone(),
+        spec,
         users,
         probe_password: generated.probe_password.clone(),
         metrics_password: generated.metrics_password.clone(),
@@ -483,6 +543,7 @@ mod tests {
             probe_password: String::new(),
             metrics_password: String::new(),
             callee_password: String::new(),
+            ports: Default::default(),
         };
         let filled = fill_generated(&spec, stored, &mut rand::rng());
         assert_eq!(filled.user_passwords["1"], "kept");

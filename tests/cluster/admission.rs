@@ -31,8 +31,9 @@ async fn examples_are_accepted_with_defaults_applied() {
             // Defaults are the apiserver's job too: the stored object is complete.
             let pbx: WebRtcPbx =
                 serde_json::from_value(serde_json::to_value(&created).unwrap()).unwrap();
+            // Ports left out stay out: the operator allocates them.
             let asked = doc["spec"]["wss"]["port"].as_i64();
-            assert_eq!(i64::from(pbx.spec.wss.port), asked.unwrap_or(8089));
+            assert_eq!(pbx.spec.wss.port.map(i64::from), asked);
             assert!(!pbx.spec.image.is_empty());
             accepted += 1;
         }
@@ -45,9 +46,11 @@ async fn examples_are_accepted_with_defaults_applied() {
         .unwrap();
     let spec = &minimal.data["spec"];
     assert_eq!(
-        spec["rtp"]["portRange"],
-        json!({"start": 10000, "end": 20000})
+        spec["rtp"].get("portRange"),
+        None,
+        "allocated, not defaulted"
     );
+    assert_eq!(spec["wss"].get("port"), None, "allocated, not defaulted");
     assert_eq!(spec["network"]["mode"], "HostNetwork");
     assert_eq!(spec["tls"]["mode"], "SelfSigned");
     assert_eq!(spec["sip"]["keepAliveInterval"], "30s");
@@ -100,7 +103,7 @@ async fn invalid_manifests_are_rejected_with_what_to_change() {
         ),
         (
             "wss-in-rtp",
-            json!({"wss": {"port": 15000}}),
+            json!({"wss": {"port": 15000}, "rtp": {"portRange": {"start": 10000, "end": 20000}}}),
             "wss.port lies inside rtp.portRange",
         ),
         (
@@ -115,7 +118,7 @@ async fn invalid_manifests_are_rejected_with_what_to_change() {
         ),
         (
             "ws-in-rtp",
-            json!({"wss": {"wsPort": 12000}}),
+            json!({"wss": {"wsPort": 12000}, "rtp": {"portRange": {"start": 10000, "end": 20000}}}),
             "wss.wsPort lies inside rtp.portRange",
         ),
         (

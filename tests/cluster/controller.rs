@@ -619,8 +619,9 @@ async fn pod_monitors_pass_the_real_crd_and_go_when_turned_off() {
 #[tokio::test]
 async fn overlapping_host_ports_on_the_same_node_report_port_conflict() {
     let r = start("ctl-ports").await;
-    // Both pinned to one node: the second cannot get its host ports there.
-    let spec = |domain: &str| json!({"domain": domain, "nodeSelector": {"kubernetes.io/hostname": "kwok-node-7"}});
+    // Both pinned to one node and one WSS port (allocated ports never
+    // overlap): the second cannot get its host ports there.
+    let spec = |domain: &str| json!({"domain": domain, "wss": {"port": 8089}, "nodeSelector": {"kubernetes.io/hostname": "kwok-node-7"}});
     r.create(Pbx::new("first", spec("first.test"))).await;
     wait_condition(&r, "first", "WorkloadReady", "True", Some("PodsReady")).await;
     r.create(Pbx::new("second", spec("second.test"))).await;

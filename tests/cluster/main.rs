@@ -10,6 +10,7 @@
 //! (`without_cert_manager.rs`).
 
 mod admission;
+mod allocation;
 mod chart;
 mod controller;
 mod gitops;

@@ -745,6 +745,8 @@ pub fn render_config(dir: &Path, domain: &str, port: u16, extra_users: &str) -> 
         metrics_password: "metrics-pw".into(),
         // Used only where the manifest enables probes.userCall.
         callee_password: "callee-pw".into(),
+        ports: webrtc_pbx_operator::allocate::place_all(&Default::default(), &inputs.pbxes)
+            .remove(0),
     };
     let validated =
         validate::validate(&inputs.pbxes[0], &Referenced::default(), &generated).unwrap();
