@@ -164,6 +164,11 @@ pub struct WebRtcPbxSpec {
     #[serde(default)]
     pub sip: SipSpec,
 
+    /// How a pod that must be replaced (a restart-only change, an operator
+    /// upgrade, a node drain) lets its live calls end.
+    #[serde(default)]
+    pub drain: DrainSpec,
+
     /// SIP users (WebRTC endpoints), one device each.
     #[serde(default)]
     #[schemars(length(max = 1000))]
@@ -543,6 +548,35 @@ impl Default for SipSpec {
 
 fn default_keep_alive() -> String {
     "30s".into()
+}
+
+/// Draining a pod before it is replaced.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainSpec {
+    /// How long a pod being replaced waits for its live calls to end (Go
+    /// duration, default 5m, at most 24h): it takes no new calls (Asterisk
+    /// `core stop gracefully`), calls up continue, and it stops when the
+    /// last one ends; calls still up at the timeout are hung up. 0s: no
+    /// wait. Part of the pod (its termination grace period): a change
+    /// replaces the pod, draining under the old timeout.
+    #[serde(default = "default_drain_timeout")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s') && duration(self) <= duration('24h')")
+        .message("drain.timeout must be a duration between 0s and 24h, such as 5m"))]
+    #[schemars(length(max = 32))]
+    pub timeout: String,
+}
+
+impl Default for DrainSpec {
+    fn default() -> Self {
+        Self {
+            timeout: default_drain_timeout(),
+        }
+    }
+}
+
+fn default_drain_timeout() -> String {
+    "5m".into()
 }
 
 /// Audio codecs a user may use.

@@ -1538,3 +1538,275 @@ fn spki_sha256_base64(pem: &str) -> String {
     base64::prelude::BASE64_STANDARD
         .encode(sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw))
 }
+
+/// A HostNetwork PBX named [`NAME`] with user 1001 (password in Secret
+/// `demo-users`), probed every 5 s, draining for `drain`; Ready, with the
+/// probe user's password and its allocated WSS port.
+async fn live_pbx(g: &Ground, drain: &str) -> (String, u16) {
+    let users: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "demo-users"}, "stringData": {"1001": "alice-1"}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(g.client.clone(), &g.ns)
+        .create(&PostParams::default(), &users)
+        .await
+        .unwrap();
+    Pbx::new(
+        NAME,
+        json!({
+            "domain": DOMAIN,
+            "users": [{"extension": "1001", "passwordSecretRef": {"name": "demo-users", "key": "1001"}}],
+            "drain": {"timeout": drain},
+            "probes": {"interval": "5s", "timeout": "3s", "echoCall": {"duration": "2s"}},
+        }),
+    )
+    .create(&g.client, &g.ns)
+    .await;
+    g.wait("Ready", "True", None, Duration::from_secs(90)).await;
+    let secret = Api::<Secret>::namespaced(g.client.clone(), &g.ns)
+        .get(&format!("{NAME}-asterisk"))
+        .await
+        .unwrap();
+    let key = webrtc_pbx_operator::names::PROBE_PASSWORD_KEY;
+    let password = String::from_utf8(secret.data.unwrap()[key].0.clone()).unwrap();
+    (password, g.ports().await.0)
+}
+
+/// A 60 s echo call from this host to the demo PBX, on its own task.
+fn long_call(
+    g: &Ground,
+    port: u16,
+    password: &str,
+) -> tokio::task::JoinHandle<(webrtc_pbx_operator::probe::Report, Instant)> {
+    let (ip, password) = (g.node.ip.clone(), password.to_string());
+    tokio::spawn(async move {
+        let user = webrtc_pbx_operator::validate::PROBE_USERNAME;
+        let report = harness::echo_at(&ip, port, DOMAIN, user, &password, 60).await;
+        (report, Instant::now())
+    })
+}
+
+/// The echo figures of a finished call, printed.
+fn call_figures(
+    what: &str,
+    report: &webrtc_pbx_operator::probe::Report,
+) -> webrtc_pbx_operator::probe::echo::EchoResult {
+    let r = report
+        .echo_result
+        .clone()
+        .unwrap_or_else(|| panic!("{what}: no call: {report:?}"));
+    eprintln!(
+        "{what}: {:?}, {}/{} echoed, loss {:?} %, rtt {:?} ms",
+        report.echo.as_ref().map(|c| &c.reason),
+        r.echoed,
+        r.sent,
+        r.loss_percent,
+        r.rtt_median_ms
+    );
+    r
+}
+
+/// Changes that Asterisk reloads, made during a 60 s echo call: a user
+/// added, a password changed, the certificate re-issued. The call hears
+/// all of its audio back, the container never restarts, the new user and
+/// password register and new connections get the new certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_call_outlasts_new_users_passwords_and_certificates() {
+    let g = Ground::new("e2e-live").await;
+    let (password, port) = live_pbx(&g, "5m").await;
+    let ip = g.node.ip.clone();
+    let container = g.asterisk_container().await.unwrap();
+    let cert_before = {
+        let ip = ip.clone();
+        tokio::task::spawn_blocking(move || served_certificate(&ip, port))
+            .await
+            .unwrap()
+    };
+    let call = long_call(&g, port, &password);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // (a) A user added and a password changed.
+    let changed = Instant::now();
+    Api::<Secret>::namespaced(g.client.clone(), &g.ns)
+        .patch(
+            "demo-users",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"stringData": {"1001": "alice-2", "1002": "bob-1"}})),
+        )
+        .await
+        .unwrap();
+    let users = json!({"spec": {"users": [
+        {"extension": "1001", "passwordSecretRef": {"name": "demo-users", "key": "1001"}},
+        {"extension": "1002", "passwordSecretRef": {"name": "demo-users", "key": "1002"}},
+    ]}});
+    Api::<WebRtcPbx>::namespaced(g.client.clone(), &g.ns)
+        .patch(NAME, &PatchParams::default(), &Patch::Merge(&users))
+        .await
+        .unwrap();
+    let ((), users_applied) = g
+        .until(
+            Duration::from_secs(40),
+            "the new user and password registered",
+            || async {
+                let bob = register_as(&ip, port, "1002", "bob-1").await;
+                let alice = register_as(&ip, port, "1001", "alice-2").await;
+                (bob == "Registered" && alice == "Registered").then_some(())
+            },
+        )
+        .await;
+    assert_eq!(
+        register_as(&ip, port, "1001", "alice-1").await,
+        "AuthenticationFailed"
+    );
+
+    // (b) The certificate re-issued.
+    let rotated = Instant::now();
+    Api::<Secret>::namespaced(g.client.clone(), &g.ns)
+        .delete(&format!("{NAME}-tls"), &DeleteParams::default())
+        .await
+        .unwrap();
+    let ((), rotation) = g
+        .until(
+            Duration::from_secs(40),
+            "the new certificate served",
+            || async {
+                let ip = ip.clone();
+                let now = tokio::task::spawn_blocking(move || served_certificate(&ip, port))
+                    .await
+                    .unwrap();
+                (now.contains("Fingerprint") && now != cert_before).then_some(())
+            },
+        )
+        .await;
+    let (report, _) = call.await.unwrap();
+    let r = call_figures(
+        "60 s call through a user added, a password and a certificate",
+        &report,
+    );
+    assert_eq!(
+        report.echo.as_ref().map(|c| c.reason.as_str()),
+        Some("Healthy"),
+        "{report:?}"
+    );
+    assert!(r.sent >= 2900 && r.echoed == r.sent, "{report:?}");
+    assert_eq!(
+        g.asterisk_container().await.unwrap(),
+        container,
+        "no container restart"
+    );
+    eprintln!(
+        "during one 60 s call: user + password applied in {:.1} s, certificate in {:.1} s (started {:.1} s after the user change), no restart",
+        users_applied.as_secs_f64(),
+        rotation.as_secs_f64(),
+        rotated.duration_since(changed).as_secs_f64()
+    );
+}
+
+/// Moves the demo PBX to WSS port `to` (a change that needs a new pod).
+async fn move_port(g: &Ground, to: u16) -> Instant {
+    let patch = json!({"spec": {"wss": {"port": to}}});
+    Api::<WebRtcPbx>::namespaced(g.client.clone(), &g.ns)
+        .patch(NAME, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    Instant::now()
+}
+
+/// A change that needs a new pod (the WSS port) during a 60 s call: the old
+/// pod drains (WorkloadReady=False, Draining, with the call count), the call
+/// runs to its end with all of its audio, and only then is the pod
+/// replaced, Ready on the new port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_change_waits_for_the_live_call_before_replacing_the_pod() {
+    let g = Ground::new("e2e-drain").await;
+    let (password, port) = live_pbx(&g, "3m").await;
+    let call = long_call(&g, port, &password);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let to = 8990;
+    let changed = move_port(&g, to).await;
+    let (message, draining) = g
+        .until(
+            Duration::from_secs(30),
+            "WorkloadReady Draining",
+            || async {
+                let (_, reason, message) = g.condition("WorkloadReady").await?;
+                (reason == "Draining").then_some(message)
+            },
+        )
+        .await;
+    eprintln!(
+        "{:.1} s after the change: {message}",
+        draining.as_secs_f64()
+    );
+    // The probe reads Asterisk's call count every 5 s: our call shows.
+    let (calls, _) = g
+        .until(Duration::from_secs(20), "the call counted", || async {
+            let (_, reason, message) = g.condition("WorkloadReady").await?;
+            (reason == "Draining" && message.contains("1 call active")).then_some(message)
+        })
+        .await;
+    assert!(calls.contains("spec.drain.timeout"), "{calls}");
+    let (report, ended) = call.await.unwrap();
+    let r = call_figures("60 s call through a port change", &report);
+    assert_eq!(
+        report.echo.as_ref().map(|c| c.reason.as_str()),
+        Some("Healthy"),
+        "{report:?}"
+    );
+    assert!(r.sent >= 2900 && r.echoed == r.sent, "{report:?}");
+    g.wait("Ready", "True", None, Duration::from_secs(90)).await;
+    let ready = Instant::now();
+    assert_eq!(g.ports().await.0, to);
+    let pod = g.pod().await.unwrap();
+    let started = pod.metadata.creation_timestamp.unwrap().0.as_second();
+    let call_end = unix_seconds_at(ended);
+    assert!(
+        started + 1 >= call_end,
+        "the new pod (created at {started}) started before the call ended ({call_end})"
+    );
+    eprintln!(
+        "port change -> call ended {:.1} s later (55 s of it left) -> new pod Ready on port {to} {:.1} s after the change",
+        ended.duration_since(changed).as_secs_f64(),
+        ready.duration_since(changed).as_secs_f64()
+    );
+}
+
+/// The Unix time, in seconds, of an `Instant` in the past.
+fn unix_seconds_at(at: Instant) -> i64 {
+    let then = std::time::SystemTime::now() - at.elapsed();
+    let since = then.duration_since(std::time::UNIX_EPOCH).unwrap();
+    i64::try_from(since.as_secs()).unwrap()
+}
+
+/// The same change with `drain.timeout: 10s`: the call is hung up when the
+/// timeout passes, not before, and the new pod follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_timeout_hangs_up_calls_that_outlast_it() {
+    let g = Ground::new("e2e-drain-cut").await;
+    let (password, port) = live_pbx(&g, "10s").await;
+    let call = long_call(&g, port, &password);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let changed = move_port(&g, 8991).await;
+    let (report, ended) = call.await.unwrap();
+    let cut = ended.duration_since(changed);
+    let r = call_figures("60 s call, drain timeout 10 s", &report);
+    assert!(
+        matches!(
+            r.outcome,
+            webrtc_pbx_operator::probe::echo::EchoOutcome::CallDropped { .. }
+        ),
+        "{report:?}"
+    );
+    assert!(
+        cut >= Duration::from_secs(9) && cut <= Duration::from_secs(20),
+        "cut {cut:?} after the change, drain timeout 10 s"
+    );
+    g.wait("Ready", "True", None, Duration::from_secs(90)).await;
+    eprintln!(
+        "drain timeout 10 s: the call was cut {:.1} s after the change ({}/{} echoed until then); new pod Ready {:.1} s after the change",
+        cut.as_secs_f64(),
+        r.echoed,
+        r.sent,
+        changed.elapsed().as_secs_f64()
+    );
+}

@@ -31,6 +31,7 @@ pub(super) fn workload_facts(
     sts: Option<&StatefulSet>,
     conflict: Option<&ports::Conflict>,
     pod: Option<&Pod>,
+    active_calls: Option<u64>,
 ) -> status::WorkloadFacts {
     let (ready, wanted, current) = sts
         .map(|s| {
@@ -49,6 +50,12 @@ pub(super) fn workload_facts(
         current,
         conflict: conflict.map(ports::Conflict::message),
         unschedulable: unschedulable(pod),
+        draining: pod
+            .and_then(|p| p.metadata.deletion_timestamp.as_ref())
+            .map(|deadline| status::Draining {
+                active_calls,
+                deadline: Some(deadline.0.to_string()),
+            }),
     }
 }
 

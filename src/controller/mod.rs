@@ -360,6 +360,17 @@ async fn reconcile(pbx: Arc<WebRtcPbx>, run: Arc<Run>) -> Result<Action, Error> 
     result
 }
 
+/// Calls up at the PBX's last probe run.
+fn active_calls(pbx: &WebRtcPbx) -> Option<u64> {
+    pbx.status
+        .as_ref()?
+        .probes
+        .as_ref()?
+        .asterisk
+        .as_ref()?
+        .active_calls
+}
+
 /// The driver: dereference -> validate -> build and apply -> update_status.
 async fn reconcile_steps(pbx: Arc<WebRtcPbx>, run: &Run) -> Result<Action, Error> {
     let ctx = &run.ctx;
@@ -389,7 +400,14 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, run: &Run) -> Result<Action, Error
         fetched.stateful_set.as_ref(),
         conflict.as_ref(),
         fetched.pod.as_ref(),
+        active_calls(&pbx),
     ));
+    ctx.metrics.set_draining(
+        &ns,
+        &pbx.name_any(),
+        workload.0.reason == status::reasons::DRAINING,
+        active_calls(&pbx),
+    );
     let checked =
         validate::validate(&pbx, &fetched.referenced, &generated).and_then(|v| ctx.policy.admit(v));
     let mut outcome = match checked {

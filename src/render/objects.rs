@@ -14,10 +14,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Secret,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
-    Volume, VolumeMount, VolumeResourceRequirements,
+    EnvVar, EnvVarSource, ExecAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -405,6 +405,23 @@ while true; do
   sleep 2 & wait $!
 done"#;
 
+/// The preStop hook: stop taking calls (`core stop gracefully`: new
+/// INVITEs get 503, calls up continue) and wait for Asterisk to end with
+/// its last call, for at most DRAIN_SECONDS; then hang up what is left
+/// (`core stop now`: callers get a BYE, not a dead connection). The
+/// kubelet stops sending the pod traffic (endpoints) once it terminates.
+const DRAIN_SCRIPT: &str = r#"/usr/sbin/asterisk -rx "core stop gracefully" >/dev/null 2>&1 &
+i=0
+while [ "$i" -lt "$DRAIN_SECONDS" ] && /usr/sbin/asterisk -rx "core show version" >/dev/null 2>&1; do
+  sleep 1; i=$((i+1))
+done
+/usr/sbin/asterisk -rx "core stop now" >/dev/null 2>&1
+exit 0"#;
+
+/// What the grace period gives beyond drain.timeout: the final `core stop
+/// now` and the kubelet's own SIGTERM.
+const DRAIN_MARGIN_SECONDS: i64 = 15;
+
 /// The startup probe: Asterisk fully booted. `asterisk -rx` fails at once
 /// until Asterisk's control socket exists, so it is tried every 100 ms (for
 /// 4 s, within the probe's 5 s) and then waits for the boot: the pod is
@@ -490,6 +507,20 @@ fn stateful_set(pbx: &ValidatedPbx, config: &AsteriskConfig) -> StatefulSet {
             period_seconds: Some(5),
             ..Probe::default()
         }),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec!["/bin/sh".into(), "-c".into(), DRAIN_SCRIPT.into()]),
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        env: Some(vec![EnvVar {
+            name: "DRAIN_SECONDS".into(),
+            value: Some(pbx.drain_timeout.as_secs().to_string()),
+            ..EnvVar::default()
+        }]),
         resources: spec.resources.clone(),
         security_context: Some(restricted.clone()),
         volume_mounts: Some(asterisk_mounts),
@@ -634,7 +665,10 @@ fn stateful_set(pbx: &ValidatedPbx, config: &AsteriskConfig) -> StatefulSet {
         tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
-        termination_grace_period_seconds: Some(30),
+        termination_grace_period_seconds: Some(
+            i64::try_from(pbx.drain_timeout.as_secs()).unwrap_or(i64::MAX / 2)
+                + DRAIN_MARGIN_SECONDS,
+        ),
         ..PodSpec::default()
     };
     StatefulSet {

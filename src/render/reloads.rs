@@ -85,7 +85,7 @@ pub const TABLE: [Row; 10] = [
         seen: "a module removed from modules.conf stays loaded after a reload",
     },
     Row {
-        fields: "wss.port, wss.wsPort, wss.bindAddress, image, resources, storage, nodeSelector, tolerations, network.mode",
+        fields: "wss.port, wss.wsPort, wss.bindAddress, image, resources, storage, nodeSelector, tolerations, network.mode, drain.timeout",
         rendered: "the pod template (ports, host ports, volumes), http.conf",
         applied: Applied::Restart,
         seen: "Asterisk itself rebinds http.conf's port on reload, but the pod's declared ports and its Service change with it",

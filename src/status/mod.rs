@@ -87,6 +87,8 @@ pub mod reasons {
     pub const PODS_READY: &str = "PodsReady";
     /// The pod is not (yet) ready.
     pub const PODS_NOT_READY: &str = "PodsNotReady";
+    /// The pod is being replaced and lets its calls end first.
+    pub const DRAINING: &str = "Draining";
     /// Another PBX uses the same host ports on the same nodes.
     pub const PORT_CONFLICT: &str = "PortConflict";
     /// The apiserver refused a child the operator applied (its message follows).

@@ -13,6 +13,7 @@ fn the_workload_is_ready_waiting_or_blocked_by_another_pbx() {
         current,
         conflict: conflict.map(Into::into),
         unschedulable: scheduler.map(Into::into),
+        draining: None,
     };
     let (v, b) = workload_verdict(&facts(1, true, None, None));
     assert_eq!(
@@ -37,6 +38,36 @@ fn the_workload_is_ready_waiting_or_blocked_by_another_pbx() {
     assert_eq!(
         (v.reason.as_str(), b),
         (reasons::PODS_NOT_READY, Blocking::Waiting)
+    );
+    // A pod being replaced drains, ready or not, and says how long.
+    let draining = |calls| WorkloadFacts {
+        draining: Some(Draining {
+            active_calls: calls,
+            deadline: Some("2026-12-06T18:00:00Z".into()),
+        }),
+        ..facts(1, true, None, None)
+    };
+    let (v, b) = workload_verdict(&draining(Some(2)));
+    assert_eq!(
+        (v.status, v.reason.as_str(), b),
+        (Tri::False, reasons::DRAINING, Blocking::Waiting)
+    );
+    assert!(
+        v.message.contains("2 calls active") && v.message.contains("until 2026-12-06T18:00:00Z"),
+        "{}",
+        v.message
+    );
+    assert!(
+        workload_verdict(&draining(Some(1)))
+            .0
+            .message
+            .contains("1 call active")
+    );
+    assert!(
+        workload_verdict(&draining(None))
+            .0
+            .message
+            .contains("active calls unknown")
     );
 }
 

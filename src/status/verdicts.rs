@@ -219,6 +219,35 @@ pub struct WorkloadFacts {
     pub conflict: Option<String>,
     /// The scheduler's message when it cannot place the pod.
     pub unschedulable: Option<String>,
+    /// The pod is being replaced and drains its calls.
+    pub draining: Option<Draining>,
+}
+
+/// A pod draining before it is replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Draining {
+    /// Calls up at the last probe run (unknown without one).
+    pub active_calls: Option<u64>,
+    /// When the kubelet stops it at the latest (RFC 3339).
+    pub deadline: Option<String>,
+}
+
+impl Draining {
+    /// What WorkloadReady says.
+    pub fn message(&self) -> String {
+        let calls = match self.active_calls {
+            Some(1) => "1 call active".to_string(),
+            Some(n) => format!("{n} calls active"),
+            None => "active calls unknown".to_string(),
+        };
+        let until = self
+            .deadline
+            .as_ref()
+            .map_or(String::new(), |d| format!(", at the latest until {d}"));
+        format!(
+            "the pod is being replaced and drains: it takes no new calls and ends with its last call ({calls} at the last probe run{until}, spec.drain.timeout)"
+        )
+    }
 }
 
 /// WorkloadReady. Only a pod the scheduler cannot place is blocked by
@@ -227,6 +256,12 @@ pub fn workload_verdict(f: &WorkloadFacts) -> (Verdict, Blocking) {
     let counts = format!("{}/{} pods ready", f.ready, f.wanted);
     let verdict =
         |status, reason, message| Verdict::new(types::WORKLOAD_READY, status, reason, message);
+    if let Some(d) = &f.draining {
+        return (
+            verdict(Tri::False, reasons::DRAINING, d.message()),
+            Blocking::Waiting,
+        );
+    }
     if f.ready >= f.wanted && f.current {
         return (
             verdict(Tri::True, reasons::PODS_READY, counts),

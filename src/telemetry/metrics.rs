@@ -260,6 +260,8 @@ pub struct Metrics {
     pub api_requests: Family<RequestLabels, Counter>,
     /// Probe figures.
     pub probe: ProbeMetrics,
+    /// Calls up on each PBX whose pod drains (present only then).
+    draining: Family<PbxLabels, Gauge>,
     ready: AtomicBool,
     /// The length of the last encoding: the next one starts that large.
     encoded_len: AtomicUsize,
@@ -348,6 +350,12 @@ impl Default for Metrics {
             duration.clone(),
         );
         registry.register_collector(Box::new(conditions.clone()));
+        let draining = Family::<PbxLabels, Gauge>::default();
+        registry.register(
+            "draining_active_calls",
+            "Calls up (at the last probe run) on a PBX whose pod is being replaced and waits for them; absent when not draining",
+            draining.clone(),
+        );
         registry.register(
             "leader",
             "1 while this instance holds the leader lease",
@@ -363,6 +371,7 @@ impl Default for Metrics {
             probe_runs,
             api_requests,
             probe,
+            draining,
             ready: AtomicBool::new(false),
             encoded_len: AtomicUsize::new(0),
         }
@@ -378,6 +387,20 @@ impl Metrics {
         conditions: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) {
         self.conditions.set(namespace, name, conditions);
+    }
+
+    /// Records whether PBX `namespace/name` drains, with its calls.
+    pub fn set_draining(&self, namespace: &str, name: &str, draining: bool, calls: Option<u64>) {
+        let pbx = PbxLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        if draining {
+            let calls = calls.map_or(0, |c| i64::try_from(c).unwrap_or(i64::MAX));
+            self.draining.get_or_create(&pbx).set(calls);
+        } else {
+            self.draining.remove(&pbx);
+        }
     }
 
     /// Records a finished probe run of PBX `namespace/name`.
@@ -524,6 +547,7 @@ impl Metrics {
     /// figures.
     pub fn forget_pbx(&self, namespace: &str, name: &str) {
         self.conditions.forget(namespace, name);
+        self.set_draining(namespace, name, false, None);
         self.forget_probe(namespace, name);
     }
 
@@ -531,6 +555,7 @@ impl Metrics {
     /// instance that stopped leading and no longer watches any PBX.
     pub fn forget_all_pbxs(&self) {
         self.conditions.clear();
+        self.draining.clear();
         let p = &self.probe;
         p.success.clear();
         p.check_success.clear();

@@ -24,6 +24,9 @@ pub(super) const ECHO_DURATION: (Duration, Duration) =
 pub const RENEW_BEFORE: (Duration, Duration) =
     (Duration::from_secs(3600), Duration::from_secs(1440 * 3600));
 
+/// Bounds of drain.timeout.
+pub const DRAIN_TIMEOUT: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(24 * 3600));
+
 /// Longest password or TURN credential accepted from a Secret.
 pub(super) const MAX_SECRET_TEXT: usize = 256;
 

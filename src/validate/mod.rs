@@ -190,6 +190,8 @@ pub struct ValidatedPbx {
     pub user_call_duration: Duration,
     /// How long before expiry an operator-issued certificate is renewed.
     pub renew_before: Duration,
+    /// How long a pod being replaced waits for its calls to end.
+    pub drain_timeout: Duration,
     /// Name of the Secret holding tls.crt / tls.key.
     pub tls_secret_name: String,
 }
@@ -348,6 +350,7 @@ pub fn validate(
         ECHO_DURATION,
     );
     let renew_before = duration("tls.renewBefore", &spec.tls.renew_before, RENEW_BEFORE);
+    let drain_timeout = duration("drain.timeout", &spec.drain.timeout, DRAIN_TIMEOUT);
 
     let mut users = Vec::new();
     for (i, user) in spec.users.iter().enumerate() {
@@ -525,6 +528,7 @@ pub fn validate(
         echo_duration,
         user_call_duration,
         renew_before,
+        drain_timeout,
     })
 }
 
