@@ -6,6 +6,12 @@
 //! and two PBXs created in the same second never get the same port. Every
 //! allocation is disjoint from every other HostNetwork PBX's ports, pinned
 //! or allocated, whatever nodes they select: simple, and never wrong.
+//!
+//! Ports a PBX gives up (it was deleted, or pinned its own) stay held for
+//! its drain timeout: the old pod keeps them while its calls end, and RTP
+//! ports are not declared to the scheduler, so only the ledger keeps a new
+//! PBX off them. Held entries are keyed `UID.PART` and carry the Unix time
+//! they expire.
 
 use std::collections::BTreeMap;
 
@@ -83,13 +89,53 @@ pub struct Entry {
     /// The allocated RTP block.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtp: Option<PortRange>,
+    /// Given up, but held until this Unix time (a draining pod may still
+    /// use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<i64>,
 }
 
 impl Entry {
     fn is_empty(&self) -> bool {
         self.wss.is_none() && self.rtp.is_none()
     }
+
+    /// Whether it still keeps its ports from others at `now`.
+    pub fn holds(&self, now: i64) -> bool {
+        self.held_until.is_none_or(|t| t > now)
+    }
+
+    /// These ports, given up at `now` and held for `hold` seconds.
+    pub fn held(&self, now: i64, hold: i64) -> Entry {
+        Entry {
+            held_until: Some(now.saturating_add(hold)),
+            ..self.clone()
+        }
+    }
 }
+
+/// The ledger key of a held entry.
+pub fn held_key(uid: &str, part: &str) -> String {
+    format!("{uid}.{part}")
+}
+
+/// Whether a ledger key names a held entry (uids hold no `.`).
+pub fn is_held_key(key: &str) -> bool {
+    key.contains('.')
+}
+
+/// How long a PBX's ports stay held after it gives them up: its drain
+/// timeout and the grace period's margin.
+pub fn hold_seconds(pbx: &WebRtcPbx) -> i64 {
+    let drain = crate::validate::parse_duration(&pbx.spec.drain.timeout)
+        .unwrap_or(std::time::Duration::from_secs(300));
+    i64::try_from(drain.as_secs())
+        .unwrap_or(i64::MAX / 4)
+        .saturating_add(HOLD_MARGIN_SECONDS)
+}
+
+/// Beyond the drain timeout: the pod's own stop and the kubelet's.
+pub const HOLD_MARGIN_SECONDS: i64 = 30;
 
 /// Every allocation, by PBX uid.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -198,17 +244,44 @@ fn overlaps(a: PortRange, b: PortRange) -> bool {
     a.start <= b.end && b.start <= a.end
 }
 
-/// The entry `pbx` should hold given the ledger and the other PBXs: what
-/// it holds and still needs is kept (ports never move under a running
-/// PBX); what it needs and lacks is the lowest free port or block; what it
-/// no longer needs is dropped. `None`: it should hold nothing. The second
-/// value says which needed part the pools could not give.
+/// Where `pbx` stands in the ledger: the entry it should hold, which
+/// needed part the pools could not give, and what it gives up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The entry under its uid (`None`: it should hold nothing).
+    pub entry: Option<Entry>,
+    /// Why a needed part has no port.
+    pub shortage: Option<String>,
+    /// What it gives up, held for its drain timeout, by key.
+    pub released: Vec<(String, Entry)>,
+}
+
+impl Placement {
+    /// What the PBX holds, for validation.
+    pub fn allocation(&self) -> Allocation {
+        Allocation {
+            shortage: self.shortage.clone(),
+            ..self
+                .entry
+                .as_ref()
+                .map(Allocation::from)
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// The entry `pbx` should hold at `now` given the ledger and the other
+/// PBXs: what it holds and still needs is kept (ports never move under a
+/// running PBX); what it needs and lacks is the lowest free port or block
+/// (ports held by anyone else are not free); what it no longer needs is
+/// released, held for its drain timeout.
 pub fn place<'a>(
     pools: &Pools,
     ledger: &Ledger,
     pbx: &WebRtcPbx,
     others: impl IntoIterator<Item = &'a WebRtcPbx>,
-) -> (Option<Entry>, Option<String>) {
+    now: i64,
+) -> Placement {
     let uid = pbx.metadata.uid.clone().unwrap_or_default();
     let needs = Needs::of(pbx);
     let held = ledger.entries.get(&uid).cloned().unwrap_or_default();
@@ -225,7 +298,7 @@ pub fn place<'a>(
         udp.extend(pinned.udp);
     }
     for (other, entry) in &ledger.entries {
-        if *other != uid {
+        if *other != uid && entry.holds(now) {
             tcp.extend(entry.wss);
             udp.extend(entry.rtp);
         }
@@ -234,6 +307,7 @@ pub fn place<'a>(
         pbx: format!("{}/{}", pbx.namespace().unwrap_or_default(), pbx.name_any()),
         wss: None,
         rtp: None,
+        held_until: None,
     };
     let mut shortage = None;
     if needs.wss {
@@ -278,7 +352,32 @@ pub fn place<'a>(
             ));
         }
     }
-    ((!entry.is_empty()).then_some(entry), shortage)
+    let hold = hold_seconds(pbx);
+    let mut released = Vec::new();
+    if let Some(wss) = held.wss.filter(|_| !needs.wss) {
+        let e = Entry {
+            wss: Some(wss),
+            rtp: None,
+            ..entry.clone()
+        };
+        released.push((held_key(&uid, &format!("wss{wss}")), e.held(now, hold)));
+    }
+    if let Some(rtp) = held.rtp.filter(|_| !needs.rtp) {
+        let e = Entry {
+            wss: None,
+            rtp: Some(rtp),
+            ..entry.clone()
+        };
+        released.push((
+            held_key(&uid, &format!("rtp{}", rtp.start)),
+            e.held(now, hold),
+        ));
+    }
+    Placement {
+        entry: (!entry.is_empty()).then_some(entry),
+        shortage,
+        released,
+    }
 }
 
 /// Allocations for a set of PBXs in order, each disjoint from the ones
@@ -291,15 +390,11 @@ pub fn place_all(pools: &Pools, pbxes: &[WebRtcPbx]) -> Vec<Allocation> {
         .map(|(i, pbx)| {
             let mut keyed = pbx.clone();
             keyed.metadata.uid = Some(format!("{i}"));
-            let (entry, shortage) = place(pools, &ledger, &keyed, pbxes);
-            let allocation = Allocation {
-                shortage,
-                ..entry.as_ref().map(Allocation::from).unwrap_or_default()
-            };
-            if let Some(e) = entry {
-                ledger.entries.insert(format!("{i}"), e);
+            let placed = place(pools, &ledger, &keyed, pbxes, 0);
+            if let Some(e) = &placed.entry {
+                ledger.entries.insert(format!("{i}"), e.clone());
             }
-            allocation
+            placed.allocation()
         })
         .collect()
 }
@@ -318,6 +413,8 @@ mod tests {
         .unwrap()
     }
 
+    const NOW: i64 = 1_000_000;
+
     fn small() -> Pools {
         Pools {
             wss: PortRange {
@@ -334,9 +431,9 @@ mod tests {
 
     /// Places `pbx` and records it, as the controller would.
     fn admit(ledger: &mut Ledger, pools: &Pools, p: &WebRtcPbx, all: &[WebRtcPbx]) -> Entry {
-        let (entry, shortage) = place(pools, ledger, p, all);
-        assert_eq!(shortage, None);
-        let entry = entry.unwrap();
+        let placed = place(pools, ledger, p, all, NOW);
+        assert_eq!((placed.shortage, placed.released), (None, vec![]));
+        let entry = placed.entry.unwrap();
         ledger
             .entries
             .insert(p.metadata.uid.clone().unwrap(), entry.clone());
@@ -362,15 +459,15 @@ mod tests {
             "the first block overlaps a pinned range"
         );
         assert_eq!(ea.pbx, "voice/a");
-        let (eb, shortage) = place(&pools, &ledger, &b, &all);
-        assert_eq!(eb.as_ref().and_then(|e| e.wss), None);
-        assert!(shortage.unwrap().contains("WSS pool 9000-9002"));
+        let pb = place(&pools, &ledger, &b, &all, NOW);
+        assert_eq!(pb.entry.as_ref().and_then(|e| e.wss), None);
+        assert!(pb.shortage.unwrap().contains("WSS pool 9000-9002"));
         assert_eq!(
-            eb.and_then(|e| e.rtp).map(show).as_deref(),
+            pb.entry.and_then(|e| e.rtp).map(show).as_deref(),
             Some("20200-20299")
         );
         // Placing again, with any others, keeps what is held.
-        assert_eq!(place(&pools, &ledger, &a, []).0, Some(ea.clone()));
+        assert_eq!(place(&pools, &ledger, &a, [], NOW).entry, Some(ea.clone()));
         assert_eq!(host_ports(&a, &ledger).tcp, vec![9001]);
     }
 
@@ -380,19 +477,59 @@ mod tests {
         let a = pbx("a", json!({"domain": "a.test"}));
         let mut ledger = Ledger::default();
         admit(&mut ledger, &pools, &a, std::slice::from_ref(&a));
-        let pinned_wss = pbx("a", json!({"domain": "a.test", "wss": {"port": 9500}}));
-        let (entry, _) = place(&pools, &ledger, &pinned_wss, []);
-        assert_eq!(entry.as_ref().and_then(|e| e.wss), None);
+        let pinned_wss = pbx(
+            "a",
+            json!({"domain": "a.test", "wss": {"port": 9500}, "drain": {"timeout": "1m"}}),
+        );
+        let placed = place(&pools, &ledger, &pinned_wss, [], NOW);
+        let entry = placed.entry.unwrap();
+        assert_eq!(entry.wss, None);
         assert_eq!(
-            entry.and_then(|e| e.rtp).map(show).as_deref(),
+            entry.rtp.map(show).as_deref(),
             Some("20000-20099"),
             "the RTP block is kept"
+        );
+        // The WSS port given up is held for the drain timeout and margin.
+        let (key, held) = &placed.released[0];
+        assert_eq!(key, "uid-a.wss9000");
+        assert_eq!(
+            (held.wss, held.held_until),
+            (Some(9000), Some(NOW + 60 + HOLD_MARGIN_SECONDS))
         );
         let service = pbx(
             "a",
             json!({"domain": "a.test", "network": {"mode": "Service"}}),
         );
-        assert_eq!(place(&pools, &ledger, &service, []), (None, None));
+        let placed = place(&pools, &ledger, &service, [], NOW);
+        assert_eq!((placed.entry, placed.released.len()), (None, 2));
+    }
+
+    #[test]
+    fn held_ports_are_not_free_until_they_expire() {
+        let pools = small();
+        let mut ledger = Ledger::default();
+        let gone = Entry {
+            pbx: "voice/gone".into(),
+            wss: Some(9000),
+            rtp: Some(PortRange {
+                start: 20000,
+                end: 20099,
+            }),
+            held_until: Some(NOW + 10),
+        };
+        ledger.entries.insert(held_key("uid-gone", "all"), gone);
+        let a = pbx("a", json!({"domain": "a.test"}));
+        let held = place(&pools, &ledger, &a, [], NOW).entry.unwrap();
+        assert_eq!(
+            (held.wss, held.rtp.map(|r| r.start)),
+            (Some(9001), Some(20100))
+        );
+        let expired = place(&pools, &ledger, &a, [], NOW + 10).entry.unwrap();
+        assert_eq!(
+            (expired.wss, expired.rtp.map(|r| r.start)),
+            (Some(9000), Some(20000))
+        );
+        assert!(is_held_key("uid-gone.all") && !is_held_key("uid-a"));
     }
 
     #[test]
@@ -404,8 +541,11 @@ mod tests {
             "a",
             json!({"domain": "a.test", "wss": {"wsPort": 9000}, "rtp": {"portRange": {"start": 9001, "end": 9001}}}),
         );
-        let (entry, shortage) = place(&pools, &Ledger::default(), &a, []);
-        assert_eq!((entry.unwrap().wss, shortage), (Some(9002), None));
+        let placed = place(&pools, &Ledger::default(), &a, [], NOW);
+        assert_eq!(
+            (placed.entry.unwrap().wss, placed.shortage),
+            (Some(9002), None)
+        );
     }
 
     #[test]

@@ -117,9 +117,14 @@ mod tests {
         let allocated = pbx("a", "2026-01-01T00:00:00Z", json!({"domain": "a.test"}));
         let late = pbx("b", "2026-01-02T00:00:00Z", pinned("b.test"));
         let mut ledger = Ledger::default();
-        let (entry, _) =
-            crate::allocate::place(&crate::allocate::Pools::default(), &ledger, &allocated, []);
-        ledger.entries.insert("a".into(), entry.unwrap());
+        let placed = crate::allocate::place(
+            &crate::allocate::Pools::default(),
+            &ledger,
+            &allocated,
+            [],
+            0,
+        );
+        ledger.entries.insert("a".into(), placed.entry.unwrap());
         let c = conflict(&late, [&allocated], &ledger).unwrap();
         assert_eq!(c.ports, vec!["8089/TCP", "10000-10099/UDP"]);
         assert_eq!(conflict(&allocated, [&late], &ledger), None);

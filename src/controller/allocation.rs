@@ -16,12 +16,18 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use crate::allocate::{Allocation, Entry, Ledger, Pools, place};
+use crate::allocate::{
+    Allocation, Entry, HOLD_MARGIN_SECONDS, Ledger, Pools, held_key, is_held_key, place,
+};
 use crate::api::WebRtcPbx;
 use crate::names::FIELD_MANAGER;
 
 /// Writes lost to another writer before giving up (the reconcile retries).
 const ATTEMPTS: usize = 8;
+
+/// How long the ports of a PBX deleted while no operator watched stay
+/// held (its drain timeout is unknown by then: the default's).
+const SWEPT_HOLD_SECONDS: i64 = 300 + HOLD_MARGIN_SECONDS;
 
 /// The ledger as last read.
 struct Loaded {
@@ -76,13 +82,14 @@ impl Allocator {
     }
 
     /// What `pbx` holds from the pools, allocating what it needs and
-    /// dropping what it no longer needs; and the whole ledger (for port
-    /// conflicts). `others`: the PBXs the caller knows.
+    /// releasing what it no longer needs; and the whole ledger (for port
+    /// conflicts). `others`: the PBXs the caller knows; `now`: Unix time.
     pub async fn ensure(
         &self,
         client: &Client,
         pbx: &WebRtcPbx,
         others: &[Arc<WebRtcPbx>],
+        now: i64,
     ) -> Result<(Allocation, Arc<Ledger>), kube::Error> {
         let Some(uid) = pbx.metadata.uid.clone() else {
             return Ok((Allocation::default(), Arc::default()));
@@ -93,25 +100,33 @@ impl Allocator {
                 Some(l) => l,
                 None => self.load(client).await?,
             };
-            let (entry, shortage) = place(
+            let placed = place(
                 &self.pools,
                 &current.ledger,
                 pbx,
                 others.iter().map(|p| &**p),
+                now,
             );
-            let allocation = Allocation {
-                shortage,
-                ..entry.as_ref().map(Allocation::from).unwrap_or_default()
-            };
+            let (allocation, entry) = (placed.allocation(), placed.entry);
             if current.ledger.entries.get(&uid) == entry.as_ref() {
                 let ledger = current.ledger.clone();
                 *loaded = Some(current);
                 return Ok((allocation, ledger));
             }
             let mut changes = BTreeMap::from([(uid.clone(), entry.clone())]);
-            // Entries of PBXs deleted while no operator watched go with
-            // the next write.
+            changes.extend(placed.released.into_iter().map(|(k, e)| (k, Some(e))));
+            // With the write: expired holds go, and the entries of PBXs
+            // deleted while no operator watched become holds.
+            for (key, e) in current.ledger.entries.iter() {
+                if !e.holds(now) {
+                    changes.insert(key.clone(), None);
+                }
+            }
             for stale in self.stale(client, &current.ledger, others).await {
+                if let Some(e) = current.ledger.entries.get(&stale) {
+                    let held = e.held(now, SWEPT_HOLD_SECONDS);
+                    changes.insert(held_key(&stale, "swept"), Some(held));
+                }
                 changes.insert(stale, None);
             }
             match self.write(client, &current, &changes).await? {
@@ -128,8 +143,15 @@ impl Allocator {
         Err(conflict_error(&self.name))
     }
 
-    /// Frees what the PBX with `uid` holds (it was deleted).
-    pub async fn release(&self, client: &Client, uid: &str) -> Result<(), kube::Error> {
+    /// Releases what the PBX with `uid` holds (it was deleted): held for
+    /// `hold` seconds from `now`, while its pod drains.
+    pub async fn release(
+        &self,
+        client: &Client,
+        uid: &str,
+        hold: i64,
+        now: i64,
+    ) -> Result<(), kube::Error> {
         let mut loaded = self.loaded.lock().await;
         for _ in 0..ATTEMPTS {
             let current = match loaded.take() {
@@ -140,9 +162,12 @@ impl Allocator {
                 *loaded = Some(current);
                 return Ok(());
             };
-            let changes = BTreeMap::from([(uid.to_string(), None)]);
+            let changes = BTreeMap::from([
+                (uid.to_string(), None),
+                (held_key(uid, "deleted"), Some(entry.held(now, hold))),
+            ]);
             if let Some(written) = self.write(client, &current, &changes).await? {
-                info!(pbx = %entry.pbx, uid, "host ports freed");
+                info!(pbx = %entry.pbx, uid, hold, "host ports released, held while the pod drains");
                 *loaded = Some(written);
                 return Ok(());
             }
@@ -164,7 +189,7 @@ impl Allocator {
             .collect();
         let mut stale = Vec::new();
         for (uid, entry) in &ledger.entries {
-            if known.contains(uid.as_str()) {
+            if known.contains(uid.as_str()) || is_held_key(uid) {
                 continue;
             }
             let Some((ns, name)) = entry.pbx.split_once('/') else {

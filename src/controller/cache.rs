@@ -271,9 +271,23 @@ pub fn stateful_set(s: &mut StatefulSet) {
 }
 
 /// A pod keeps its status (scheduling verdicts, addresses) only when it is
-/// a PBX's pod (`NAME-0` of the StatefulSet `NAME`); its spec never.
+/// a PBX's pod (`NAME-0` of the StatefulSet `NAME`); of its spec only the
+/// containers' names and ports (a draining pod is probed on the port it
+/// was started with).
 pub fn pod(p: &mut Pod) {
-    p.spec = None;
+    p.spec = p.spec.take().map(|s| k8s_openapi::api::core::v1::PodSpec {
+        containers: s
+            .containers
+            .into_iter()
+            .filter(|c| c.ports.is_some())
+            .map(|c| k8s_openapi::api::core::v1::Container {
+                name: c.name,
+                ports: c.ports,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    });
     let ours = match (
         owner(&p.metadata, "StatefulSet"),
         p.metadata.name.as_deref(),
@@ -284,6 +298,7 @@ pub fn pod(p: &mut Pod) {
     if !ours {
         identity_only(&mut p.metadata);
         p.status = None;
+        p.spec = None;
     }
 }
 

@@ -59,6 +59,28 @@ pub(super) fn workload_facts(
     }
 }
 
+/// Where a draining pod serves WSS (its own address and the port it was
+/// started with, which a spec change may have moved): the probe dials it
+/// there, since the Service drops a terminating pod, and so reads its call
+/// count while it drains.
+pub(super) fn draining_address(pod: Option<&Pod>) -> Option<String> {
+    let pod = pod.filter(|p| p.metadata.deletion_timestamp.is_some())?;
+    let ip = pod.status.as_ref()?.pod_ip.clone()?;
+    let port = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some("wss"))?
+        .container_port;
+    Some(if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    })
+}
+
 /// True for an unschedulable pod of an outdated revision: the StatefulSet
 /// controller never replaces a pod that is not Running, so a spec fix (e.g.
 /// a new nodeSelector) would otherwise need a manual `kubectl delete pod`.

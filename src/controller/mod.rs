@@ -22,7 +22,7 @@ mod watches;
 pub use watches::{ChildStores, run};
 
 use certificate::certificate_step;
-use dereference::{Fetched, dereference, stale_pending_pod, workload_facts};
+use dereference::{Fetched, dereference, draining_address, stale_pending_pod, workload_facts};
 use update_status::Outcome;
 
 use std::sync::Arc;
@@ -240,10 +240,14 @@ impl Context {
         self.metrics.forget_pbx(&ns, &pbx.name_any());
         if let Some(uid) = pbx.uid() {
             let (allocator, client) = (self.allocator.clone(), self.client.clone());
+            let (hold, now) = (
+                crate::allocate::hold_seconds(pbx),
+                self.clock.now().unix_timestamp(),
+            );
             // Off the watch stream; a failure leaves the entry to the
             // sweep of the next allocation.
             tokio::spawn(async move {
-                if let Err(e) = allocator.release(&client, &uid).await {
+                if let Err(e) = allocator.release(&client, &uid, hold, now).await {
                     warn!(%uid, error = %e, "freeing host ports failed; the next allocation sweeps them");
                 }
             });
@@ -389,7 +393,7 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, run: &Run) -> Result<Action, Error
     let others = run.pbxes.state();
     let (allocation, ledger) = ctx
         .allocator
-        .ensure(&ctx.client, &pbx, &others)
+        .ensure(&ctx.client, &pbx, &others, now.unix_timestamp())
         .await
         .map_err(Error::Allocate)?;
     let short = allocation.shortage.is_some();
@@ -506,9 +510,14 @@ async fn build_and_apply(
     let plan = probes::plan(validated, cert.ca_pem.clone())
         .filter(|_| !waiting_for_workload || probing)
         .filter(|_| connect_denied.is_none())
-        .map(|p| probes::Plan {
-            generation: pbx.metadata.generation,
-            ..p
+        .map(|mut p| {
+            if let Some(address) = draining_address(fetched.pod.as_ref()) {
+                p.request.target.connect_to = Some(address);
+            }
+            probes::Plan {
+                generation: pbx.metadata.generation,
+                ..p
+            }
         });
     Ok(Some(Outcome {
         components: vec![

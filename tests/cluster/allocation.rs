@@ -95,7 +95,9 @@ async fn ports_allocated_under_concurrent_creates_are_unique_stable_and_freed() 
     let creates = (0..COUNT).map(|i| {
         one.create(Pbx::new(
             &format!("p{i:02}"),
-            json!({"domain": format!("p{i}.alloc.test")}),
+            // A deleted PBX's ports stay held for its drain timeout and
+            // 30 s: the shortest.
+            json!({"domain": format!("p{i}.alloc.test"), "drain": {"timeout": "0s"}}),
         ))
     });
     futures::future::join_all(creates).await;
@@ -168,10 +170,26 @@ async fn ports_allocated_under_concurrent_creates_are_unique_stable_and_freed() 
         "ports kept across a restart and edits"
     );
 
-    // A delete frees the ports; the waiting PBX gets the WSS port freed.
+    // A delete releases the ports: held while its pod could drain, then the
+    // waiting PBX gets the WSS port.
     let (gone, _, freed, _) = all[3].clone();
     let gone_uid = all[3].1.clone();
     api.delete(&gone, &DeleteParams::default()).await.unwrap();
+    let held = harness::wait_until(Duration::from_secs(10), "the ports held", || async {
+        let book = ledger(&client, &ns).await;
+        book.entries
+            .get(&format!("{gone_uid}.deleted"))
+            .cloned()
+            .filter(|_| !book.entries.contains_key(&gone_uid))
+    })
+    .await;
+    assert_eq!(held.wss, Some(freed));
+    assert!(held.held_until.is_some());
+    // Held: the waiting PBX's next look (every 20 s) does not get it; once
+    // the controller's clock passes the hold, it does.
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    assert!(allocated(&api).await.iter().all(|a| a.0 != waiting));
+    three.clock.advance(time::Duration::seconds(31));
     let got = harness::wait_until(
         Duration::from_secs(60),
         "the waiting PBX allocated",
@@ -181,8 +199,13 @@ async fn ports_allocated_under_concurrent_creates_are_unique_stable_and_freed() 
     assert_eq!(got.2, freed, "the freed WSS port is the only one left");
     let book = ledger(&client, &ns).await;
     assert!(!book.entries.contains_key(&gone_uid), "freed: {book:?}");
-    assert_eq!(book.entries.len(), COUNT - 1);
-    assert!(book.entries.values().all(|e| e.wss.is_some()));
+    let live: Vec<_> = book
+        .entries
+        .iter()
+        .filter(|(k, _)| !webrtc_pbx_operator::allocate::is_held_key(k))
+        .collect();
+    assert_eq!(live.len(), COUNT - 1);
+    assert!(live.iter().all(|(_, e)| e.wss.is_some()));
     let mut now = allocated(&api).await;
     now.retain(|a| a.0 != gone);
     assert_disjoint(&now);
