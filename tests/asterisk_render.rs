@@ -151,6 +151,16 @@ async fn rendered_config_runs_in_real_asterisk() {
     );
     let users_echo = asterisk.cli("dialplan show *43@users");
     assert!(users_echo.contains("Echo()"), "{users_echo}");
+    // Calls whose client vanished without a BYE end (a drain waits for none).
+    let endpoint = asterisk.cli("pjsip show endpoint 1001");
+    let timeout = endpoint
+        .lines()
+        .find(|l| l.trim_start().starts_with("rtp_timeout "))
+        .unwrap_or_default();
+    assert!(
+        timeout.trim_end().ends_with(": 30"),
+        "{timeout:?}\n{endpoint}"
+    );
 
     let out = asterisk.output();
     for line in out.lines().filter(|l| l.contains("ERROR")) {

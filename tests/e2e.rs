@@ -1738,13 +1738,30 @@ async fn a_port_change_waits_for_the_live_call_before_replacing_the_pod() {
         "{:.1} s after the change: {message}",
         draining.as_secs_f64()
     );
-    // The probe reads Asterisk's call count every 5 s: our call shows.
-    let (calls, _) = g
-        .until(Duration::from_secs(20), "the call counted", || async {
-            let (_, reason, message) = g.condition("WorkloadReady").await?;
-            (reason == "Draining" && message.contains("1 call active")).then_some(message)
-        })
-        .await;
+    // The probe reads Asterisk's call count from the draining pod: our
+    // call shows (with the probe's own refused attempts, which Asterisk
+    // counts until they end).
+    let started = Instant::now();
+    let active = |message: &str| -> u64 {
+        // "... (N calls active at the last probe run ..."
+        let before = message.split(" active at").next().unwrap_or_default();
+        let count = before.rsplit('(').next().unwrap_or_default();
+        let n = count.split_whitespace().next().unwrap_or_default();
+        n.parse().unwrap_or(0)
+    };
+    let calls = loop {
+        let (_, reason, message) = g.condition("WorkloadReady").await.unwrap();
+        if reason == "Draining" && active(&message) >= 1 {
+            break message;
+        }
+        let status = g.pbx().await.and_then(|p| p.status);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the call not counted within 20 s: {message}\n{:#?}",
+            status.map(|s| (s.probes, s.conditions))
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert!(calls.contains("spec.drain.timeout"), "{calls}");
     let (report, ended) = call.await.unwrap();
     let r = call_figures("60 s call through a port change", &report);

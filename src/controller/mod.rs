@@ -512,7 +512,12 @@ async fn build_and_apply(
         .filter(|_| connect_denied.is_none())
         .map(|mut p| {
             if let Some(address) = draining_address(fetched.pod.as_ref()) {
+                // A draining pod is asked only what it carries: a probe
+                // call would be one more call for Asterisk to wait out
+                // (refused ones linger in its count too).
                 p.request.target.connect_to = Some(address);
+                p.request.echo = None;
+                p.request.user_call = None;
             }
             probes::Plan {
                 generation: pbx.metadata.generation,

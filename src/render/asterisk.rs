@@ -302,7 +302,17 @@ fn webrtc_endpoint(name: &str, context: &str, codecs: &str) -> Section {
         .set("webrtc", "yes")
         .set("disallow", "all")
         .set("allow", codecs)
+        // A browser tab closed, or a WebSocket gone, sends no BYE: without
+        // these the call stays up for ever, and a draining pod (`core stop
+        // gracefully`) waits for it to the drain timeout.
+        .set("rtp_timeout", RTP_TIMEOUT_SECONDS)
+        .set("rtp_timeout_hold", RTP_TIMEOUT_HOLD_SECONDS)
 }
+
+/// Seconds without RTP after which a call is hung up.
+const RTP_TIMEOUT_SECONDS: u32 = 30;
+/// The same while on hold (browsers send no audio then, but RTCP).
+const RTP_TIMEOUT_HOLD_SECONDS: u32 = 300;
 
 fn pjsip_auth_conf(pbx: &ValidatedPbx) -> ConfFile {
     let auth = |user: &str, password: &str| {
