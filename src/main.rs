@@ -70,6 +70,11 @@ struct RunArgs {
     /// Ports per allocated RTP block.
     #[arg(long, default_value_t = 100)]
     rtp_block_size: u16,
+    /// PBXs that may replace their pods (draining their calls) at once when
+    /// a new pod template reaches many, e.g. after an operator upgrade; 0:
+    /// no limit.
+    #[arg(long, default_value_t = controller::DEFAULT_MAX_ROLLING)]
+    max_rolling_pbxs: usize,
     /// The ConfigMap (in the Lease's namespace) that records allocated ports.
     #[arg(long, default_value = controller::DEFAULT_LEDGER)]
     port_ledger: String,
@@ -372,7 +377,8 @@ fn run_controller(args: RunArgs) -> ExitCode {
             )
             .with_policy(args.policy())
             .with_pod_monitors(args.pod_monitors())
-            .with_allocator(pools, &lease_namespace, &args.port_ledger),
+            .with_allocator(pools, &lease_namespace, &args.port_ledger)
+            .with_max_rolling(args.max_rolling_pbxs),
         );
         let listener = match tokio::net::TcpListener::bind(&args.metrics_address).await {
             Ok(l) => l,

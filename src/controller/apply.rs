@@ -101,6 +101,22 @@ pub enum Applied {
     NotOwned,
 }
 
+/// What a StatefulSet write needs beyond the object.
+pub struct WorkloadWrites<'a> {
+    /// Which live specs hold which desired ones.
+    pub memo: &'a cache::SpecMemo,
+    /// Asked before a write that would replace a running pod; `false`
+    /// holds the write back.
+    pub may_roll: &'a (dyn Fn() -> bool + Sync),
+}
+
+/// Whether writing `desired` over `live` replaces a running pod: a ready
+/// pod, and a pod template the live one does not hold.
+fn replaces_running_pod(live: &Value, desired: &Value) -> bool {
+    let ready = live["status"]["readyReplicas"].as_i64().unwrap_or(0) > 0;
+    ready && !contains(&live["spec"]["template"], &desired["spec"]["template"])
+}
+
 /// The uid of the controller owner `object` names, if any.
 fn controller_uid(object: &Value) -> Option<&str> {
     object["metadata"]["ownerReferences"]
@@ -230,21 +246,7 @@ async fn apply_stateful_set(
     );
     let desired = serde_json::to_value(&object.spec).map_err(kube::Error::SerdeError)?;
     let desired_digest = cache::spec_digest(&desired);
-    let known = match known {
-        Some(Some(mut live)) => {
-            let live_digest = live["metadata"]["annotations"][cache::SPEC_DIGEST].as_str();
-            match live_digest {
-                Some(l) if memo.holds(&ns, &name, &desired_digest, l) => {
-                    live["spec"] = desired.clone();
-                    Some(Some(live))
-                }
-                // Cut by the cache, and not known to hold it: read it.
-                Some(_) => None,
-                None => Some(Some(live)),
-            }
-        }
-        other => other,
-    };
+    let known = stateful_set_known(&ns, object, known, memo)?;
     let (applied, seen) = apply_read(api, object, known).await?;
     if let Some(seen) = seen
         && contains(&seen["spec"], &desired)
@@ -257,6 +259,62 @@ async fn apply_stateful_set(
         );
     }
     Ok(applied)
+}
+
+/// What is known of a live StatefulSet: its cached copy with the desired
+/// spec put in when `memo` has seen its spec hold it, `None` (read it)
+/// when the cache cut a spec not known to hold it.
+fn stateful_set_known(
+    ns: &str,
+    object: &StatefulSet,
+    known: Known,
+    memo: &cache::SpecMemo,
+) -> Result<Known, kube::Error> {
+    let desired = serde_json::to_value(&object.spec).map_err(kube::Error::SerdeError)?;
+    let desired_digest = cache::spec_digest(&desired);
+    Ok(match known {
+        Some(Some(mut live)) => {
+            let live_digest = live["metadata"]["annotations"][cache::SPEC_DIGEST].as_str();
+            match live_digest {
+                Some(l) if memo.holds(ns, &object.name_any(), &desired_digest, l) => {
+                    live["spec"] = desired;
+                    Some(Some(live))
+                }
+                // Cut by the cache, and not known to hold it: read it.
+                Some(_) => None,
+                None => Some(Some(live)),
+            }
+        }
+        other => other,
+    })
+}
+
+/// The rollout gate, before anything of a PBX is applied: `None` when the
+/// StatefulSet would replace a running pod and the budget says wait (then
+/// nothing is applied: its new config files would reach the old pod by a
+/// reload first); else what is known of the live StatefulSet, read here
+/// if need be, for its apply.
+async fn rollout_gate(
+    client: &Client,
+    ns: &str,
+    object: &StatefulSet,
+    known: Known,
+    writes: &WorkloadWrites<'_>,
+) -> Result<Option<Known>, kube::Error> {
+    let known = match stateful_set_known(ns, object, known, writes.memo)? {
+        Some(k) => k,
+        None => Api::<StatefulSet>::namespaced(client.clone(), ns)
+            .get_opt(&object.name_any())
+            .await?
+            .map(|live| serde_json::to_value(live).map_err(kube::Error::SerdeError))
+            .transpose()?,
+    };
+    let desired = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
+    let waits = known
+        .as_ref()
+        .is_some_and(|live| replaces_running_pod(live, &desired))
+        && !(writes.may_roll)();
+    Ok((!waits).then_some(Some(known)))
 }
 
 /// The resourceVersion a Secret believed absent is applied with. On create
@@ -369,6 +427,9 @@ pub(super) enum Stages {
         /// The objects not written, and why.
         refused: Vec<Refusal>,
     },
+    /// Nothing applied: a new pod template for a running pod waits for
+    /// the rollout budget ([`super::rollouts`]).
+    RolloutWaits,
     /// Our Secret changed since the cache saw it: this object's write
     /// conflicted; look again once the cache has caught up.
     CacheBehind(String),
@@ -383,10 +444,23 @@ pub(super) async fn apply_stages(
     ns: &str,
     desired: &[Object],
     fetched: &Fetched,
-    memo: &cache::SpecMemo,
+    writes: &WorkloadWrites<'_>,
 ) -> Result<Stages, kube::Error> {
     let mut written = Vec::new();
     let mut refused = Vec::new();
+    let mut sts_known = None;
+    if let Some(object @ Object::StatefulSet(sts)) =
+        desired.iter().find(|o| matches!(o, Object::StatefulSet(_)))
+    {
+        match rollout_gate(client, ns, sts, fetched.known(object), writes).await? {
+            Some(known) => sts_known = Some(known),
+            None => return Ok(Stages::RolloutWaits),
+        }
+    }
+    let known = |object: &Object| match (object, &sts_known) {
+        (Object::StatefulSet(_), Some(k)) => k.clone(),
+        _ => fetched.known(object),
+    };
     let (mounted, workload): (Vec<&Object>, Vec<&Object>) = desired
         .iter()
         .partition(|o| !matches!(o, Object::StatefulSet(_)));
@@ -394,7 +468,7 @@ pub(super) async fn apply_stages(
         let sent = stage.into_iter().map(|object| async move {
             (
                 object,
-                apply(client, ns, object, fetched.known(object), Some(memo)).await,
+                apply(client, ns, object, known(object), Some(writes.memo)).await,
             )
         });
         for (object, result) in futures::future::join_all(sent).await {

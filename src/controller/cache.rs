@@ -381,20 +381,38 @@ mod tests {
     #[test]
     fn a_pod_keeps_its_status_only_as_a_pbx_pod() {
         let status = || Some(Default::default());
+        let spec = || -> Option<k8s_openapi::api::core::v1::PodSpec> {
+            serde_json::from_value(serde_json::json!({"containers": [
+                {"name": "asterisk", "image": "x", "ports": [{"name": "wss", "containerPort": 8089}]},
+                {"name": "config-reloader", "image": "x"}
+            ]}))
+            .ok()
+        };
         let mut ours = Pod {
             metadata: meta("a-0", "a", Some(("StatefulSet", "a"))),
+            spec: spec(),
             status: status(),
-            ..Pod::default()
         };
         pod(&mut ours);
         assert!(ours.status.is_some());
+        // Only the containers' names and ports (a draining pod's WSS port).
+        let containers = &ours.spec.as_ref().unwrap().containers;
+        assert_eq!(containers.len(), 1);
+        assert_eq!(
+            (containers[0].name.as_str(), containers[0].image.as_deref()),
+            ("asterisk", None)
+        );
+        assert_eq!(
+            containers[0].ports.as_ref().unwrap()[0].container_port,
+            8089
+        );
         let mut other = Pod {
             metadata: meta("miner", "a", Some(("StatefulSet", "a"))),
+            spec: spec(),
             status: status(),
-            ..Pod::default()
         };
         pod(&mut other);
-        assert!(other.status.is_none() && is_stripped(&other.metadata));
+        assert!(other.status.is_none() && other.spec.is_none() && is_stripped(&other.metadata));
     }
 
     #[test]

@@ -250,3 +250,33 @@ impl Fetched {
 pub(super) fn secret_text(secret: Option<&Secret>, key: &str) -> Option<String> {
     String::from_utf8(validate::secret_bytes(secret?, key)?).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_draining_pod_is_dialled_where_it_was_started() {
+        let pod = |deleting: bool, ip: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "a-0", "deletionTimestamp": deleting.then_some("2026-12-06T18:00:00Z")},
+                "spec": {"containers": [
+                    {"name": "config-reloader"},
+                    {"name": "asterisk", "ports": [{"name": "ws", "containerPort": 8088}, {"name": "wss", "containerPort": 8091}]}
+                ]},
+                "status": {"podIP": ip}
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            draining_address(Some(&pod(true, "10.0.0.5"))).as_deref(),
+            Some("10.0.0.5:8091")
+        );
+        assert_eq!(
+            draining_address(Some(&pod(true, "fd00::5"))).as_deref(),
+            Some("[fd00::5]:8091")
+        );
+        assert_eq!(draining_address(Some(&pod(false, "10.0.0.5"))), None);
+        assert_eq!(draining_address(None), None);
+    }
+}

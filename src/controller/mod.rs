@@ -16,6 +16,7 @@ mod dereference;
 pub mod events;
 pub mod leader;
 pub mod probes;
+pub mod rollouts;
 mod update_status;
 mod watches;
 
@@ -140,7 +141,12 @@ pub struct Context {
     pub status_writes: cache::StatusWrites,
     /// Host ports for HostNetwork PBXs that leave them out.
     pub allocator: Arc<allocation::Allocator>,
+    /// How many PBXs may replace their pods at once.
+    pub rollouts: rollouts::Rollouts,
 }
+
+/// PBXs replacing their pods at once unless the operator is told otherwise.
+pub const DEFAULT_MAX_ROLLING: usize = 5;
 
 /// The port ledger ConfigMap's name unless the operator is told otherwise.
 pub const DEFAULT_LEDGER: &str = "webrtc-pbx-operator-ports";
@@ -189,7 +195,15 @@ impl Context {
                 "default",
                 DEFAULT_LEDGER,
             )),
+            rollouts: rollouts::Rollouts::new(DEFAULT_MAX_ROLLING),
         }
+    }
+
+    /// The same context, letting at most `limit` PBXs replace their pods
+    /// at once (0: no limit).
+    pub fn with_max_rolling(mut self, limit: usize) -> Self {
+        self.rollouts = rollouts::Rollouts::new(limit);
+        self
     }
 
     /// The same context, allocating host ports from `pools` and keeping
@@ -464,12 +478,28 @@ async fn build_and_apply(
     }
     // The unwatched kinds are listed beside the applies: a new PBX waits
     // for one round trip less.
+    let key = format!("{ns}/{name}");
+    let may_roll = || {
+        let rolling = rollouts::rolling(run.children.stateful_sets.state().iter().map(|s| &**s));
+        let allowed = ctx
+            .rollouts
+            .try_start(&key, &rolling, std::time::Instant::now());
+        if !allowed {
+            tracing::debug!(pbx = %name, namespace = %ns, rolling = rolling.len(), "a new pod template waits: other PBXs are replacing their pods (--max-rolling-pbxs)");
+        }
+        allowed
+    };
+    let writes = apply::WorkloadWrites {
+        memo: &ctx.spec_memo,
+        may_roll: &may_roll,
+    };
     let (applied, unwatched) = futures::join!(
-        apply::apply_stages(&ctx.client, ns, &desired, fetched, &ctx.spec_memo),
+        apply::apply_stages(&ctx.client, ns, &desired, fetched, &writes),
         apply::unwatched_once(run, pbx, ns)
     );
-    let (written, refused) = match applied {
-        Ok(apply::Stages::Done { written, refused }) => (written, refused),
+    let (written, refused, deferred) = match applied {
+        Ok(apply::Stages::Done { written, refused }) => (written, refused, false),
+        Ok(apply::Stages::RolloutWaits) => (vec![], vec![], true),
         Ok(apply::Stages::CacheBehind(object)) => {
             tracing::debug!(pbx = %name, %object, "cache behind; retrying");
             return Ok(None);
@@ -540,7 +570,11 @@ async fn build_and_apply(
             not_after: Some(certs::rfc3339(f.not_after)),
             dns_names: f.dns_names,
         }),
-        recheck: cert.recheck,
+        recheck: match (cert.recheck, deferred) {
+            (Some(d), true) => Some(d.min(rollouts::RETRY)),
+            (None, true) => Some(rollouts::RETRY),
+            (recheck, false) => recheck,
+        },
         probe_results: ctx.prober.ensure(&key, plan, &run.exists()),
         waiting_for_workload,
         connect_denied,

@@ -633,6 +633,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_draining_call_count_exists_only_while_a_pbx_drains() {
+        let m = Metrics::default();
+        let series = r#"webrtc_pbx_draining_active_calls{namespace="voice",name="acme"}"#;
+        m.set_draining("voice", "acme", true, Some(2));
+        assert!(m.encode().contains(&format!("{series} 2")));
+        m.set_draining("voice", "acme", true, None);
+        assert!(m.encode().contains(&format!("{series} 0")));
+        m.set_draining("voice", "acme", false, Some(2));
+        assert!(!m.encode().contains(series));
+        m.set_draining("voice", "acme", true, Some(1));
+        m.forget_pbx("voice", "acme");
+        assert!(!m.encode().contains(series));
+    }
+
+    #[test]
     fn probe_series_follow_the_last_run_and_go_with_the_pbx() {
         let m = Metrics::default();
         let check = |ok: bool, reason: &str| crate::probe::Check {

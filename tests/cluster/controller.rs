@@ -199,7 +199,12 @@ async fn canonical_pbx_becomes_ready_and_stays_quiet() {
             .patch(
                 "acme",
                 &PatchParams::default(),
-                &Patch::Merge(&json!({"metadata": {"annotations": {"test/poke": i.to_string()}}})),
+                // Labels and annotations the pod does not read: reconciled,
+                // and nothing written (no pod restart either).
+                &Patch::Merge(&json!({"metadata": {
+                    "annotations": {"test/poke": i.to_string()},
+                    "labels": {"team": format!("t{i}")}
+                }})),
             )
             .await
             .unwrap();
@@ -1089,5 +1094,90 @@ async fn an_own_secret_stripped_of_its_labels_is_relabelled_not_regenerated() {
     })
     .await;
     assert_eq!(passwords(&r, "bare").await, before, "passwords regenerated");
+    r.stop().await;
+}
+
+/// A new pod template for many PBXs at once (what a new operator version
+/// rendering a different pod does) replaces at most `--max-rolling-pbxs`
+/// pods at a time; the others keep running until their turn.
+#[tokio::test]
+async fn a_new_pod_template_reaches_the_fleet_a_few_pbxs_at_a_time() {
+    const PBXS: usize = 4;
+    let r = start("ctl-rollout").await;
+    let ns = r.ns.clone();
+    for i in 0..PBXS {
+        r.create(
+            Pbx::new(
+                &format!("f{i}"),
+                json!({"domain": format!("f{i}.fleet.test")}),
+            )
+            .off_host(),
+        )
+        .await;
+    }
+    for i in 0..PBXS {
+        wait_condition(&r, &format!("f{i}"), "WorkloadReady", "True", None).await;
+    }
+    r.stop().await;
+    // The running pods' template differs from what the operator renders
+    // (a field it sets): as after an upgrade that changes it.
+    let sts: Api<StatefulSet> = Api::namespaced(harness::client().await, &ns);
+    let hash = names::CONFIG_HASH_ANNOTATION;
+    let drift =
+        json!({"spec": {"template": {"metadata": {"annotations": {hash: "older-operator"}}}}});
+    for i in 0..PBXS {
+        sts.patch(
+            &format!("f{i}"),
+            &PatchParams::default(),
+            &Patch::Merge(&drift),
+        )
+        .await
+        .unwrap();
+    }
+    let settled = || async {
+        let all = sts.list(&ListParams::default()).await.unwrap().items;
+        let rolling = controller::rollouts::rolling(&all);
+        let ready = all
+            .iter()
+            .all(|s| s.status.as_ref().and_then(|st| st.ready_replicas) == Some(1));
+        (rolling.is_empty() && ready).then_some(())
+    };
+    harness::wait_until(Duration::from_secs(60), "the older pods running", settled).await;
+
+    let r = harness::inprocess::start_in(ns.clone(), |client, clock| {
+        Context::new(client, clock).with_max_rolling(1)
+    })
+    .await;
+    let started = Instant::now();
+    let mut most = 0;
+    let mut order = Vec::new();
+    loop {
+        let all = sts.list(&ListParams::default()).await.unwrap().items;
+        let rolling = controller::rollouts::rolling(&all);
+        most = most.max(rolling.len());
+        for s in &rolling {
+            if !order.contains(s) {
+                order.push(s.clone());
+            }
+        }
+        let restored = all.iter().all(|s| {
+            let t = s.spec.as_ref().unwrap().template.metadata.as_ref();
+            t.and_then(|m| m.annotations.as_ref())
+                .is_some_and(|a| a.get(hash).is_some_and(|v| v != "older-operator"))
+        });
+        if restored && rolling.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not every PBX rolled within 120 s: {order:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(most <= 1, "{most} PBXs replaced their pods at once");
+    eprintln!(
+        "{PBXS} PBXs given a new pod template, one at a time: {:.1} s, order {order:?}",
+        started.elapsed().as_secs_f64()
+    );
     r.stop().await;
 }
