@@ -223,9 +223,11 @@ pub struct NetworkSpec {
     #[serde(default)]
     pub mode: NetworkMode,
     /// The public IP address clients reach the PBX at, when the node sits
-    /// behind NAT; written as external_media_address and
-    /// external_signaling_address so SDP and Contact carry it (avoids one-way
-    /// audio).
+    /// behind NAT: the pod maps its own address to it in the ICE host
+    /// candidates it offers (browsers send media there; avoids one-way
+    /// audio), set when the pod starts, so a change replaces the pod. Also
+    /// written as external_media_address and external_signaling_address,
+    /// which Asterisk applies to non-WebSocket SIP clients only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("isIP(self)").message("network.externalAddress must be an IP address such as 203.0.113.10"))]
     #[schemars(length(max = 64))]

@@ -29,7 +29,7 @@ pub struct Row {
 }
 
 /// Every kind of change a spec can make.
-pub const TABLE: [Row; 10] = [
+pub const TABLE: [Row; 11] = [
     Row {
         fields: "users[] added or removed, displayName, maxContacts",
         rendered: "pjsip.conf endpoints and AORs, extensions.conf",
@@ -67,10 +67,16 @@ pub const TABLE: [Row; 10] = [
         seen: "rtp show settings has the new range; new calls use it",
     },
     Row {
-        fields: "network.externalAddress, network.localNetworks",
+        fields: "network.localNetworks",
         rendered: "pjsip.conf transport-wss",
         applied: Applied::Reload,
-        seen: "pjsip show transport has the new external addresses and local_net (Asterisk's notice at every reload names what it keeps: protocol, bind, TLS, TCP, ToS, CoS); that a WebSocket client's SDP then carries them is not shown yet",
+        seen: "pjsip show transport has the new local_net (Asterisk's notice at every reload names what it keeps: protocol, bind, TLS, TCP, ToS, CoS)",
+    },
+    Row {
+        fields: "network.externalAddress",
+        rendered: "the pod template (the ice-candidates init container maps the pod's address to it in ICE host candidates when the pod starts); pjsip.conf transport-wss external_* addresses",
+        applied: Applied::Restart,
+        seen: "after a reload the transport shows the new external addresses, yet the SDP a WebSocket client gets carries it in neither c= nor a candidate: Asterisk 22 applies external_* to its UDP, TCP and TLS transports only; browsers get it through the ICE mapping, written at pod start",
     },
     Row {
         fields: "sip.keepAliveInterval",
@@ -98,12 +104,14 @@ mod tests {
 
     #[test]
     fn only_the_module_list_and_the_pod_itself_need_a_restart() {
+        // The module list, the external address (the pod's ICE mapping) and
+        // what the pod declares.
         let restarts: Vec<&str> = TABLE
             .iter()
             .filter(|r| r.applied == Applied::Restart)
             .map(|r| r.rendered)
             .collect();
-        assert_eq!(restarts.len(), 2, "{restarts:?}");
+        assert_eq!(restarts.len(), 3, "{restarts:?}");
         // The files the restart hash covers are the table's restart files.
         for file in crate::render::RESTART_FILES {
             assert!(restarts.iter().any(|r| r.contains(file)), "{file}");
