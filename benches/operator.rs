@@ -1500,7 +1500,8 @@ async fn echo_cpu(rows: &mut Vec<Row>) {
 
 /// The real node's PBX domain.
 const NODE_DOMAIN: &str = "pbx.node.bench.test";
-/// Its WSS port (the default; host network, the default mode).
+/// Its WSS port (host network, the default mode; pinned: the PBXs of the
+/// runs before hold their allocated ports for their drain timeout).
 const NODE_WSS_PORT: u16 = 8089;
 /// How long one REGISTER attempt of the bare pod's floor waits for each
 /// phase: the floor's resolution, with the 50 ms between attempts.
@@ -1514,7 +1515,8 @@ const NODE_RUNS: usize = 3;
 fn node_pbx(name: &str) -> Pbx {
     Pbx::new(
         name,
-        json!({"domain": NODE_DOMAIN, "probes": {"echoCall": {"enabled": false}}}),
+        json!({"domain": NODE_DOMAIN, "wss": {"port": NODE_WSS_PORT},
+               "probes": {"echoCall": {"enabled": false}}}),
     )
 }
 
