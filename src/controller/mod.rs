@@ -476,8 +476,6 @@ async fn build_and_apply(
             validated, labels,
         )));
     }
-    // The unwatched kinds are listed beside the applies: a new PBX waits
-    // for one round trip less.
     let key = format!("{ns}/{name}");
     let may_roll = || {
         let rolling = rollouts::rolling(run.children.stateful_sets.state().iter().map(|s| &**s));
@@ -493,6 +491,8 @@ async fn build_and_apply(
         memo: &ctx.spec_memo,
         may_roll: &may_roll,
     };
+    // The unwatched kinds are listed beside the applies: a new PBX waits
+    // for one round trip less.
     let (applied, unwatched) = futures::join!(
         apply::apply_stages(&ctx.client, ns, &desired, fetched, &writes),
         apply::unwatched_once(run, pbx, ns)
