@@ -284,7 +284,12 @@ pub fn place<'a>(
 ) -> Placement {
     let uid = pbx.metadata.uid.clone().unwrap_or_default();
     let needs = Needs::of(pbx);
-    let held = ledger.entries.get(&uid).cloned().unwrap_or_default();
+    let held = match ledger.entries.get(&uid) {
+        Some(e) => e.clone(),
+        // Most PBXs: nothing held, nothing needed; no scan of the others.
+        None if needs.none() => return Placement::default(),
+        None => Entry::default(),
+    };
     let mut tcp: Vec<i32> = pbx.spec.wss.ws_port.into_iter().collect();
     let mut udp: Vec<PortRange> = Vec::new();
     for other in others {

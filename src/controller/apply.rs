@@ -110,11 +110,12 @@ pub struct WorkloadWrites<'a> {
     pub may_roll: &'a (dyn Fn() -> bool + Sync),
 }
 
-/// Whether writing `desired` over `live` replaces a running pod: a ready
-/// pod, and a pod template the live one does not hold.
+/// Whether writing the spec `desired` over the StatefulSet `live`
+/// replaces a running pod: a ready pod, and a pod template the live one
+/// does not hold.
 fn replaces_running_pod(live: &Value, desired: &Value) -> bool {
     let ready = live["status"]["readyReplicas"].as_i64().unwrap_or(0) > 0;
-    ready && !contains(&live["spec"]["template"], &desired["spec"]["template"])
+    ready && !contains(&live["spec"]["template"], &desired["template"])
 }
 
 /// The uid of the controller owner `object` names, if any.
@@ -246,7 +247,7 @@ async fn apply_stateful_set(
     );
     let desired = serde_json::to_value(&object.spec).map_err(kube::Error::SerdeError)?;
     let desired_digest = cache::spec_digest(&desired);
-    let known = stateful_set_known(&ns, object, known, memo)?;
+    let known = stateful_set_known(&ns, &name, &desired, &desired_digest, known, memo);
     let (applied, seen) = apply_read(api, object, known).await?;
     if let Some(seen) = seen
         && contains(&seen["spec"], &desired)
@@ -261,23 +262,24 @@ async fn apply_stateful_set(
     Ok(applied)
 }
 
-/// What is known of a live StatefulSet: its cached copy with the desired
-/// spec put in when `memo` has seen its spec hold it, `None` (read it)
-/// when the cache cut a spec not known to hold it.
+/// What is known of live StatefulSet `name`: its cached copy with the
+/// desired spec (`desired`, of digest `desired_digest`) put in when `memo`
+/// has seen its spec hold it, `None` (read it) when the cache cut a spec
+/// not known to hold it.
 fn stateful_set_known(
     ns: &str,
-    object: &StatefulSet,
+    name: &str,
+    desired: &Value,
+    desired_digest: &str,
     known: Known,
     memo: &cache::SpecMemo,
-) -> Result<Known, kube::Error> {
-    let desired = serde_json::to_value(&object.spec).map_err(kube::Error::SerdeError)?;
-    let desired_digest = cache::spec_digest(&desired);
-    Ok(match known {
+) -> Known {
+    match known {
         Some(Some(mut live)) => {
             let live_digest = live["metadata"]["annotations"][cache::SPEC_DIGEST].as_str();
             match live_digest {
-                Some(l) if memo.holds(ns, &object.name_any(), &desired_digest, l) => {
-                    live["spec"] = desired;
+                Some(l) if memo.holds(ns, name, desired_digest, l) => {
+                    live["spec"] = desired.clone();
                     Some(Some(live))
                 }
                 // Cut by the cache, and not known to hold it: read it.
@@ -286,7 +288,7 @@ fn stateful_set_known(
             }
         }
         other => other,
-    })
+    }
 }
 
 /// The rollout gate, before anything of a PBX is applied: `None` when the
@@ -301,15 +303,17 @@ async fn rollout_gate(
     known: Known,
     writes: &WorkloadWrites<'_>,
 ) -> Result<Option<Known>, kube::Error> {
-    let known = match stateful_set_known(ns, object, known, writes.memo)? {
+    let name = object.name_any();
+    let desired = serde_json::to_value(&object.spec).map_err(kube::Error::SerdeError)?;
+    let digest = cache::spec_digest(&desired);
+    let known = match stateful_set_known(ns, &name, &desired, &digest, known, writes.memo) {
         Some(k) => k,
         None => Api::<StatefulSet>::namespaced(client.clone(), ns)
-            .get_opt(&object.name_any())
+            .get_opt(&name)
             .await?
             .map(|live| serde_json::to_value(live).map_err(kube::Error::SerdeError))
             .transpose()?,
     };
-    let desired = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
     let waits = known
         .as_ref()
         .is_some_and(|live| replaces_running_pod(live, &desired))

@@ -414,17 +414,18 @@ async fn reconcile_steps(pbx: Arc<WebRtcPbx>, run: &Run) -> Result<Action, Error
     generated.ports = allocation;
     let conflict = ports::conflict(&pbx, others.iter().map(|p| &**p), &ledger);
     // The workload as the caches show it, whatever this reconcile writes.
+    let calls = active_calls(&pbx);
     let workload = status::workload_verdict(&workload_facts(
         fetched.stateful_set.as_ref(),
         conflict.as_ref(),
         fetched.pod.as_ref(),
-        active_calls(&pbx),
+        calls,
     ));
     ctx.metrics.set_draining(
         &ns,
         &pbx.name_any(),
         workload.0.reason == status::reasons::DRAINING,
-        active_calls(&pbx),
+        calls,
     );
     let checked =
         validate::validate(&pbx, &fetched.referenced, &generated).and_then(|v| ctx.policy.admit(v));
