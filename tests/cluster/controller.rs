@@ -679,7 +679,11 @@ async fn one_leader_reconciles_and_a_follower_takes_over() {
         (ctx, task)
     };
     let (a, task_a) = instance("a");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // "a" leads before "b" starts (a fixed 2 s was once too short: b led).
+    harness::wait_until(Duration::from_secs(30), "a leading", || async {
+        (a.metrics.leader.get() == 1).then_some(())
+    })
+    .await;
     let (b, task_b) = instance("b");
     let r = Running::observing(client.clone(), ns.clone());
     r.create(Pbx::new("led", json!({"domain": "pbx.led.test"})).off_host())
