@@ -1776,7 +1776,7 @@ async fn a_port_change_waits_for_the_live_call_before_replacing_the_pod() {
     assert_eq!(g.ports().await.0, to);
     let pod = g.pod().await.unwrap();
     let started = pod.metadata.creation_timestamp.unwrap().0.as_second();
-    let call_end = unix_seconds_at(ended);
+    let call_end = harness::unix_seconds_at(ended);
     assert!(
         started + 1 >= call_end,
         "the new pod (created at {started}) started before the call ended ({call_end})"
@@ -1786,13 +1786,6 @@ async fn a_port_change_waits_for_the_live_call_before_replacing_the_pod() {
         ended.duration_since(changed).as_secs_f64(),
         ready.duration_since(changed).as_secs_f64()
     );
-}
-
-/// The Unix time, in seconds, of an `Instant` in the past.
-fn unix_seconds_at(at: Instant) -> i64 {
-    let then = std::time::SystemTime::now() - at.elapsed();
-    let since = then.duration_since(std::time::UNIX_EPOCH).unwrap();
-    i64::try_from(since.as_secs()).unwrap()
 }
 
 /// The same change with `drain.timeout: 10s`: the call is hung up when the

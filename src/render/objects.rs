@@ -418,6 +418,26 @@ done
 /usr/sbin/asterisk -rx "core stop now" >/dev/null 2>&1
 exit 0"#;
 
+/// The asterisk container's environment. A build with the `upgrade-drill`
+/// feature renders one more variable: the upgrade test (tests/upgrade.rs)
+/// runs it as the operator's next version, whose pod template differs as a
+/// new version's does. Release builds never have the feature.
+fn asterisk_env(pbx: &ValidatedPbx) -> Vec<EnvVar> {
+    let var = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..EnvVar::default()
+    };
+    let mut env = vec![var(
+        "DRAIN_SECONDS",
+        pbx.drain_timeout.as_secs().to_string(),
+    )];
+    if cfg!(feature = "upgrade-drill") {
+        env.push(var("UPGRADE_DRILL", "next".into()));
+    }
+    env
+}
+
 /// What the grace period gives beyond drain.timeout: the final `core stop
 /// now` and the kubelet's own SIGTERM.
 const DRAIN_MARGIN_SECONDS: i64 = 15;
@@ -516,11 +536,7 @@ fn stateful_set(pbx: &ValidatedPbx, config: &AsteriskConfig) -> StatefulSet {
             }),
             ..Lifecycle::default()
         }),
-        env: Some(vec![EnvVar {
-            name: "DRAIN_SECONDS".into(),
-            value: Some(pbx.drain_timeout.as_secs().to_string()),
-            ..EnvVar::default()
-        }]),
+        env: Some(asterisk_env(pbx)),
         resources: spec.resources.clone(),
         security_context: Some(restricted.clone()),
         volume_mounts: Some(asterisk_mounts),

@@ -222,33 +222,43 @@ pub fn kubectl_at(kubeconfig: &Path, args: &[&str]) -> String {
 /// imported images, into `ns` as release `release`; waits until the
 /// operator's pods are Ready. As a user installs it.
 pub fn install_chart(release: &str, ns: &str) {
+    let took = helm_chart(&["install", release, "--create-namespace"], ns, &[]);
+    eprintln!(
+        "helm install {release} (the chart, default values) -> operator pods Ready {:.1} s",
+        took.as_secs_f64()
+    );
+}
+
+/// `helm VERB... CHART --namespace ns --wait ... SETTINGS` with the chart of
+/// this checkout (`install RELEASE`, `upgrade RELEASE --reuse-values`, ...);
+/// fails the test unless helm succeeds; returns the time it took (until
+/// the operator's pods are Ready).
+pub fn helm_chart(verb: &[&str], ns: &str, settings: &[&str]) -> Duration {
     let started = Instant::now();
     let out = Command::new(ground_env("HELM"))
         .arg("--kubeconfig")
         .arg(&control_plane().kubeconfig)
-        .args(["install", release])
+        .args(verb)
         .arg(repo().join("charts/webrtc-pbx-operator"))
-        .args([
-            "--namespace",
-            ns,
-            "--create-namespace",
-            "--wait",
-            "--timeout",
-            "180s",
-        ])
+        .args(["--namespace", ns, "--wait", "--timeout", "180s"])
+        .args(settings)
         .output()
         .expect("run helm");
     assert!(
         out.status.success(),
-        "helm install: {}{}\npods:\n{}",
+        "helm {verb:?}: {}{}\npods:\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
         kubectl(&["get", "pods", "-A", "-o", "wide"])
     );
-    eprintln!(
-        "helm install {release} (the chart, default values) -> operator pods Ready {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    started.elapsed()
+}
+
+/// The Unix time, in seconds, of an `Instant` in the past.
+pub fn unix_seconds_at(at: Instant) -> i64 {
+    let then = std::time::SystemTime::now() - at.elapsed();
+    let since = then.duration_since(std::time::UNIX_EPOCH).unwrap();
+    i64::try_from(since.as_secs()).unwrap()
 }
 
 /// GET http://`addr``path` (an operator pod's metrics endpoint).
