@@ -75,8 +75,8 @@ struct Seen {
     back: Option<Instant>,
     /// When the new pod was created, as the apiserver says (Unix seconds).
     created: Option<i64>,
-    /// WorkloadReady reason Draining was seen.
-    draining: bool,
+    /// WorkloadReady's last message with reason Draining.
+    draining: Option<String>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +168,11 @@ async fn an_operator_upgrade_rolls_the_fleet_within_its_budget_and_cuts_no_call(
                 }
             }
             let workload = harness::condition(&client, &ns, name, "WorkloadReady").await;
-            s.draining |= workload.is_some_and(|(_, reason, _)| reason == "Draining");
+            if let Some((_, reason, message)) = workload
+                && reason == "Draining"
+            {
+                s.draining = Some(message);
+            }
         }
         most_out = most_out.max(out.len());
         assert!(
@@ -216,14 +220,15 @@ async fn an_operator_upgrade_rolls_the_fleet_within_its_budget_and_cuts_no_call(
             }
         };
         eprintln!(
-            "{name}: call {}/{} echoed, loss {:?} %, ended {}; old pod out {}{}; new pod Ready {}",
+            "{name}: call {}/{} echoed, loss {:?} %, ended {}; old pod out {}; new pod created {} s, Ready {}; {:?}",
             r.echoed,
             r.sent,
             r.loss_percent,
             at(ended),
             at(out),
-            if s.draining { " (Draining seen)" } else { "" },
-            at(back)
+            s.created.unwrap() - harness::unix_seconds_at(upgraded),
+            at(back),
+            s.draining
         );
         assert_eq!(
             report.echo.as_ref().map(|c| c.reason.as_str()),
@@ -234,6 +239,16 @@ async fn an_operator_upgrade_rolls_the_fleet_within_its_budget_and_cuts_no_call(
             u64::from(r.sent) >= CALL_SECONDS * 50 - 100 && r.echoed == r.sent,
             "{name}: {report:?}"
         );
+        // Without a call up, the drain is short: a probe call in flight
+        // ends with its BYE (cut off, Asterisk would hold it until its RTP
+        // timed out, 30 s).
+        if out >= ended {
+            assert!(
+                back.duration_since(out) < Duration::from_secs(25),
+                "{name}: out of service {:?} with no call up",
+                back.duration_since(out)
+            );
+        }
         if out < ended {
             drained_live += 1;
             let call_end = harness::unix_seconds_at(ended);

@@ -2,8 +2,11 @@
 //! its `spec.probes.interval` with jitter, under one global concurrency
 //! limit, and hands every finished run to the reconciler, which alone turns
 //! it into status (probe -> status -> patch). A new plan (spec change,
-//! certificate change, workload became ready) re-probes at once; a PBX that
-//! is gone from the store is never probed again.
+//! certificate change, workload became ready) re-probes once the run in
+//! flight has ended; a PBX that is gone from the store is never probed
+//! again. A schedule is stopped, never cut mid-run: a run cut off drops its
+//! call without a BYE, and Asterisk holds such a call until its RTP times
+//! out (30 s), keeping a draining pod alive that long.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -14,7 +17,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use rand::Rng;
 use time::OffsetDateTime;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
@@ -31,6 +34,11 @@ pub const DEFAULT_CONCURRENCY: usize = 32;
 pub const MAX_LOSS_PERCENT: f64 = 5.0;
 /// Median echo round trip above this is HighLatency (ms).
 pub const MAX_RTT_MS: f64 = 400.0;
+/// How long a stopped schedule's run in flight may go on before it is cut:
+/// a probe call of the usual few seconds ends with its BYE, a call of
+/// minutes (echoCall.duration allows 10m) does not hold up the new plan or
+/// a shutdown.
+const FINISH_WITHIN: Duration = Duration::from_secs(15);
 
 /// What one PBX's probe runs do; a different plan restarts the schedule
 /// with an immediate run.
@@ -160,7 +168,39 @@ impl Results {
 struct Schedule {
     plan: Plan,
     task: JoinHandle<()>,
+    /// Set to stop the task after its run in flight.
+    stop: watch::Sender<bool>,
     results: Arc<Mutex<Results>>,
+}
+
+impl Schedule {
+    /// Stops the schedule after its run in flight; its task, to await.
+    fn stop(self) -> JoinHandle<()> {
+        self.stop.send_replace(true);
+        self.task
+    }
+}
+
+/// Whether a schedule was told to stop (or dropped).
+fn stopped(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
+/// Awaits `task` for at most [`FINISH_WITHIN`]; then cuts it.
+async fn finish(mut task: JoinHandle<()>) {
+    if tokio::time::timeout(FINISH_WITHIN, &mut task)
+        .await
+        .is_err()
+    {
+        task.abort();
+    }
+}
+
+/// What a new schedule's task needs to know of stopping: the previous
+/// plan's task, to let it end first, and its own stop signal.
+struct Stopping {
+    previous: Option<JoinHandle<()>>,
+    stop: watch::Receiver<bool>,
 }
 
 /// Checks whether a PBX still exists with the given UID (the store lookup,
@@ -215,31 +255,40 @@ impl Prober {
         };
         let Some(plan) = plan else {
             if let Some(old) = schedules.remove(key) {
-                old.task.abort();
+                tokio::spawn(finish(old.stop()));
                 self.metrics
                     .forget_probe(key.namespace.as_deref().unwrap_or(""), &key.name);
             }
             return None;
         };
-        if let Some(s) = schedules.get(key) {
-            if s.plan == plan && !s.task.is_finished() {
-                return s.results.lock().ok().map(|r| r.clone());
-            }
-            s.task.abort();
-            info!(pbx = %key, "probe plan changed: probing now");
+        if let Some(s) = schedules.get(key)
+            && s.plan == plan
+            && !s.task.is_finished()
+        {
+            return s.results.lock().ok().map(|r| r.clone());
         }
         // Streaks survive a plan change (a password change is not an outage);
         // a new PBX (another UID) starts afresh.
-        let results = schedules
-            .get(key)
+        let old = schedules.remove(key);
+        let results = old
+            .as_ref()
             .filter(|s| s.plan.uid == plan.uid)
             .map(|s| s.results.clone())
             .unwrap_or_default();
+        let previous = old.map(|s| {
+            info!(pbx = %key, "probe plan changed: probing once the run in flight ends");
+            s.stop()
+        });
+        let (stop, stopping) = watch::channel(false);
         let task = tokio::spawn(self.clone().probe_loop(
             key.clone(),
             plan.clone(),
             results.clone(),
             exists.clone(),
+            Stopping {
+                previous,
+                stop: stopping,
+            },
         ));
         let current = results.lock().ok().map(|r| r.clone());
         schedules.insert(
@@ -247,6 +296,7 @@ impl Prober {
             Schedule {
                 plan,
                 task,
+                stop,
                 results,
             },
         );
@@ -260,13 +310,14 @@ impl Prober {
         s.results.lock().ok().map(|r| r.clone())
     }
 
-    /// Stops every schedule (leadership lost, shutdown).
-    pub fn stop_all(&self) {
-        if let Ok(mut schedules) = self.schedules.lock() {
-            for (_, s) in schedules.drain() {
-                s.task.abort();
-            }
-        }
+    /// Stops every schedule (leadership lost, shutdown); returns once the
+    /// runs in flight have ended (or were cut, [`FINISH_WITHIN`]).
+    pub async fn stop_all(&self) {
+        let tasks: Vec<JoinHandle<()>> = match self.schedules.lock() {
+            Ok(mut schedules) => schedules.drain().map(|(_, s)| s.stop()).collect(),
+            Err(_) => return,
+        };
+        futures::future::join_all(tasks.into_iter().map(finish)).await;
     }
 
     /// The share of probe slots of `namespace`.
@@ -297,7 +348,14 @@ impl Prober {
         plan: Plan,
         results: Arc<Mutex<Results>>,
         exists: Exists,
+        stopping: Stopping,
     ) {
+        let Stopping { previous, mut stop } = stopping;
+        // The previous plan's run in flight ends first: one run at a time
+        // per PBX, and its call hangs up properly.
+        if let Some(previous) = previous {
+            finish(previous).await;
+        }
         let mut wait = Duration::ZERO;
         let (mut passed_once, mut failed_in_a_row) = (false, 0u32);
         loop {
@@ -306,7 +364,11 @@ impl Prober {
             let mut waited = Duration::ZERO;
             while waited < wait {
                 let step = (wait - waited).min(Duration::from_secs(1));
-                tokio::time::sleep(step).await;
+                tokio::select! {
+                    () = tokio::time::sleep(step) => {}
+                    // Told to stop, or dropped: between runs, at once.
+                    _ = stop.changed() => return,
+                }
                 waited += step;
                 if !exists(&key, &plan.uid) {
                     break;
@@ -325,21 +387,34 @@ impl Prober {
             }
             // The namespace's share first, then a slot: waiting for the
             // share holds no slot another namespace could use.
-            let Ok(share) = self
-                .namespace_limit(key.namespace.as_deref().unwrap_or(""))
-                .acquire_owned()
-                .await
-            else {
+            let slots = async {
+                let share = self
+                    .namespace_limit(key.namespace.as_deref().unwrap_or(""))
+                    .acquire_owned()
+                    .await
+                    .ok()?;
+                let permit = self.limit.clone().acquire_owned().await.ok()?;
+                Some((share, permit))
+            };
+            let slots = tokio::select! {
+                slots = slots => slots,
+                _ = stop.changed() => None,
+            };
+            let Some((share, permit)) = slots else {
                 return;
             };
-            let Ok(permit) = self.limit.clone().acquire_owned().await else {
+            if stopped(&stop) {
                 return;
-            };
+            }
             let started = std::time::Instant::now();
             let report = run_once(&plan.request).await;
             let seconds = started.elapsed().as_secs_f64();
             drop(permit);
             drop(share);
+            // A stopped schedule's last run is the old plan's: not reported.
+            if stopped(&stop) {
+                return;
+            }
             let at = OffsetDateTime::now_utc();
             self.metrics.observe_probe(
                 key.namespace.as_deref().unwrap_or(""),
@@ -424,6 +499,7 @@ mod tests {
     use super::*;
     use crate::api::WebRtcPbxSpec;
     use crate::validate::Generated;
+    use std::time::Instant;
 
     fn validated(probes: serde_json::Value) -> ValidatedPbx {
         let spec: WebRtcPbxSpec = serde_json::from_value(serde_json::json!({
@@ -443,6 +519,104 @@ mod tests {
             ..Default::default()
         };
         crate::validate::validate(&pbx, &Default::default(), &generated).unwrap()
+    }
+
+    /// A server that accepts and never answers, recording when each
+    /// connection came and when the prober let go of it.
+    async fn silent_server() -> (u16, Arc<Mutex<Vec<(Instant, Option<Instant>)>>>) {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let i = {
+                    let mut log = log.lock().unwrap();
+                    log.push((Instant::now(), None));
+                    log.len() - 1
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                    log.lock().unwrap()[i].1 = Some(Instant::now());
+                });
+            }
+        });
+        (port, seen)
+    }
+
+    fn silent_plan(port: u16, interval: u64) -> Plan {
+        Plan {
+            uid: "u1".into(),
+            generation: None,
+            request: probe::Request {
+                target: transport::Target {
+                    url: url::Url::parse(&format!("wss://pbx.test:{port}/ws")).unwrap(),
+                    connect_to: Some(format!("127.0.0.1:{port}")),
+                    ca_pem: None,
+                    insecure: true,
+                    timeout: Duration::from_secs(2),
+                },
+                account: None,
+                echo: None,
+                user_call: None,
+                metrics: None,
+            },
+            interval: Duration::from_secs(interval),
+        }
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !check() {
+            assert!(start.elapsed() < Duration::from_secs(10), "not {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A run cut off drops its call without a BYE (Asterisk holds it until
+    /// its RTP times out, and a draining pod with it); a plan change and a
+    /// stop let the run in flight end on its own instead.
+    #[tokio::test]
+    async fn a_new_plan_or_a_stop_waits_for_the_run_in_flight() {
+        let (port, seen) = silent_server().await;
+        let prober = Arc::new(Prober::new(4, Arc::new(Metrics::default())));
+        let exists: Exists = Arc::new(|_, _| true);
+        let key = ObjectRef::<WebRtcPbx>::new("acme").within("voice");
+        let count = || seen.lock().unwrap().len();
+        prober.ensure(&key, Some(silent_plan(port, 5)), &exists);
+        until("the first run connected", || count() == 1).await;
+        let changed = Instant::now();
+        prober.ensure(&key, Some(silent_plan(port, 6)), &exists);
+        until("the new plan's run connected", || count() == 2).await;
+        let log = seen.lock().unwrap().clone();
+        let first_closed = log[0].1.expect("the first run ended before the next began");
+        assert!(
+            first_closed.duration_since(changed) > Duration::from_millis(1500),
+            "the run in flight was cut {:?} after the plan change (its timeout is 2 s)",
+            first_closed.duration_since(changed)
+        );
+        assert!(log[1].0 >= first_closed, "two runs at once: {log:?}");
+        // The new plan's run is in flight: a stop returns once it has ended.
+        let stopping = Instant::now();
+        prober.stop_all().await;
+        let waited = stopping.elapsed();
+        until("the last run's connection closed", || {
+            seen.lock().unwrap()[1].1.is_some()
+        })
+        .await;
+        let log = seen.lock().unwrap().clone();
+        let ran = log[1].1.unwrap().duration_since(log[1].0);
+        assert!(ran > Duration::from_millis(1500), "cut after {ran:?}");
+        assert!(
+            waited > Duration::from_millis(1000),
+            "stop_all waited {waited:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(count(), 2, "a stopped schedule ran again");
+        assert_eq!(prober.scheduled(), 0);
     }
 
     #[test]

@@ -368,7 +368,7 @@ pub async fn run(
         })
         .await;
     // Leadership lost or shutting down: the next leader probes.
-    prober.stop_all();
+    prober.stop_all().await;
 }
 
 /// Backoff of the watch streams, which all share one: 200 ms doubling to

@@ -1027,7 +1027,7 @@ async fn stalled_tenants_do_not_starve_another_namespaces_probes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let results = prober.current(&healthy).unwrap();
-    prober.stop_all();
+    prober.stop_all().await;
     asterisk.kill();
     let ok = results.last.as_ref().is_some_and(|(r, _)| r.wss.ok);
     eprintln!(
