@@ -580,6 +580,7 @@ async fn build_and_apply(
         waiting_for_workload,
         connect_denied,
         rejection: None,
+        rollout_queued: deferred,
     }))
 }
 

@@ -35,6 +35,11 @@ impl Rollouts {
         }
     }
 
+    /// At most this many PBXs roll at once (0: no limit).
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Whether PBX `key` (`namespace/name`) may start a rollout at `now`,
     /// with `rolling` the StatefulSets that show one; if so, it counts as
     /// rolling from now.

@@ -59,7 +59,10 @@ pub(super) async fn update_status(
     {
         recheck = Some(recheck.map_or(WORKLOAD_RECHECK, |r| r.min(WORKLOAD_RECHECK)));
     }
-    let verdicts = status::summarize(components);
+    let mut verdicts = status::summarize(components);
+    if outcome.rollout_queued {
+        verdicts = status::rollout_queued(verdicts, ctx.rollouts.limit());
+    }
     let now_time =
         Time(k8s_openapi::jiff::Timestamp::from_second(now.unix_timestamp()).unwrap_or_default());
     new_status.conditions = status::conditions(
@@ -129,6 +132,8 @@ pub(super) struct Outcome {
     pub(super) connect_denied: Option<String>,
     /// A refused child's message: the reconcile fails once status says so.
     pub(super) rejection: Option<String>,
+    /// A new pod template waits for the rollout budget.
+    pub(super) rollout_queued: bool,
 }
 
 impl Outcome {
@@ -161,6 +166,7 @@ impl Outcome {
             waiting_for_workload: false,
             connect_denied: None,
             rejection: None,
+            rollout_queued: false,
         }
     }
 }

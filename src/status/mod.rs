@@ -89,6 +89,8 @@ pub mod reasons {
     pub const PODS_NOT_READY: &str = "PodsNotReady";
     /// The pod is being replaced and lets its calls end first.
     pub const DRAINING: &str = "Draining";
+    /// A new pod template waits while other PBXs replace their pods.
+    pub const ROLLOUT_QUEUED: &str = "RolloutQueued";
     /// Another PBX uses the same host ports on the same nodes.
     pub const PORT_CONFLICT: &str = "PortConflict";
     /// The apiserver refused a child the operator applied (its message follows).
@@ -237,6 +239,33 @@ pub fn summarize(components: Vec<(Verdict, Blocking)>) -> Vec<Verdict> {
     let mut out: Vec<Verdict> = components.into_iter().map(|(v, _)| v).collect();
     out.extend([ready, reconciling, stalled_v]);
     out
+}
+
+/// Reconciling for a PBX whose new pod template waits for the rollout
+/// budget (`--max-rolling-pbxs`, at most `limit` PBXs at once): the running
+/// pod keeps serving, so Ready is left as it is, but the spec has not
+/// reached the pod yet. Stalled keeps its say: a user must act first.
+pub fn rollout_queued(mut verdicts: Vec<Verdict>, limit: usize) -> Vec<Verdict> {
+    let stalled = verdicts
+        .iter()
+        .any(|v| v.type_ == types::STALLED && v.status == Tri::True);
+    let note = format!(
+        "a new pod template waits for its turn: other PBXs are replacing their pods, at most {limit} at once (--max-rolling-pbxs); the running pod serves until then"
+    );
+    if let Some(r) = verdicts.iter_mut().find(|v| v.type_ == types::RECONCILING)
+        && !stalled
+    {
+        *r = match r.status {
+            Tri::True => Verdict::new(
+                types::RECONCILING,
+                Tri::True,
+                &r.reason,
+                format!("{}; {note}", r.message),
+            ),
+            _ => Verdict::new(types::RECONCILING, Tri::True, reasons::ROLLOUT_QUEUED, note),
+        };
+    }
+    verdicts
 }
 
 /// Turns verdicts into conditions, keeping each previous

@@ -319,6 +319,51 @@ fn ready_only_when_every_component_is_true() {
 }
 
 #[test]
+fn a_queued_rollout_is_reconciling_and_leaves_ready_alone() {
+    let get = |vs: &[Verdict], t: &str| vs.iter().find(|v| v.type_ == t).unwrap().clone();
+    let healthy = summarize(vec![ok(types::CONFIG_RENDERED), ok(types::WORKLOAD_READY)]);
+    let queued = rollout_queued(healthy.clone(), 5);
+    assert_eq!(get(&queued, types::READY), get(&healthy, types::READY));
+    let r = get(&queued, types::RECONCILING);
+    assert_eq!(
+        (r.status, r.reason.as_str()),
+        (Tri::True, reasons::ROLLOUT_QUEUED)
+    );
+    assert!(
+        r.message.contains("at most 5 at once (--max-rolling-pbxs)"),
+        "{r:?}"
+    );
+    // Already reconciling: the note joins what it waits for.
+    let waiting = summarize(vec![(
+        Verdict::new(
+            types::WORKLOAD_READY,
+            Tri::False,
+            reasons::PODS_NOT_READY,
+            "0/1",
+        ),
+        Blocking::Waiting,
+    )]);
+    let r = get(&rollout_queued(waiting, 5), types::RECONCILING);
+    assert_eq!(r.reason, reasons::PROGRESSING);
+    assert!(
+        r.message
+            .starts_with("waiting for WorkloadReady; a new pod template waits"),
+        "{r:?}"
+    );
+    // Stalled: the user acts first; nothing said of the queue.
+    let stuck = summarize(vec![(
+        Verdict::new(
+            types::CONFIG_RENDERED,
+            Tri::False,
+            reasons::INVALID_SPEC,
+            "x",
+        ),
+        Blocking::NeedsUser,
+    )]);
+    assert_eq!(rollout_queued(stuck.clone(), 5), stuck);
+}
+
+#[test]
 fn transition_time_kept_unless_status_flips() {
     let v = vec![Verdict::new(
         types::READY,

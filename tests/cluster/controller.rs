@@ -1155,7 +1155,19 @@ async fn a_new_pod_template_reaches_the_fleet_a_few_pbxs_at_a_time() {
     let started = Instant::now();
     let mut most = 0;
     let mut order = Vec::new();
+    let mut queued = std::collections::BTreeSet::new();
     loop {
+        // The PBXs held back say so (Reconciling, RolloutQueued), and keep
+        // Ready as it was.
+        for i in 0..PBXS {
+            let name = format!("f{i}");
+            if let Some((_, reason, message)) = condition(&r, &name, "Reconciling").await
+                && reason == "RolloutQueued"
+            {
+                assert!(message.contains("at most 1 at once"), "{message}");
+                queued.insert(name);
+            }
+        }
         let all = sts.list(&ListParams::default()).await.unwrap().items;
         let rolling = controller::rollouts::rolling(&all);
         most = most.max(rolling.len());
@@ -1179,9 +1191,23 @@ async fn a_new_pod_template_reaches_the_fleet_a_few_pbxs_at_a_time() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(most <= 1, "{most} PBXs replaced their pods at once");
+    assert!(
+        queued.len() >= 2,
+        "only {queued:?} showed Reconciling RolloutQueued while waiting"
+    );
+    // Once through, none says it waits.
+    for i in 0..PBXS {
+        let name = format!("f{i}");
+        harness::wait_until(Duration::from_secs(30), "the queue note gone", || async {
+            let (_, reason, _) = condition(&r, &name, "Reconciling").await?;
+            (reason != "RolloutQueued").then_some(())
+        })
+        .await;
+    }
     eprintln!(
-        "{PBXS} PBXs given a new pod template, one at a time: {:.1} s, order {order:?}",
-        started.elapsed().as_secs_f64()
+        "{PBXS} PBXs given a new pod template, one at a time: {:.1} s, order {order:?}; {} showed RolloutQueued while waiting",
+        started.elapsed().as_secs_f64(),
+        queued.len()
     );
     r.stop().await;
 }
