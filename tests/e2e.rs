@@ -138,6 +138,37 @@ impl Ground {
         }
     }
 
+    /// Re-issues the demo PBX's certificate (deletes its Secret; the
+    /// operator issues a new one from its CA) and waits until the pod on
+    /// `port` serves it; returns the time from the delete.
+    async fn reissue_certificate(&self, port: u16, limit: Duration) -> Duration {
+        // Blocking (openssl), so a call running on this runtime goes on.
+        let served = || {
+            let ip = self.node.ip.clone();
+            async move {
+                tokio::task::spawn_blocking(move || served_certificate(&ip, port))
+                    .await
+                    .unwrap()
+            }
+        };
+        let before = served().await;
+        assert!(
+            before.contains("Fingerprint"),
+            "a certificate is served: {before}"
+        );
+        Api::<Secret>::namespaced(self.client.clone(), &self.ns)
+            .delete(&format!("{NAME}-tls"), &DeleteParams::default())
+            .await
+            .unwrap();
+        let ((), took) = self
+            .until(limit, "the served certificate changed", || async {
+                let now = served().await;
+                (now.contains("Fingerprint") && now != before).then_some(())
+            })
+            .await;
+        took
+    }
+
     /// Polls `check` until it returns `Some`, failing the test after `limit`
     /// with `what` and the diagnostics; returns the value and the time taken.
     async fn until<T, F, Fut>(&self, limit: Duration, what: &str, mut check: F) -> (T, Duration)
@@ -480,24 +511,8 @@ async fn the_operator_proves_a_real_pbx_works_and_names_each_fault() {
 
     // The certificate is re-issued (its Secret deleted; the operator issues a
     // new one from its CA): the served certificate changes, no restart.
-    let before = served_certificate(&node.ip, wss_port);
-    assert!(
-        before.contains("Fingerprint"),
-        "a certificate is served: {before}"
-    );
-    Api::<Secret>::namespaced(client.clone(), &ns)
-        .delete(&format!("{NAME}-tls"), &DeleteParams::default())
-        .await
-        .unwrap();
-    let ((), rotation) = g
-        .until(
-            Duration::from_secs(90),
-            "the served certificate changed",
-            || async {
-                let now = served_certificate(&node.ip, wss_port);
-                (now.contains("Fingerprint") && now != before).then_some(())
-            },
-        )
+    let rotation = g
+        .reissue_certificate(wss_port, Duration::from_secs(90))
         .await;
     assert_eq!(
         g.asterisk_container().await.unwrap(),
@@ -1616,12 +1631,6 @@ async fn a_live_call_outlasts_new_users_passwords_and_certificates() {
     let (password, port) = live_pbx(&g, "5m").await;
     let ip = g.node.ip.clone();
     let container = g.asterisk_container().await.unwrap();
-    let cert_before = {
-        let ip = ip.clone();
-        tokio::task::spawn_blocking(move || served_certificate(&ip, port))
-            .await
-            .unwrap()
-    };
     let call = long_call(&g, port, &password);
     tokio::time::sleep(Duration::from_secs(5)).await;
 
@@ -1661,23 +1670,7 @@ async fn a_live_call_outlasts_new_users_passwords_and_certificates() {
 
     // (b) The certificate re-issued.
     let rotated = Instant::now();
-    Api::<Secret>::namespaced(g.client.clone(), &g.ns)
-        .delete(&format!("{NAME}-tls"), &DeleteParams::default())
-        .await
-        .unwrap();
-    let ((), rotation) = g
-        .until(
-            Duration::from_secs(40),
-            "the new certificate served",
-            || async {
-                let ip = ip.clone();
-                let now = tokio::task::spawn_blocking(move || served_certificate(&ip, port))
-                    .await
-                    .unwrap();
-                (now.contains("Fingerprint") && now != cert_before).then_some(())
-            },
-        )
-        .await;
+    let rotation = g.reissue_certificate(port, Duration::from_secs(40)).await;
     let (report, _) = call.await.unwrap();
     let r = call_figures(
         "60 s call through a user added, a password and a certificate",

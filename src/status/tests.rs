@@ -269,6 +269,18 @@ fn ok(t: &'static str) -> (Verdict, Blocking) {
     (Verdict::new(t, Tri::True, "Fine", "ok"), Blocking::Waiting)
 }
 
+fn pods_not_ready() -> (Verdict, Blocking) {
+    (
+        Verdict::new(
+            types::WORKLOAD_READY,
+            Tri::False,
+            reasons::PODS_NOT_READY,
+            "0/1",
+        ),
+        Blocking::Waiting,
+    )
+}
+
 #[test]
 fn ready_only_when_every_component_is_true() {
     let all = summarize(vec![ok(types::CONFIG_RENDERED), ok(types::WORKLOAD_READY)]);
@@ -277,18 +289,7 @@ fn ready_only_when_every_component_is_true() {
     assert_eq!(get(&all, types::RECONCILING).status, Tri::False);
     assert_eq!(get(&all, types::STALLED).status, Tri::False);
 
-    let waiting = summarize(vec![
-        ok(types::CONFIG_RENDERED),
-        (
-            Verdict::new(
-                types::WORKLOAD_READY,
-                Tri::False,
-                reasons::PODS_NOT_READY,
-                "0/1",
-            ),
-            Blocking::Waiting,
-        ),
-    ]);
+    let waiting = summarize(vec![ok(types::CONFIG_RENDERED), pods_not_ready()]);
     assert_eq!(get(&waiting, types::READY).status, Tri::False);
     assert_eq!(get(&waiting, types::RECONCILING).status, Tri::True);
     assert_eq!(get(&waiting, types::STALLED).status, Tri::False);
@@ -334,15 +335,7 @@ fn a_queued_rollout_is_reconciling_and_leaves_ready_alone() {
         "{r:?}"
     );
     // Already reconciling: the note joins what it waits for.
-    let waiting = summarize(vec![(
-        Verdict::new(
-            types::WORKLOAD_READY,
-            Tri::False,
-            reasons::PODS_NOT_READY,
-            "0/1",
-        ),
-        Blocking::Waiting,
-    )]);
+    let waiting = summarize(vec![pods_not_ready()]);
     let r = get(&rollout_queued(waiting, 5), types::RECONCILING);
     assert_eq!(r.reason, reasons::PROGRESSING);
     assert!(
