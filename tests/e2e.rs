@@ -1756,6 +1756,20 @@ async fn a_port_change_waits_for_the_live_call_before_replacing_the_pod() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(calls.contains("spec.drain.timeout"), "{calls}");
+    // No probe call is placed on the draining pod, and the echo check says
+    // why.
+    let (echo, _) = g
+        .until(
+            Duration::from_secs(10),
+            "EchoCallHealthy naming the drain",
+            || async {
+                let (_, reason, message) = g.condition("EchoCallHealthy").await?;
+                (reason == "AwaitingProbe" && message.contains("while the pod drains"))
+                    .then_some(message)
+            },
+        )
+        .await;
+    eprintln!("while draining, EchoCallHealthy: {echo}");
     let (report, ended) = call.await.unwrap();
     let r = call_figures("60 s call through a port change", &report);
     assert_eq!(

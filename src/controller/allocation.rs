@@ -113,6 +113,13 @@ impl Allocator {
                 *loaded = Some(current);
                 return Ok((allocation, ledger));
             }
+            // Said as what happened: a write may only give ports up.
+            let before = current.ledger.entries.get(&uid);
+            let gained = entry.as_ref().is_some_and(|e| {
+                before.is_none_or(|b| {
+                    (e.wss.is_some() && e.wss != b.wss) || (e.rtp.is_some() && e.rtp != b.rtp)
+                })
+            });
             let mut changes = BTreeMap::from([(uid.clone(), entry.clone())]);
             changes.extend(placed.released.into_iter().map(|(k, e)| (k, Some(e))));
             // With the write: expired holds go, and the entries of PBXs
@@ -131,7 +138,12 @@ impl Allocator {
             }
             match self.write(client, &current, &changes).await? {
                 Some(written) => {
-                    info!(pbx = ?entry.as_ref().map(|e| &e.pbx), uid = %uid, wss = ?allocation.wss, rtp = ?allocation.rtp, "host ports allocated");
+                    let pbx = entry.as_ref().map(|e| &e.pbx);
+                    if gained {
+                        info!(pbx = ?pbx, uid = %uid, wss = ?allocation.wss, rtp = ?allocation.rtp, "host ports allocated");
+                    } else {
+                        info!(uid = %uid, wss = ?allocation.wss, rtp = ?allocation.rtp, "host port ledger updated: ports given up are held while the pod drains");
+                    }
                     let ledger = written.ledger.clone();
                     *loaded = Some(written);
                     return Ok((allocation, ledger));

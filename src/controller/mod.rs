@@ -535,6 +535,7 @@ async fn build_and_apply(
     // container): the probes then name what a client sees
     // (ConnectionRefused), not a stale True.
     let key = ObjectRef::from_obj(pbx);
+    let draining = draining_address(fetched.pod.as_ref());
     let waiting_for_workload = workload.0.status != Tri::True;
     let probing = ctx.prober.current(&key).is_some();
     let connect_denied = connect_check(&ctx.policy, validated, fetched.pod.as_ref());
@@ -542,7 +543,7 @@ async fn build_and_apply(
         .filter(|_| !waiting_for_workload || probing)
         .filter(|_| connect_denied.is_none())
         .map(|mut p| {
-            if let Some(address) = draining_address(fetched.pod.as_ref()) {
+            if let Some(address) = draining.clone() {
                 // A draining pod is asked only what it carries: a probe
                 // call would be one more call for Asterisk to wait out
                 // (refused ones linger in its count too).
@@ -577,7 +578,11 @@ async fn build_and_apply(
             (recheck, false) => recheck,
         },
         probe_results: ctx.prober.ensure(&key, plan, &run.exists()),
-        waiting_for_workload,
+        awaiting: waiting_for_workload.then_some(if draining.is_some() {
+            status::Awaiting::Drain
+        } else {
+            status::Awaiting::Workload
+        }),
         connect_denied,
         rejection: None,
         rollout_queued: deferred,

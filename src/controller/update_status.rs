@@ -126,8 +126,8 @@ pub(super) struct Outcome {
     pub(super) recheck: Option<Duration>,
     /// What the PBX's probe schedule found so far.
     pub(super) probe_results: Option<probes::Results>,
-    /// Probes are planned but the pod is not ready yet.
-    pub(super) waiting_for_workload: bool,
+    /// The pod is not ready: why checks without a result wait.
+    pub(super) awaiting: Option<status::Awaiting>,
     /// Why the probe may not dial the PBX's connect address.
     pub(super) connect_denied: Option<String>,
     /// A refused child's message: the reconcile fails once status says so.
@@ -163,7 +163,7 @@ impl Outcome {
             certificate: None,
             recheck: None,
             probe_results: run.ctx.prober.current(&ObjectRef::from_obj(pbx)),
-            waiting_for_workload: false,
+            awaiting: None,
             connect_denied: None,
             rejection: None,
             rollout_queued: false,
@@ -206,7 +206,7 @@ fn probe_conditions(
             r.and_then(|r| r.echo.as_ref()),
             r.and_then(|r| r.user_call.as_ref()),
         ],
-        outcome.waiting_for_workload,
+        outcome.awaiting,
         &previous.conditions,
         flap_threshold,
     );

@@ -203,7 +203,13 @@ fn every_input_problem_and_certificate_outcome_has_its_reason() {
 fn probe_conditions_wait_for_the_workload_and_follow_the_toggles() {
     let mut spec = ProbesSpec::default();
     spec.echo_call.enabled = false;
-    let waiting = probe_verdicts(&spec, [None; 4], true, &[], DEFAULT_FLAP_THRESHOLD);
+    let waiting = probe_verdicts(
+        &spec,
+        [None; 4],
+        Some(Awaiting::Workload),
+        &[],
+        DEFAULT_FLAP_THRESHOLD,
+    );
     let types: Vec<_> = waiting.iter().map(|(v, _)| v.type_).collect();
     assert_eq!(types, [types::WSS_REACHABLE, types::SIP_REGISTERED]);
     assert!(
@@ -220,7 +226,7 @@ fn probe_conditions_wait_for_the_workload_and_follow_the_toggles() {
     let found = probe_verdicts(
         &spec,
         [Some(&ok), None, None, None],
-        false,
+        None,
         &[],
         DEFAULT_FLAP_THRESHOLD,
     );
@@ -229,6 +235,27 @@ fn probe_conditions_wait_for_the_workload_and_follow_the_toggles() {
         (Tri::True, "Connected")
     );
     assert_eq!(found[1].0.reason, reasons::AWAITING_PROBE);
+    // A draining pod is asked what it carries, and no call is placed: the
+    // call checks say so, not that probing waits for a ready pod.
+    spec.echo_call.enabled = true;
+    let draining = probe_verdicts(
+        &spec,
+        [Some(&ok), Some(&ok), None, None],
+        Some(Awaiting::Drain),
+        &[],
+        DEFAULT_FLAP_THRESHOLD,
+    );
+    let echo = &draining[2].0;
+    assert_eq!(
+        (echo.type_, echo.status, echo.reason.as_str()),
+        (
+            types::ECHO_CALL_HEALTHY,
+            Tri::Unknown,
+            reasons::AWAITING_PROBE
+        )
+    );
+    assert!(echo.message.contains("while the pod drains"), "{echo:?}");
+    assert_eq!(draining[0].0.reason, "Connected");
     // The user call is off by default; on, it is one more condition.
     spec.user_call.enabled = true;
     let failed = Probed {
@@ -240,7 +267,7 @@ fn probe_conditions_wait_for_the_workload_and_follow_the_toggles() {
     let calling = probe_verdicts(
         &spec,
         [Some(&ok), Some(&ok), None, Some(&failed)],
-        false,
+        None,
         &[],
         DEFAULT_FLAP_THRESHOLD,
     );

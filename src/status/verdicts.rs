@@ -305,13 +305,34 @@ pub fn connect_not_allowed(why: String) -> (Verdict, Blocking) {
     )
 }
 
+/// Why a probe check has nothing to show while the workload is not ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaiting {
+    /// The pod is not ready (yet): probing starts when it is.
+    Workload,
+    /// The pod drains: it is asked what it carries, and no probe call is
+    /// placed there (one more call for it to wait out).
+    Drain,
+}
+
+impl Awaiting {
+    fn message(self) -> &'static str {
+        match self {
+            Awaiting::Workload => "probes start when WorkloadReady is True",
+            Awaiting::Drain => {
+                "no probe call while the pod drains (it would be one more call to wait for); the new pod is probed when it is ready"
+            }
+        }
+    }
+}
+
 /// The probe conditions `spec` asks for, from what the schedule found of
-/// the WSS, REGISTER, echo and user-call checks. Before the first run, and while the
-/// workload is not ready, they wait (AwaitingProbe).
+/// the WSS, REGISTER, echo and user-call checks. A check with no result
+/// while the workload is not ready (`awaiting`) waits (AwaitingProbe).
 pub fn probe_verdicts(
     spec: &ProbesSpec,
     [wss, register, echo, user_call]: [Option<&Probed>; 4],
-    waiting_for_workload: bool,
+    awaiting: Option<Awaiting>,
     previous: &[Condition],
     threshold: u32,
 ) -> Vec<(Verdict, Blocking)> {
@@ -324,14 +345,9 @@ pub fn probe_verdicts(
     wanted
         .into_iter()
         .filter(|(_, enabled, _)| *enabled)
-        .map(|(type_, _, probed)| match probed {
-            None if waiting_for_workload => (
-                Verdict::new(
-                    type_,
-                    Tri::Unknown,
-                    reasons::AWAITING_PROBE,
-                    "probes start when WorkloadReady is True",
-                ),
+        .map(|(type_, _, probed)| match (probed, awaiting) {
+            (None, Some(why)) => (
+                Verdict::new(type_, Tri::Unknown, reasons::AWAITING_PROBE, why.message()),
                 Blocking::Waiting,
             ),
             _ => probe_verdict(
