@@ -25,6 +25,24 @@ pub struct LeaseConfig {
     pub grace_seconds: u64,
 }
 
+/// The field manager this instance locks the Lease with: its own. The lock
+/// is a server-side apply of holderIdentity, and the apiserver refuses it
+/// (409) only when another manager owns that field: with one manager
+/// shared by the replicas, two that found the Lease free at the same time
+/// both took it, and both led until the first renewal. At most 128
+/// characters (the apiserver's limit): a longer identity is hashed.
+pub fn lease_field_manager(identity: &str) -> String {
+    let name = format!("{FIELD_MANAGER}-{identity}");
+    if name.len() <= 128 {
+        return name;
+    }
+    use sha2::Digest;
+    format!(
+        "{FIELD_MANAGER}-{:x}",
+        sha2::Sha256::digest(identity.as_bytes())
+    )
+}
+
 /// Leader-election failures.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
@@ -82,7 +100,7 @@ where
         .with_identity(&lease.identity)
         .with_duration(lease.duration_seconds)
         .with_grace(lease.grace_seconds)
-        .with_field_manager(FIELD_MANAGER)
+        .with_field_manager(lease_field_manager(&lease.identity))
         .build()
         .await?;
     let (mut leading, task) = manager.watch().await;
@@ -145,4 +163,20 @@ async fn release(
         manager.release().await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_instance_locks_with_a_field_manager_of_its_own() {
+        let a = lease_field_manager("webrtc-pbx-operator-5d9c7b-x2k4q");
+        assert_eq!(a, "webrtc-pbx-operator-webrtc-pbx-operator-5d9c7b-x2k4q");
+        assert_ne!(a, lease_field_manager("webrtc-pbx-operator-5d9c7b-p8w2z"));
+        let long = "p".repeat(253);
+        let hashed = lease_field_manager(&long);
+        assert!(hashed.len() <= 128, "{hashed}");
+        assert_ne!(hashed, lease_field_manager(&"q".repeat(253)));
+    }
 }

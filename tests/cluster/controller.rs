@@ -652,6 +652,117 @@ async fn overlapping_host_ports_on_the_same_node_report_port_conflict() {
     r.stop().await;
 }
 
+/// Two instances starting together (a chart install, a rollout of both
+/// replicas) may both find the Lease free and both send the lock, a
+/// server-side apply of holderIdentity. Only a field manager of its own
+/// makes the apiserver refuse the second (409); with one manager shared by
+/// the replicas both applies passed and both led until the next renewal.
+/// The race itself is a few milliseconds wide: here the second lock is
+/// sent as the lease manager sends it, while the first instance leads.
+/// A Lease an earlier version left locked (one shared manager) is taken
+/// over once expired, and a released one by the next instance.
+#[tokio::test]
+async fn a_lock_racing_the_leaders_is_refused_by_the_apiserver() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use webrtc_pbx_operator::controller::leader;
+    let client = harness::client().await;
+    let ns = harness::namespace(&client, "ctl-lead-race").await;
+    let operator = harness::operator_client(&ns).await;
+    let ctx = Arc::new(Context::new(
+        operator.clone(),
+        Arc::new(controller::SystemClock),
+    ));
+    let leases = Api::<Lease>::namespaced(operator.clone(), &ns);
+    // The Lease as an earlier version left it: locked with the manager its
+    // replicas shared, by a pod that died a minute ago without letting go.
+    let stale = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "race"},
+        "spec": {
+            "holderIdentity": "old-pod",
+            "leaseDurationSeconds": 15,
+            "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                k8s_openapi::jiff::Timestamp::from_second(
+                    OffsetDateTime::now_utc().unix_timestamp() - 60
+                )
+                .unwrap()
+            ),
+        },
+    });
+    leases
+        .patch(
+            "race",
+            &PatchParams::apply(names::FIELD_MANAGER),
+            &Patch::Apply(&stale),
+        )
+        .await
+        .unwrap();
+    let instance = |identity: &str| {
+        let lease = leader::LeaseConfig {
+            name: "race".into(),
+            namespace: ns.clone(),
+            identity: identity.into(),
+            duration_seconds: 15,
+            grace_seconds: 5,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(leader::lead(
+            ctx.clone(),
+            lease,
+            async move {
+                let _ = stopped.await;
+            },
+            |_, stop| async move {
+                let _ = stop.await;
+            },
+        ));
+        (stop, task)
+    };
+    let holder = || async {
+        let l = leases.get("race").await.ok()?;
+        l.spec?.holder_identity
+    };
+    let leads = |who: &'static str| {
+        harness::wait_until(Duration::from_secs(30), who, move || async move {
+            (holder().await.as_deref() == Some(who)).then_some(())
+        })
+    };
+    let (stop, a) = instance("a");
+    leads("a").await;
+    // Instance b's lock, as kube-lease-manager sends it for a free lease.
+    let lock = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "spec": {"holderIdentity": "b", "leaseDurationSeconds": 15},
+    });
+    let params = PatchParams {
+        field_manager: Some(leader::lease_field_manager("b")),
+        ..PatchParams::default()
+    };
+    let refused = leases
+        .patch("race", &params, &Patch::Apply(&lock))
+        .await
+        .expect_err("b's lock on a's lease went through");
+    assert!(
+        matches!(&refused, kube::Error::Api(e) if e.code == 409),
+        "{refused:?}"
+    );
+    assert_eq!(holder().await.as_deref(), Some("a"));
+    assert_ne!(
+        leader::lease_field_manager("a"),
+        leader::lease_field_manager("b")
+    );
+    let _ = stop.send(());
+    a.await.unwrap().unwrap();
+    assert_eq!(holder().await, None, "released on shutdown");
+    // Released: the next instance takes it with its own manager.
+    let (stop, b) = instance("b");
+    leads("b").await;
+    let _ = stop.send(());
+    b.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn one_leader_reconciles_and_a_follower_takes_over() {
     let client = harness::client().await;
