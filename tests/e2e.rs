@@ -65,12 +65,7 @@ impl Ground {
     /// The demo PBX's WSS port and RTP range as its status shows them (the
     /// minimal example leaves them out: the operator allocates them).
     async fn ports(&self) -> (u16, webrtc_pbx_operator::api::PortRange) {
-        let pbx = self.pbx().await.unwrap();
-        let e = pbx.status.unwrap().endpoints.unwrap();
-        (
-            u16::try_from(e.wss_port.unwrap()).unwrap(),
-            e.rtp_port_range.unwrap(),
-        )
+        harness::host_ports(&self.client, &self.ns, NAME).await
     }
 
     async fn condition(&self, type_: &str) -> Option<(String, String, String)> {
@@ -729,13 +724,7 @@ async fn five_host_network_pbxs_share_one_node_and_their_calls_stay_apart() {
     );
     let mut passwords = Vec::new();
     for i in 0..PBXS {
-        let secret = Api::<Secret>::namespaced(client.clone(), &ns)
-            .get(&format!("{}-asterisk", name(i)))
-            .await
-            .unwrap();
-        let data = secret.data.unwrap();
-        let key = webrtc_pbx_operator::names::PROBE_PASSWORD_KEY;
-        passwords.push(String::from_utf8(data[key].0.clone()).unwrap());
+        passwords.push(harness::probe_password(&client, &ns, &name(i)).await);
     }
     // All five calls at once, 10 s each.
     let calls = futures::future::join_all((0..PBXS).map(|i| {
@@ -1578,12 +1567,7 @@ async fn live_pbx(g: &Ground, drain: &str) -> (String, u16) {
     .create(&g.client, &g.ns)
     .await;
     g.wait("Ready", "True", None, Duration::from_secs(90)).await;
-    let secret = Api::<Secret>::namespaced(g.client.clone(), &g.ns)
-        .get(&format!("{NAME}-asterisk"))
-        .await
-        .unwrap();
-    let key = webrtc_pbx_operator::names::PROBE_PASSWORD_KEY;
-    let password = String::from_utf8(secret.data.unwrap()[key].0.clone()).unwrap();
+    let password = harness::probe_password(&g.client, &g.ns, NAME).await;
     (password, g.ports().await.0)
 }
 

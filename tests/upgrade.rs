@@ -13,11 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use harness::fixture::Pbx;
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::Client;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use serde_json::json;
-use webrtc_pbx_operator::api::WebRtcPbx;
 use webrtc_pbx_operator::probe::Report;
 
 const OPERATOR_NS: &str = "webrtc-pbx-system";
@@ -47,22 +45,6 @@ fn next_template(pod: &Pod) -> bool {
             .flat_map(|c| c.env.iter().flatten())
             .any(|e| e.name == "UPGRADE_DRILL")
     })
-}
-
-/// The probe user's password and the allocated WSS port of PBX `name`.
-async fn credentials(client: &Client, ns: &str, name: &str) -> (String, u16) {
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get(&format!("{name}-asterisk"))
-        .await
-        .unwrap();
-    let key = webrtc_pbx_operator::names::PROBE_PASSWORD_KEY;
-    let password = String::from_utf8(secret.data.unwrap()[key].0.clone()).unwrap();
-    let pbx = Api::<WebRtcPbx>::namespaced(client.clone(), ns)
-        .get(name)
-        .await
-        .unwrap();
-    let port = pbx.status.unwrap().endpoints.unwrap().wss_port.unwrap();
-    (password, u16::try_from(port).unwrap())
 }
 
 /// What the watch saw of one PBX after the upgrade.
@@ -121,7 +103,8 @@ async fn an_operator_upgrade_rolls_the_fleet_within_its_budget_and_cuts_no_call(
     // A call on every PBX, then the upgrade 5 s into them.
     let mut calls = Vec::new();
     for name in PBXS {
-        let (password, port) = credentials(&client, &ns, name).await;
+        let password = harness::probe_password(&client, &ns, name).await;
+        let (port, _) = harness::host_ports(&client, &ns, name).await;
         let ip = node.ip.clone();
         calls.push(tokio::spawn(async move {
             let user = webrtc_pbx_operator::validate::PROBE_USERNAME;

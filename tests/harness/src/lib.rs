@@ -1306,6 +1306,35 @@ pub async fn echo_at(
     webrtc_pbx_operator::probe::run(&request).await
 }
 
+/// The probe user's password of PBX `name`, from its `NAME-asterisk`
+/// Secret (what the operator's probe registers with).
+pub async fn probe_password(client: &Client, ns: &str, name: &str) -> String {
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .get(&format!("{name}-asterisk"))
+        .await
+        .unwrap();
+    let key = webrtc_pbx_operator::names::PROBE_PASSWORD_KEY;
+    String::from_utf8(secret.data.unwrap()[key].0.clone()).unwrap()
+}
+
+/// The WSS port and RTP range PBX `name` holds, as its status shows them
+/// (allocated by the operator when its spec leaves them out).
+pub async fn host_ports(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> (u16, webrtc_pbx_operator::api::PortRange) {
+    let pbx = Api::<webrtc_pbx_operator::api::WebRtcPbx>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap();
+    let e = pbx.status.unwrap().endpoints.unwrap();
+    (
+        u16::try_from(e.wss_port.unwrap()).unwrap(),
+        e.rtp_port_range.unwrap(),
+    )
+}
+
 /// The probe request of [`register_at`].
 fn request_at(
     ip: &str,
