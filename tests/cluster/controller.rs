@@ -792,6 +792,7 @@ async fn one_leader_reconciles_and_a_follower_takes_over() {
     let (a, task_a) = instance("a");
     // "a" leads before "b" starts (a fixed 2 s was once too short: b led).
     harness::wait_until(Duration::from_secs(30), "a leading", || async {
+        assert!(!task_a.is_finished(), "a's leader election ended");
         (a.metrics.leader.get() == 1).then_some(())
     })
     .await;

@@ -345,7 +345,33 @@ pub fn install_chart_rbac(ns: &str) -> String {
         .expect("kubectl apply");
     std::io::Write::write_all(&mut apply.stdin.take().unwrap(), &rendered.stdout).unwrap();
     assert!(apply.wait().unwrap().success(), "applying the chart's RBAC");
-    format!("system:serviceaccount:{ns}:{ns}-webrtc-pbx-operator")
+    let user = format!("system:serviceaccount:{ns}:{ns}-webrtc-pbx-operator");
+    // The apiserver's authorizer learns new bindings from its own watch, a
+    // moment after they are written: until then the ServiceAccount is
+    // refused (403), and an operator started at once fails its first
+    // request (a leader election that never starts). In a cluster its pod
+    // starts long after. One rule of each binding (the Lease Role, the
+    // operator's role) is asked until both answer yes.
+    let can = |verb: &str, resource: &str| {
+        Command::new(ground_env("KUBECTL"))
+            .arg("--kubeconfig")
+            .arg(&control_plane().kubeconfig)
+            .args(["auth", "can-i", verb, resource, "-n", ns, "--as", &user])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let started = Instant::now();
+    while !(can("patch", "leases.coordination.k8s.io") && can("list", "webrtcpbxes.pbx.webrtc.io"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the chart's RBAC for {user} not in effect within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    user
 }
 
 /// A client for the operator under test in namespace `ns` (see [`operator_user`]).
